@@ -1,0 +1,82 @@
+"""Tensor-at-a-time readers of torch checkpoints (``.pth`` / ``.bin`` via torch, ``.safetensors``).
+
+Each read re-opens the file memory-mapped, copies one tensor and closes the mapping again, so the
+pages of a multi-GB checkpoint never accumulate in the process: peak memory is about one tensor.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import torch
+
+
+class SourceError(ValueError):
+    """A file that is not a readable torch / safetensors checkpoint."""
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """torch tensor -> numpy (bfloat16 as ``ml_dtypes.bfloat16``), always a copy-free view of ``t``."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+class TorchFile:
+    """A ``torch.save``-d state dict (Meta ``consolidated.NN.pth`` or HF ``pytorch_model*.bin``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        sd = self._open()
+        self.shapes = {k: tuple(v.shape) for k, v in sd.items()}
+        del sd
+
+    def _open(self) -> dict[str, torch.Tensor]:
+        try:
+            try:
+                sd = torch.load(self.path, map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as e:
+                if "mmap" not in str(e):
+                    raise
+                warnings.warn(f"{self.path}: legacy torch format cannot be memory-mapped; loading it whole")
+                sd = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / zipfile errors
+            raise SourceError(f"{self.path}: not a torch checkpoint ({type(e).__name__}: {e}); expected a state "
+                              "dict written by torch.save") from None
+        if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            kind = type(sd).__name__ if not isinstance(sd, dict) else "a dict with non-tensor values"
+            raise SourceError(f"{self.path}: expected a state dict {{name: torch.Tensor}}, found {kind}")
+        return sd
+
+    def read(self, name: str) -> np.ndarray:
+        sd = self._open()
+        try:
+            return np.array(to_numpy(sd[name]), copy=True)
+        finally:
+            del sd
+
+
+class SafetensorsFile:
+    """A ``*.safetensors`` file (Hugging Face ``save_pretrained``)."""
+
+    def __init__(self, path: Path):
+        from safetensors import safe_open
+
+        self.path, self._safe_open = path, safe_open
+        try:
+            with safe_open(path, framework="pt") as f:
+                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as e:
+            raise SourceError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from None
+
+    def read(self, name: str) -> np.ndarray:
+        with self._safe_open(self.path, framework="pt") as f:
+            return np.array(to_numpy(f.get_tensor(name)), copy=True)
+
+
+def open_file(path: Path) -> TorchFile | SafetensorsFile:
+    return SafetensorsFile(path) if path.suffix == ".safetensors" else TorchFile(path)

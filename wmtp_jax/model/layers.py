@@ -1,0 +1,120 @@
+"""LLaMA building blocks in Flax NNX: RMSNorm, interleaved RoPE, grouped-query attention, SwiGLU.
+
+Written from Meta's ``llama/model.py`` in facebook/multi-token-prediction (the reference for every
+formula below). Kernels are stored ``[in, out]`` (torch ``Linear.weight`` transposed). Every parameter
+carries logical axis names (``nnx.with_partitioning``); ``wmtp_jax.sharding`` maps them to mesh axes.
+
+Logical axes used by parameters:
+  "vocab"    vocabulary rows of the embedding / columns of the output projection
+  "embed"    the model width d
+  "q_heads"  flattened query heads (n_heads * head_dim)
+  "kv_heads" flattened key/value heads (n_kv_heads * head_dim)
+  "mlp"      the SwiGLU hidden width
+  "norm"     RMSNorm scales (never sharded)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wmtp_jax.model.config import ModelConfig
+
+_INIT_STD = 0.02
+
+
+def _param(rngs: nnx.Rngs, shape, axes, dtype, init=None) -> nnx.Param:
+    init = init or nnx.initializers.normal(_INIT_STD)
+    return nnx.Param(nnx.with_partitioning(init, axes, eager_sharding=False)(rngs.params(), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+    """``x / sqrt(mean(x^2) + eps) * weight``, computed in float32 and cast back (Meta ``RMSNorm``)."""
+
+    def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps = eps
+        self.weight = _param(rngs, (dim,), ("norm",), param_dtype, nnx.initializers.ones)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return normed.astype(x.dtype) * self.weight[...].astype(x.dtype)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding on interleaved pairs (dims 2i, 2i+1), as Meta's ``apply_rotary_emb``.
+
+    Args:
+      x: ``[B, S, N, head_dim]`` queries or keys.
+      positions: int ``[B, S]`` absolute positions (restart per packed segment, skip left padding).
+      theta: RoPE base.
+    Returns:
+      ``x`` rotated by ``positions * theta^(-2i/head_dim)``, same shape and dtype.
+    """
+    head_dim = x.shape[-1]
+    freqs = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # [B, S, head_dim/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], head_dim // 2, 2)
+    real, imag = pairs[..., 0], pairs[..., 1]
+    rotated = jnp.stack([real * cos - imag * sin, real * sin + imag * cos], axis=-1)
+    return rotated.reshape(x.shape).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal grouped-query self-attention (Meta ``Attention``) with RoPE and a padding/segment mask."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, q, kv, pd = cfg.dim, cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.weight_dtype
+        self.wq = _param(rngs, (d, q), ("embed", "q_heads"), pd)
+        self.wk = _param(rngs, (d, kv), ("embed", "kv_heads"), pd)
+        self.wv = _param(rngs, (d, kv), ("embed", "kv_heads"), pd)
+        self.wo = _param(rngs, (q, d), ("q_heads", "embed"), pd)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal)."""
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        b, s, _ = x.shape
+        x = x.astype(dt)
+        q = (x @ self.wq[...].astype(dt)).reshape(b, s, cfg.n_heads, cfg.head_dim)
+        k = (x @ self.wk[...].astype(dt)).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+        v = (x @ self.wv[...].astype(dt)).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+        q = apply_rope(q, positions, cfg.rope_theta)
+        k = apply_rope(k, positions, cfg.rope_theta)
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
+        return out.reshape(b, s, -1) @ self.wo[...].astype(dt)
+
+
+class FeedForward(nnx.Module):
+    """SwiGLU: ``w2(silu(w1 x) * w3 x)`` (Meta ``FeedForward``)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, h, pd = cfg.dim, cfg.hidden_dim, cfg.weight_dtype
+        self.w1 = _param(rngs, (d, h), ("embed", "mlp"), pd)
+        self.w3 = _param(rngs, (d, h), ("embed", "mlp"), pd)
+        self.w2 = _param(rngs, (h, d), ("mlp", "embed"), pd)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = self.cfg.compute_dtype
+        x = x.astype(dt)
+        gate = jax.nn.silu(x @ self.w1[...].astype(dt)) * (x @ self.w3[...].astype(dt))
+        return gate @ self.w2[...].astype(dt)
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer block (Meta ``TransformerBlock``):
+    ``h = x + attn(attention_norm(x))``; ``out = h + ffn(ffn_norm(h))``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.attention = Attention(cfg, rngs=rngs)
+        self.feed_forward = FeedForward(cfg, rngs=rngs)
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+        h = x + self.attention(self.attention_norm(x), positions, mask)
+        return h + self.feed_forward(self.ffn_norm(h))

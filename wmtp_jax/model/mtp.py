@@ -1,0 +1,116 @@
+"""Meta's multi-token-prediction transformer (7B_1T_4 and friends) in Flax NNX.
+
+Source: facebook/multi-token-prediction ``llama/model.py`` and Gloeckle et al. 2024, "Better & Faster
+Large Language Models via Multi-token Prediction", section 2: a shared trunk of
+``n_layers - n_future_tokens`` blocks, then ``n_future_tokens`` head blocks applied *in parallel* to the
+trunk output, a shared final RMSNorm and a shared, untied output projection. Head k (0-based) at
+position t predicts token t+k+1. A value head ``Linear(d -> 1)`` (zero-initialised) reads the normalised
+trunk state for the TD-weighted experiments (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wmtp_jax.model.config import ModelConfig
+from wmtp_jax.model.layers import Block, RMSNorm, _param
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class MTPOutput(NamedTuple):
+    """What the losses need, without materialising ``[B, S, H, V]`` logits.
+
+    head_hidden: ``[B, S, H, d]`` (compute dtype) — each head's output after the shared final norm;
+      ``MTPTransformer.logits`` maps it to the vocabulary.
+    values: float32 ``[B, S]`` — value estimates V(s_t) from the value head.
+    """
+
+    head_hidden: jax.Array
+    values: jax.Array
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """Causal mask restricted to equal segment ids: bool ``[B, 1, S, S]``.
+
+    ``segment_ids`` int ``[B, S]``: 0 marks padding, 1.. mark (packed) sequences. A padding query
+    attends only padding keys, so no softmax row is empty.
+    """
+    s = segment_ids.shape[1]
+    causal = jnp.tril(jnp.ones((s, s), dtype=bool))
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    return (causal[None] & same)[:, None]
+
+
+class MTPTransformer(nnx.Module):
+    """LLaMA trunk + ``n_future_tokens`` parallel heads + value head.
+
+    Parameters follow Meta's state-dict names: ``tok_embeddings``, ``layers`` (trunk blocks),
+    ``heads`` (Meta's ``layers[-1]`` followed by ``extra_heads``), ``norm``, ``output``, plus ``value_head``.
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = cfg.weight_dtype
+        self.tok_embeddings = _param(rngs, (cfg.vocab_size, cfg.dim), ("vocab", "embed"), pd)
+        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_trunk_layers)])
+        self.heads = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_future_tokens)])
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.output = _param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), pd)
+        zeros = nnx.initializers.zeros
+        self.value_head = nnx.Dict(
+            kernel=_param(rngs, (cfg.dim, 1), ("embed", None), pd, zeros),
+            bias=_param(rngs, (1,), (None,), pd, zeros),
+        )
+
+    def forward(self, tokens: jax.Array, positions: jax.Array | None = None,
+                segment_ids: jax.Array | None = None) -> MTPOutput:
+        """Runs trunk, heads and value head.
+
+        Args:
+          tokens: int32 ``[B, S]``.
+          positions: int32 ``[B, S]`` RoPE positions; default ``0..S-1``.
+          segment_ids: int32 ``[B, S]``, 0 = padding; default: one unpadded sequence per row.
+        Returns:
+          ``MTPOutput(head_hidden [B, S, H, d], values float32 [B, S])``.
+        """
+        cfg = self.cfg
+        b, s = tokens.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+        mask = None if segment_ids is None else attention_mask(segment_ids)
+        h = jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype)
+
+        call = _call_block
+        if cfg.remat != "none":
+            call = nnx.remat(_call_block, policy=_REMAT_POLICIES[cfg.remat])
+        for block in self.layers:
+            h = call(block, h, positions, mask)
+        trunk_state = self.norm(h)
+        values = (trunk_state.astype(jnp.float32) @ self.value_head["kernel"][...].astype(jnp.float32)
+                  + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
+        head_out = jnp.stack([call(head, h, positions, mask) for head in self.heads], axis=2)
+        return MTPOutput(head_hidden=self.norm(head_out), values=values)
+
+    def logits(self, head_hidden: jax.Array) -> jax.Array:
+        """Shared output projection: ``[..., d]`` -> float32 ``[..., vocab]``."""
+        dt = self.cfg.compute_dtype
+        return jnp.einsum("...d,dv->...v", head_hidden.astype(dt), self.output[...].astype(dt),
+                          preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """float32 logits ``[B, S, n_future_tokens, vocab]``; head k at t predicts token t+k+1."""
+        return self.logits(self.forward(tokens, positions, segment_ids).head_hidden)
+
+
+def _call_block(block: Block, h, positions, mask):
+    return block(h, positions, mask)
