@@ -103,6 +103,7 @@ def hf_rules(cfg: ModelConfig, tied: bool) -> list[_Rule]:
 
 @dataclasses.dataclass
 class _Layout:
+    src: Path
     kind: str                    # "meta" or "hf"
     cfg: ModelConfig
     files: list                  # TorchFile / SafetensorsFile
@@ -159,7 +160,7 @@ def detect_layout(src: Path, vocab_size: int | None = None) -> _Layout:
         if vocab_size > cfg.vocab_size:
             raise CheckpointError(f"vocab_size={vocab_size} exceeds the checkpoint's vocabulary of {cfg.vocab_size}")
         cfg = cfg.replace(vocab_size=vocab_size)
-    return _Layout(kind, cfg, files, rules, key_files)
+    return _Layout(src, kind, cfg, files, rules, key_files)
 
 
 def _source_shape(layout: _Layout, rule: _Rule) -> tuple[int, ...]:
@@ -180,7 +181,10 @@ def _target_shape(layout: _Layout, rule: _Rule) -> tuple[int, ...]:
 def check_layout(layout: _Layout, expected: dict[str, tuple[int, ...]]) -> None:
     """Every rule's source present, no unused source tensor, every shape as the model expects."""
     used = {r.source for r in layout.rules}
-    problems = [f"missing weight {r.source} (for {r.target}, expected shape {expected[r.target]})"
+    def torch_shape(r):
+        return tuple(reversed(expected[r.target])) if r.transpose else expected[r.target]
+
+    problems = [f"missing weight {r.source} (expected torch shape {torch_shape(r)}, for {r.target})"
                 for r in layout.rules if r.source not in layout.key_files]
     problems += [f"unexpected weight {k} (shape {layout.key_files[k][0].shapes[k]})"
                  for k in sorted(layout.key_files) if k not in used and not _IGNORED_SOURCE_KEYS.search(k)]
@@ -189,7 +193,9 @@ def check_layout(layout: _Layout, expected: dict[str, tuple[int, ...]]) -> None:
             problems.append(f"weight {r.source}: checkpoint gives shape {_target_shape(layout, r)} for {r.target}, "
                             f"model expects {expected[r.target]}")
     if problems:
-        raise CheckpointError(f"checkpoint does not match {layout.cfg}:\n  " + "\n  ".join(problems))
+        raise CheckpointError(f"{layout.src}: the {layout.kind} checkpoint does not match its config "
+                              f"({layout.cfg.n_layers} layers, dim {layout.cfg.dim}, "
+                              f"{layout.cfg.n_future_tokens} heads):\n  " + "\n  ".join(problems))
 
 
 def _read(layout: _Layout, rule: _Rule) -> np.ndarray:

@@ -93,7 +93,7 @@ def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance)
     """Writes ``model``'s parameters and config under ``ckpt_dir`` (all processes must call it)."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ocp.save_pytree(ckpt_dir / PARAMS_DIR, param_tree(nnx.state(model, nnx.Param)), overwrite=True)
+    ocp.save(ckpt_dir / PARAMS_DIR, param_tree(nnx.state(model, nnx.Param)), overwrite=True)
     if jax.process_index() == 0:
         write_config(ckpt_dir, model.cfg, **provenance)
 
@@ -101,7 +101,7 @@ def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance)
 def check_stored_shapes(params_dir: Path, expected: dict[str, tuple[int, ...]]) -> None:
     """Raises CheckpointError naming every missing, unexpected or mis-shaped weight."""
     try:
-        stored = flatten(ocp.pytree_metadata(params_dir).metadata)
+        stored = flatten(ocp.metadata(params_dir).metadata)
     except Exception as e:  # Orbax raises several types for a missing or foreign directory
         raise CheckpointError(f"{params_dir}: not an Orbax parameter checkpoint ({type(e).__name__}: {e})") from None
     problems = [f"missing weight {k} (expected shape {expected[k]})" for k in sorted(set(expected) - set(stored))]
@@ -134,7 +134,7 @@ def load_model(ckpt_dir: str | os.PathLike, mesh: Mesh | None = None, **config_o
     shardings = sharding.state_shardings(abstract_state, mesh)
     target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                           param_tree(abstract_state), param_tree(shardings))
-    restored = ocp.load_pytree(params_dir, target)
+    restored = ocp.load(params_dir, target)
     nnx.replace_by_pure_dict(abstract_state, _int_keys(restored))
     return nnx.merge(graphdef, abstract_state)
 
