@@ -198,17 +198,22 @@ def check_layout(layout: _Layout, expected: dict[str, tuple[int, ...]]) -> None:
                               f"{layout.cfg.n_future_tokens} heads):\n  " + "\n  ".join(problems))
 
 
-def _read(layout: _Layout, rule: _Rule) -> np.ndarray:
-    files = layout.key_files[rule.source]
-    parts = [f.read(rule.source) for f in (files if rule.shard_dim is not None else files[:1])]
-    x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=rule.shard_dim)
-    del parts
+def _transform(x: np.ndarray, rule: _Rule, vocab_size: int) -> np.ndarray:
+    """Vocabulary slice, RoPE un-permutation and transpose of one (full) source tensor; returns a C copy."""
     if rule.vocab_rows:
-        x = x[: layout.cfg.vocab_size]
+        x = x[:vocab_size]
     if rule.rope_heads:
         n, rows, cols = rule.rope_heads, x.shape[0], x.shape[1]
         x = x.reshape(n, 2, rows // n // 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
-    return np.ascontiguousarray(x.T if rule.transpose else x)
+    return np.array(x.T if rule.transpose else x, order="C", copy=True)
+
+
+def _read(layout: _Layout, rule: _Rule) -> np.ndarray:
+    files = layout.key_files[rule.source]
+    if rule.shard_dim is None or len(files) == 1:  # one copy, straight from the memory map
+        return files[0].read(rule.source, lambda x: _transform(x, rule, layout.cfg.vocab_size))
+    full = np.concatenate([f.read(rule.source) for f in files], axis=rule.shard_dim)
+    return _transform(full, rule, layout.cfg.vocab_size)
 
 
 def _converted(layout: _Layout, dtype) -> Iterator[tuple[str, np.ndarray]]:
@@ -241,7 +246,7 @@ def convert_torch_checkpoint(src_dir, dst_dir, *, vocab_size: int | None = None,
       CheckpointError: unknown layout, unreadable or non-checkpoint file (named), missing / unexpected /
         mis-shaped weights (named with both shapes), or an existing ``dst_dir`` without ``overwrite``.
     """
-    src, dst = Path(src_dir), Path(dst_dir)
+    src, dst = Path(src_dir), Path(dst_dir).absolute()  # Orbax requires absolute paths
     if dtype not in _DTYPES:
         raise CheckpointError(f"dtype={dtype!r}: expected one of {list(_DTYPES)}")
     layout = detect_layout(src, vocab_size)
@@ -264,3 +269,27 @@ def convert_torch_checkpoint(src_dir, dst_dir, *, vocab_size: int | None = None,
     ocp_partial.finalize(params_dir)
     write_config(dst, layout.cfg, source={"path": str(src.resolve()), "layout": layout.kind})
     return layout.cfg
+
+
+def is_orbax_model_dir(path) -> bool:
+    from wmtp_jax.checkpoint.store import CONFIG_FILE
+
+    return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / PARAMS_DIR).is_dir()
+
+
+def ensure_orbax(checkpoint, cache_dir, **convert_kwargs) -> Path:
+    """An Orbax model directory for ``checkpoint``: itself if already converted, else a cached conversion.
+
+    The cache entry is ``cache_dir/<name>-<hash of the absolute source path>``; a conversion interrupted
+    before ``model_config.json`` was written is redone.
+    """
+    import hashlib
+
+    checkpoint = Path(checkpoint)
+    if is_orbax_model_dir(checkpoint):
+        return checkpoint
+    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:8]
+    dst = Path(cache_dir) / f"{checkpoint.name}-{digest}"
+    if not is_orbax_model_dir(dst):
+        convert_torch_checkpoint(checkpoint, dst, overwrite=True, **convert_kwargs)
+    return dst

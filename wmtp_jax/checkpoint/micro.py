@@ -81,3 +81,22 @@ def write_hf_checkpoint(dst: str | Path, config: dict | None = None, seed: int =
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(dst, safe_serialization=safe_serialization)
     return Path(dst)
+
+
+def write_micro_models(out_dir: str | Path, overwrite: bool = False) -> dict[str, Path]:
+    """Writes (once) the micro MTP model (Meta layout) and the micro reference (HF layout) under ``out_dir``.
+
+    Returns ``{"policy": out_dir/mtp_meta, "reference": out_dir/reference_hf}``. Existing, complete
+    directories are kept unless ``overwrite``; a marker file written last makes an interrupted run redo it.
+    """
+    out_dir = Path(out_dir)
+    paths = {"policy": out_dir / "mtp_meta", "reference": out_dir / "reference_hf"}
+    writers = {"policy": lambda p: write_meta_checkpoint(p, MICRO_MTP, seed=0),
+               "reference": lambda p: write_hf_checkpoint(p, MICRO_REFERENCE_HF, seed=0)}
+    for name, path in paths.items():
+        done = path / ".complete"
+        if done.exists() and not overwrite:
+            continue
+        writers[name](path)
+        done.write_text("ok\n")
+    return paths

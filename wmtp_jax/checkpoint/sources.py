@@ -1,7 +1,8 @@
 """Tensor-at-a-time readers of torch checkpoints (``.pth`` / ``.bin`` via torch, ``.safetensors``).
 
-Each read re-opens the file memory-mapped, copies one tensor and closes the mapping again, so the
-pages of a multi-GB checkpoint never accumulate in the process: peak memory is about one tensor.
+Each read re-opens the file memory-mapped, transforms one tensor into a fresh array (one copy) and
+closes the mapping again, so the pages of a multi-GB checkpoint never accumulate in the process: peak
+memory is about two copies of the largest tensor.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     if t.dtype == torch.bfloat16:
         return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
     return t.numpy()
+
+
+def _copy(x: np.ndarray) -> np.ndarray:
+    return np.array(x, order="C", copy=True)
 
 
 class TorchFile:
@@ -52,10 +57,11 @@ class TorchFile:
             raise SourceError(f"{self.path}: expected a state dict {{name: torch.Tensor}}, found {kind}")
         return sd
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, transform=_copy) -> np.ndarray:
+        """``transform(view)`` of tensor ``name``; it must return an array that owns its memory."""
         sd = self._open()
         try:
-            return np.array(to_numpy(sd[name]), copy=True)
+            return transform(to_numpy(sd[name]))
         finally:
             del sd
 
@@ -73,9 +79,9 @@ class SafetensorsFile:
         except Exception as e:
             raise SourceError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from None
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, transform=_copy) -> np.ndarray:
         with self._safe_open(self.path, framework="pt") as f:
-            return np.array(to_numpy(f.get_tensor(name)), copy=True)
+            return transform(to_numpy(f.get_tensor(name)))
 
 
 def open_file(path: Path) -> TorchFile | SafetensorsFile:

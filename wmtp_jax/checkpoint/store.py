@@ -91,7 +91,7 @@ def read_config(ckpt_dir: str | os.PathLike, **overrides) -> ModelConfig:
 
 def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance) -> None:
     """Writes ``model``'s parameters and config under ``ckpt_dir`` (all processes must call it)."""
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = Path(ckpt_dir).absolute()  # Orbax requires absolute paths
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     ocp.save(ckpt_dir / PARAMS_DIR, param_tree(nnx.state(model, nnx.Param)), overwrite=True)
     if jax.process_index() == 0:
@@ -124,7 +124,7 @@ def load_model(ckpt_dir: str | os.PathLike, mesh: Mesh | None = None, **config_o
       CheckpointError: no config, not an Orbax checkpoint, or missing / unexpected / mis-shaped weights
         (each named with both shapes).
     """
-    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir = Path(ckpt_dir).absolute()  # Orbax requires absolute paths
     cfg = read_config(ckpt_dir, **config_overrides)
     mesh = mesh or sharding.make_mesh()
     graphdef, abstract_state = abstract_model(cfg)

@@ -1,0 +1,78 @@
+"""Benchmark: peak host memory and throughput of torch -> Orbax conversion.
+
+    uv run python scripts/bench_convert.py [--dim 2048] [--layers 14] [--workdir /tmp/wmtp_bench_convert]
+
+Writes a synthetic Meta-layout MTP checkpoint (bf16, 7B-like proportions, >= 1 GB by default), converts
+it in a fresh subprocess and prints: checkpoint size, wall time, MB/s, the subprocess's peak RSS
+(``VmHWM``, file-backed pages included), the RSS of the same subprocess after imports only, and
+both ratios to the checkpoint size.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, sys, time
+from wmtp_jax.checkpoint import convert_torch_checkpoint
+
+def hwm_kib():  # VmHWM: this process's peak RSS (ru_maxrss would include the parent's RSS at fork)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+
+base = hwm_kib()
+if sys.argv[1] == "convert":
+    t = time.perf_counter()
+    convert_torch_checkpoint(sys.argv[2], sys.argv[3], overwrite=True, progress=False)
+    dt = time.perf_counter() - t
+else:
+    dt = 0.0
+print(json.dumps({"base_kib": base, "peak_kib": hwm_kib(), "seconds": dt}))
+"""
+
+
+def run_child(*args) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--layers", type=int, default=14, help="n_layers (trunk + 4 heads)")
+    parser.add_argument("--workdir", default="/tmp/wmtp_bench_convert")
+    args = parser.parse_args()
+
+    import torch
+
+    from wmtp_jax.checkpoint.micro import write_meta_checkpoint
+    from wmtp_jax.model import ModelConfig
+
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.dim // 128, vocab_size=32000,
+                      multiple_of=256, n_future_tokens=4)
+    write_meta_checkpoint(work / "src", cfg, seed=0, dtype=torch.bfloat16)
+    size = sum(p.stat().st_size for p in (work / "src").iterdir())
+    idle = run_child("idle")
+    res = run_child("convert", str(work / "src"), str(work / "dst"))
+    peak, base = res["peak_kib"] * 1024, idle["peak_kib"] * 1024
+    print(f"checkpoint         : {size / 1e9:.2f} GB (Meta layout, bf16, dim {cfg.dim}, {cfg.n_layers} layers, "
+          f"vocab {cfg.vocab_size})")
+    print(f"conversion         : {res['seconds']:.1f} s, {size / 1e6 / res['seconds']:.0f} MB/s")
+    print(f"peak RSS           : {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint")
+    print(f"RSS after imports  : {base / 1e9:.2f} GB")
+    print(f"peak RSS - imports : {(peak - base) / 1e9:.2f} GB = {(peak - base) / size:.2f} x checkpoint "
+          "(target <= 0.3 x)")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: shipped assets, tokenizer, Alpaca records and index, sampling, Grain pipeline."""

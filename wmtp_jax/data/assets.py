@@ -1,0 +1,10 @@
+"""Paths of the data shipped inside the package (see ``wmtp_jax/assets/README.md`` for sources and licences)."""
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+TOKENIZER = ASSETS_DIR / "tokenizer" / "llama_tokenizer.model"
+MBPP = ASSETS_DIR / "mbpp" / "mbpp.jsonl"
+MBPP_SANITIZED = ASSETS_DIR / "mbpp" / "sanitized-mbpp.json"
+HUMANEVAL = ASSETS_DIR / "humaneval" / "HumanEval.jsonl.gz"
+CODECONTESTS_SAMPLE = ASSETS_DIR / "codecontests" / "code_contests_sample_train_short.jsonl"

@@ -1,0 +1,40 @@
+"""Entry point: ``python -m wmtp_jax.main --config=configs/EXPERIMENT.py[:micro] [--config.KEY=VALUE ...]``.
+
+Only wires things up: validate the config, then hand it to the job for its experiment.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. configs/rho1.py:micro")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax / JAX info lines drown the progress output
+    from wmtp_jax import config as config_lib
+
+    c = _CONFIG.value
+    try:
+        config_lib.validate(c)
+    except config_lib.ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if c.experiment == "forward":
+        from wmtp_jax import forward
+
+        forward.run(c)
+
+
+def run() -> None:
+    sys.path.insert(0, ".")  # config files import `configs.base` from the working directory
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
