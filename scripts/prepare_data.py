@@ -1,0 +1,45 @@
+"""Prepare Alpaca JSONL + index + stats + report from CodeContests, MBPP or HumanEval.
+
+    uv run python scripts/prepare_data.py --source mbpp --output data/mbpp
+    uv run python scripts/prepare_data.py --source humaneval --output data/humaneval
+    uv run python scripts/prepare_data.py --source codecontests --input cc/train-*.parquet cc/valid-*.parquet \
+        --output data/codecontests --max-length 2048
+
+MBPP and HumanEval default to the copies shipped in wmtp_jax/assets. Exits 1 only when nothing usable remains.
+"""
+
+import argparse
+import sys
+
+from wmtp_jax.data.prepare import NothingUsable, prepare
+from wmtp_jax.data.tokenizer import Tokenizer
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, choices=["codecontests", "mbpp", "humaneval"])
+    parser.add_argument("--input", nargs="*", default=None, help="input files (default for mbpp/humaneval: shipped)")
+    parser.add_argument("--output", required=True, help="output directory")
+    parser.add_argument("--split", default=None, help="only this split (mbpp) / force this split name (codecontests)")
+    parser.add_argument("--max-length", type=int, default=2048, help="drop records longer than this many tokens")
+    parser.add_argument("--tokenizer", default=None, help="SentencePiece model (default: shipped LLaMA tokenizer)")
+    args = parser.parse_args(argv)
+    try:
+        results = prepare(args.source, args.output, args.input, split=args.split, max_length=args.max_length,
+                          tokenizer=Tokenizer(args.tokenizer) if args.tokenizer else None, progress=True)
+    except NothingUsable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        s, rep = r.stats, r.report
+        print(f"{r.split:>10}: {s['records']} records ({s['correct']} correct, {s['incorrect']} incorrect) "
+              f"from {s['problems']} problems; skipped {rep['skipped_total']} {rep['skipped_by_reason']}; "
+              f"filtered {rep['filtered_by_reason']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,324 @@
+"""Raw public datasets -> Alpaca JSONL + compact index + stats + report, per split.
+
+Sources (DESIGN.md section 3):
+  codecontests  DeepMind CodeContests, Hugging Face parquet shards or JSONL with the original field names;
+                one record per Python solution (language 1 = Python 2, 3 = Python 3) from ``solutions``
+                (is_correct) and ``incorrect_solutions``; the split comes from the file name
+                (train / valid / test) unless given.
+  mbpp          task-id splits: 1-10 prompt, 11-510 test, 511-600 validation, 601-974 train; the reference
+                code is a correct solution; tests are kept in ``metadata.tests``.
+  humaneval     164 problems, split "test" (evaluation only); canonical solution as output.
+
+Bad input never stops the run: malformed JSON, non-UTF-8 bytes, missing or wrong-typed fields, empty
+solutions and unknown language codes are skipped, counted by reason and listed (file, line/row, reason) in
+``{split}.report.json``. Non-Python solutions and records longer than ``max_length`` tokens are filtered
+and counted. Every output is written to a temporary name and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from wmtp_jax.data import assets
+from wmtp_jax.data.records import AlpacaRecord, IndexBuilder, format_prompt
+from wmtp_jax.data.tokenizer import Tokenizer
+
+PYTHON_LANGUAGES = {1: "python2", 3: "python3"}
+OTHER_LANGUAGES = {2: "cpp", 4: "java"}
+MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
+LENGTH_BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 2**31]
+
+
+class NothingUsable(RuntimeError):
+    """No usable record came out of the inputs."""
+
+
+@dataclasses.dataclass
+class Problem:
+    """One problem's worth of candidate records, or the reason it was skipped."""
+
+    location: str                      # "file:line" or "file:row N"
+    problem_id: str = ""
+    difficulty: int = 0
+    records: list[AlpacaRecord] = dataclasses.field(default_factory=list)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (location, reason)
+    filtered: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+@dataclasses.dataclass
+class SplitResult:
+    split: str
+    n_records: int
+    stats: dict[str, Any]
+    report: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------- readers
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | None, str]]:
+    """Yields ``(location, object or None, reason)``; reason is set when the line is unusable."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            loc = f"{path}:{n}"
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield loc, None, f"non_utf8: {e.reason} at byte {e.start}"
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                yield loc, None, f"malformed_json: {e.msg} at column {e.colno}"
+                continue
+            if not isinstance(obj, dict):
+                yield loc, None, f"malformed_json: expected an object, got {type(obj).__name__}"
+                continue
+            yield loc, obj, ""
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict | None, str]]:
+    import pyarrow.parquet as pq
+
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
+        for obj in batch.to_pylist():
+            yield f"{path}:row {row}", obj, ""
+            row += 1
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, dict | None, str]]:
+    return _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
+
+
+def _field(obj: dict, name: str, types, problem: Problem) -> Any:
+    """``obj[name]`` if present with one of ``types``; otherwise records the reason and returns None."""
+    if name not in obj or obj[name] is None:
+        problem.skipped.append((problem.location, f"missing_field: {name}"))
+        return None
+    if not isinstance(obj[name], types) or isinstance(obj[name], bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)):
+        problem.skipped.append((problem.location,
+                                f"wrong_type: {name} is {type(obj[name]).__name__}"))
+        return None
+    return obj[name]
+
+
+def _clean_code(code: str) -> str:
+    return code.replace("\r\n", "\n")
+
+
+# --------------------------------------------------------------------------------------------- sources
+def codecontests_problem(location: str, obj: dict) -> Problem:
+    """One CodeContests problem -> records for its Python solutions (correct and incorrect)."""
+    p = Problem(location)
+    name = _field(obj, "name", str, p)
+    description = _field(obj, "description", str, p)
+    difficulty = _field(obj, "difficulty", int, p)
+    source = obj.get("source", 0)
+    groups = {key: _field(obj, key, dict, p) for key in ("solutions", "incorrect_solutions")}
+    if p.skipped:
+        return p
+    p.problem_id, p.difficulty = name, difficulty
+    has_tests = any(isinstance(obj.get(k), dict) and obj[k].get("input")
+                    for k in ("public_tests", "private_tests", "generated_tests"))
+    for key, group in groups.items():
+        languages, solutions = group.get("language"), group.get("solution")
+        if not isinstance(languages, list) or not isinstance(solutions, list) or len(languages) != len(solutions):
+            p.skipped.append((location, f"wrong_type: {key} must hold equal-length 'language' and 'solution' lists"))
+            continue
+        for j, (lang, code) in enumerate(zip(languages, solutions)):
+            where = f"{location} {key}[{j}]"
+            if isinstance(lang, bool) or not isinstance(lang, int) or lang not in (*PYTHON_LANGUAGES, *OTHER_LANGUAGES):
+                p.skipped.append((where, f"unknown_language: {lang!r}"))
+            elif lang in OTHER_LANGUAGES:
+                p.filtered[f"not_python:{OTHER_LANGUAGES[lang]}"] += 1
+            elif not isinstance(code, str):
+                p.skipped.append((where, f"wrong_type: solution is {type(code).__name__}"))
+            elif not code.strip():
+                p.skipped.append((where, "empty_solution"))
+            else:
+                p.records.append(AlpacaRecord(
+                    instruction=description, input="", output=_clean_code(code), task_id=name,
+                    is_correct=key == "solutions",
+                    metadata={"source": "codecontests", "difficulty": difficulty, "has_tests": bool(has_tests),
+                              "language": PYTHON_LANGUAGES[lang], "cc_source": source}))
+    return p
+
+
+def codecontests_problems(paths: Iterable[Path]) -> Iterator[Problem]:
+    for path in paths:
+        for loc, obj, reason in read_rows(Path(path)):
+            yield Problem(loc, skipped=[(loc, reason)]) if obj is None else codecontests_problem(loc, obj)
+
+
+def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
+    lo, hi = MBPP_SPLITS[split]
+    for loc, obj, reason in read_rows(Path(path)):
+        if obj is None:
+            yield Problem(loc, skipped=[(loc, reason)])
+            continue
+        p = Problem(loc)
+        task_id = _field(obj, "task_id", int, p)
+        text, code, tests = _field(obj, "text", str, p), _field(obj, "code", str, p), _field(obj, "test_list", list, p)
+        if p.skipped:
+            yield p
+            continue
+        if not lo <= task_id <= hi:
+            continue
+        if not code.strip():
+            p.skipped.append((loc, "empty_solution"))
+            yield p
+            continue
+        p.problem_id = f"mbpp/{task_id}"
+        p.records.append(AlpacaRecord(
+            instruction=text, input="\n".join(tests), output=_clean_code(code), task_id=p.problem_id, is_correct=True,
+            metadata={"source": "mbpp", "difficulty": 0, "has_tests": bool(tests),
+                      "tests": {"test_list": tests, "test_setup_code": obj.get("test_setup_code", ""),
+                                "challenge_test_list": obj.get("challenge_test_list", [])}}))
+        yield p
+
+
+def humaneval_problems(path: Path) -> Iterator[Problem]:
+    for loc, obj, reason in read_rows(Path(path)):
+        if obj is None:
+            yield Problem(loc, skipped=[(loc, reason)])
+            continue
+        p = Problem(loc)
+        fields = {k: _field(obj, k, str, p) for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
+        if p.skipped:
+            yield p
+            continue
+        p.problem_id = fields["task_id"]
+        p.records.append(AlpacaRecord(
+            instruction="Complete the following Python function.", input=fields["prompt"],
+            output=fields["prompt"] + fields["canonical_solution"], task_id=p.problem_id, is_correct=True,
+            metadata={"source": "humaneval", "difficulty": 0, "has_tests": True,
+                      "tests": {"test": fields["test"], "entry_point": fields["entry_point"]}}))
+        yield p
+
+
+# --------------------------------------------------------------------------------------------- writing
+def token_length(tok: Tokenizer, record: AlpacaRecord, prompt_ids: list[int] | None = None) -> int:
+    """BOS + prompt tokens + output tokens + EOS (the length the trainer sees)."""
+    prompt_ids = prompt_ids if prompt_ids is not None else tok.encode(format_prompt(record.instruction, record.input), bos=True)
+    return len(prompt_ids) + len(tok.encode(record.output)) + 1
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_split(problems: Iterable[Problem], out_dir: str | os.PathLike, split: str, inputs: list[Path],
+                tokenizer: Tokenizer, max_length: int, progress: bool = False) -> SplitResult:
+    """Writes ``{split}.jsonl``, ``{split}.index.npz``, ``{split}.stats.json`` and ``{split}.report.json``.
+
+    All four are written under temporary names and renamed only after everything succeeded.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = {k: out_dir / f"{split}.{k}" for k in ("jsonl", "index.npz", "stats.json", "report.json")}
+    tmp = {k: v.with_name(f".{v.name}.tmp") for k, v in final.items()}
+    builder, skipped, filtered = IndexBuilder(), [], collections.Counter()
+    counts = collections.Counter()
+    lengths = []
+    try:
+        with open(tmp["jsonl"], "wb") as out:
+            for problem in tqdm(problems, desc=f"prepare {split}", unit="problem", disable=not progress):
+                skipped += problem.skipped
+                filtered += problem.filtered
+                prompt_cache: dict[tuple[str, str], list[int]] = {}
+                for rec in problem.records:
+                    key = (rec.instruction, rec.input)
+                    if key not in prompt_cache:
+                        prompt_cache[key] = tokenizer.encode(format_prompt(*key), bos=True)
+                    n_tokens = token_length(tokenizer, rec, prompt_cache[key])
+                    if n_tokens > max_length:
+                        filtered["too_long"] += 1
+                        continue
+                    builder.add(out.tell(), rec.is_correct, n_tokens, problem.problem_id, problem.difficulty)
+                    out.write(json.dumps(rec.to_json_dict(), ensure_ascii=False).encode("utf-8") + b"\n")
+                    counts[("correct" if rec.is_correct else "incorrect", problem.difficulty)] += 1
+                    lengths.append(n_tokens)
+        index = builder.build()
+        index.save(tmp["index.npz"])
+        reasons = collections.Counter(reason.split(":")[0] for _, reason in skipped)
+        report = {"split": split, "skipped_total": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
+                  "filtered_by_reason": dict(sorted(filtered.items())),
+                  "skipped": [{"location": loc, "reason": reason} for loc, reason in skipped]}
+        hist, _ = np.histogram(np.asarray(lengths, np.int64), bins=LENGTH_BINS)
+        stats = {
+            "split": split, "records": len(index), "problems": index.n_problems,
+            "correct": int(index.is_correct.sum()), "incorrect": int((~index.is_correct).sum()),
+            "by_correctness_and_difficulty": {f"{c}/difficulty={d}": n for (c, d), n in sorted(counts.items())},
+            "token_length": {"max_length": max_length,
+                             "histogram": {f"[{lo}, {hi})": int(n) for lo, hi, n in
+                                           zip(LENGTH_BINS[:-1], LENGTH_BINS[1:], hist)},
+                             "mean": float(np.mean(lengths)) if lengths else 0.0},
+            "skipped": len(skipped), "filtered": dict(sorted(filtered.items())),
+            "sha256": {"inputs": {str(p): _sha256(Path(p)) for p in inputs},
+                       "outputs": {final["jsonl"].name: _sha256(tmp["jsonl"]),
+                                   final["index.npz"].name: _sha256(tmp["index.npz"])}},
+        }
+        tmp["stats.json"].write_text(json.dumps(stats, indent=2) + "\n")
+        tmp["report.json"].write_text(json.dumps(report, indent=2) + "\n")
+        for key in ("jsonl", "index.npz", "report.json", "stats.json"):
+            os.replace(tmp[key], final[key])
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+    return SplitResult(split, len(index), stats, report)
+
+
+def split_of(path: Path) -> str:
+    """CodeContests split from a file name: ``train-00000-of-00039.parquet`` -> "train"."""
+    name = path.name.lower()
+    for split in ("train", "valid", "test"):
+        if split in name:
+            return split
+    raise ValueError(f"{path}: cannot tell the split from the file name (expected train / valid / test in it); "
+                     "pass --split")
+
+
+def prepare(source: str, out_dir, inputs: list[str] | None = None, *, split: str | None = None,
+            max_length: int = 2048, tokenizer: Tokenizer | None = None, progress: bool = False) -> list[SplitResult]:
+    """Prepares every split of ``source``; raises NothingUsable when no split kept a record."""
+    tokenizer = tokenizer or Tokenizer()
+    results = []
+    if source == "codecontests":
+        if not inputs:
+            raise ValueError("--source codecontests needs --input FILE... (parquet shards or JSONL)")
+        by_split: dict[str, list[Path]] = collections.defaultdict(list)
+        for p in map(Path, inputs):
+            by_split[split or split_of(p)].append(p)
+        for name, paths in sorted(by_split.items()):
+            results.append(write_split(codecontests_problems(paths), out_dir, name, paths, tokenizer, max_length, progress))
+    elif source == "mbpp":
+        path = Path(inputs[0]) if inputs else assets.MBPP
+        for name in ([split] if split else list(MBPP_SPLITS)):
+            results.append(write_split(mbpp_problems(path, name), out_dir, name, [path], tokenizer, max_length, progress))
+    elif source == "humaneval":
+        path = Path(inputs[0]) if inputs else assets.HUMANEVAL
+        results.append(write_split(humaneval_problems(path), out_dir, split or "test", [path], tokenizer, max_length,
+                                   progress))
+    else:
+        raise ValueError(f"source={source!r}: expected codecontests, mbpp or humaneval")
+    if not any(r.n_records for r in results):
+        raise NothingUsable(f"no usable record in {inputs or source}; see the *.report.json files in {out_dir}")
+    return results
