@@ -139,5 +139,9 @@ def make_dataset(jsonl: str | os.PathLike, offsets: np.ndarray, tokenizer: Token
         it = ds.batch(cfg.batch_size, drop_remainder=True,
                       batch_fn=lambda xs: pad_to_bucket(xs, cfg.buckets, tokenizer.pad_id)).to_iter_dataset()
     if cfg.num_workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain workers read absl flags; callers outside absl.app have none
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch))
     return it

@@ -1,0 +1,115 @@
+"""Data preparation on shipped real data and CodeContests-schema fixtures: counts, splits, bad input."""
+
+import json
+
+import pytest
+
+from data_fixtures import BAD, CPP, GOOD, PY3, problem, standard_problems, write_jsonl
+from wmtp_jax.data import assets
+from wmtp_jax.data.prepare import NothingUsable, prepare
+from wmtp_jax.data.records import RecordIndex, format_prompt
+
+
+def test_mbpp_splits_follow_task_ids(tmp_path):
+    results = {r.split: r for r in prepare("mbpp", tmp_path)}
+    assert {k: r.stats["problems"] + r.stats["filtered"].get("too_long", 0) for k, r in results.items()} == {
+        "prompt": 10, "test": 500, "validation": 90, "train": 374}
+    for split, (lo, hi) in {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}.items():
+        ids = [int(json.loads(line)["task_id"].split("/")[1]) for line in open(tmp_path / f"{split}.jsonl")]
+        assert min(ids) >= lo and max(ids) <= hi
+    rec = json.loads(open(tmp_path / "train.jsonl").readline())
+    assert rec["is_correct"] is True and rec["task_id"] == "mbpp/601"
+    assert "\r\n" not in rec["output"] and rec["metadata"]["tests"]["test_list"]
+    index = RecordIndex.load(tmp_path / "train.index.npz")
+    assert len(index) == 374 and index.is_correct.all()
+    stats = json.loads((tmp_path / "train.stats.json").read_text())
+    assert stats["sha256"]["inputs"][str(assets.MBPP)] == \
+        "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"
+    assert sum(stats["token_length"]["histogram"].values()) == 374
+
+
+def test_humaneval_164_problems(tmp_path):
+    (result,) = prepare("humaneval", tmp_path)
+    assert result.split == "test" and result.n_records == 164
+    first = json.loads(open(tmp_path / "test.jsonl").readline())
+    assert first["task_id"] == "HumanEval/0" and first["metadata"]["tests"]["entry_point"] == "has_close_elements"
+
+
+def test_codecontests_python_solutions_with_labels(tmp_path):
+    src = write_jsonl(tmp_path / "code_contests_train.jsonl", standard_problems())
+    (result,) = prepare("codecontests", tmp_path / "out", [str(src)])
+    # per problem: 2 correct Python (py3 + py2) and 1 incorrect Python; C++ / Java filtered and counted
+    assert (result.stats["correct"], result.stats["incorrect"], result.stats["problems"]) == (24, 12, 12)
+    assert result.report["filtered_by_reason"] == {"not_python:cpp": 24, "not_python:java": 12}
+    assert result.report["skipped_total"] == 0
+    index = RecordIndex.load(tmp_path / "out" / "train.index.npz")
+    lines = open(tmp_path / "out" / "train.jsonl", "rb").read()
+    for row in (0, 5, 35):  # the index offsets point at the right records
+        rec = json.loads(lines[index.offsets()[row]:].split(b"\n", 1)[0])
+        assert rec["is_correct"] == bool(index.is_correct[row])
+        assert rec["metadata"]["difficulty"] == index.difficulty()[row]
+        assert rec["task_id"] == index.problem_id[index.problem_of([row])[0]]
+        assert rec["metadata"]["language"] in ("python2", "python3")
+
+
+def test_codecontests_parquet_layout(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(standard_problems()[:3]), tmp_path / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(standard_problems()[3:5]), tmp_path / "valid-00000-of-00001.parquet")
+    results = {r.split: r for r in prepare("codecontests", tmp_path / "out",
+                                           [str(p) for p in sorted(tmp_path.glob("*.parquet"))])}
+    assert {k: r.n_records for k, r in results.items()} == {"train": 9, "valid": 6}
+
+
+def test_every_bad_input_reason_is_counted_and_listed(tmp_path):
+    rows = [problem("ok", 2, [(PY3, GOOD)], [(PY3, BAD)])]
+    no_desc = problem("no_desc", 2, [(PY3, GOOD)], [])
+    del no_desc["description"]
+    wrong_type = problem("wrong", 2, [(PY3, GOOD)], [])
+    wrong_type["difficulty"] = "hard"
+    rows += [no_desc, wrong_type,
+             problem("empty", 2, [(PY3, "   \n")], []),
+             problem("unknown_lang", 2, [(0, GOOD), (9, GOOD)], [])]
+    src = write_jsonl(tmp_path / "cc_train.jsonl", rows, extra_lines=[b'{"name": "broken', b"\xff\xfe not utf8", b"[1, 2]"])
+    (result,) = prepare("codecontests", tmp_path / "out", [str(src)])
+    assert result.n_records == 2
+    report = json.loads((tmp_path / "out" / "train.report.json").read_text())
+    assert report["skipped_by_reason"] == {"empty_solution": 1, "malformed_json": 2, "missing_field": 1,
+                                           "non_utf8": 1, "unknown_language": 2, "wrong_type": 1}
+    reasons = {(e["location"].split(":")[-1].split()[0], e["reason"].split(":")[0]) for e in report["skipped"]}
+    assert ("2", "missing_field") in reasons and ("6", "malformed_json") in reasons and ("7", "non_utf8") in reasons
+    assert any(e["reason"] == "wrong_type: difficulty is str" for e in report["skipped"])
+
+
+def test_records_over_max_length_are_dropped_and_counted(tmp_path):
+    long_code = "x = 1\n" * 400
+    src = write_jsonl(tmp_path / "train.jsonl", [problem("p", 2, [(PY3, GOOD), (PY3, long_code)], [])])
+    (result,) = prepare("codecontests", tmp_path / "out", [str(src)], max_length=256)
+    assert result.n_records == 1 and result.report["filtered_by_reason"] == {"too_long": 1}
+    assert RecordIndex.load(tmp_path / "out" / "train.index.npz").length.max() <= 256
+
+
+def test_nothing_usable_raises_and_leaves_no_partial_files(tmp_path):
+    with pytest.raises(NothingUsable):  # the shipped sample has problems but no solutions
+        prepare("codecontests", tmp_path, [str(assets.CODECONTESTS_SAMPLE)])
+    report = json.loads((tmp_path / "train.report.json").read_text())
+    assert report["skipped_total"] == 60 and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_prompt_template_omits_empty_input():
+    assert "### Input:" not in format_prompt("Do X.")
+    assert format_prompt("Do X.", "1 2").endswith("### Input:\n1 2\n\n### Response:\n")
+
+
+def test_cli_exit_codes(tmp_path):
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "scripts/prepare_data.py", "--source", "humaneval", "--output", str(tmp_path)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "164 records (164 correct, 0 incorrect)" in ok.stdout
+    bad = subprocess.run([sys.executable, "scripts/prepare_data.py", "--source", "codecontests", "--input",
+                          str(assets.CODECONTESTS_SAMPLE), "--output", str(tmp_path / "cc")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "no usable record" in bad.stderr
