@@ -167,3 +167,12 @@ def test_config_from_params_json_and_hf_config(tmp_path):
         ModelConfig.from_params_json(tmp_path / "bad.json")
     with pytest.raises(ModelConfigError, match="rope_scaling"):
         ModelConfig.from_hf_config({"model_type": "llama", "rope_scaling": {"type": "linear", "factor": 2.0}})
+
+
+def test_create_model_initialises_directly_into_shardings():
+    mesh = sharding.make_mesh(fsdp=2, tensor=2)
+    model = sharding.create_model(GQA_MTP, mesh, seed=0)
+    w1 = model.layers[0].feed_forward.w1[...]
+    assert w1.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert w1.addressable_shards[0].data.shape == (GQA_MTP.dim // 2, GQA_MTP.hidden_dim // 2)
+    np.testing.assert_allclose(np.asarray(w1), np.asarray(_random_model(GQA_MTP).layers[0].feed_forward.w1[...]), atol=1e-7)

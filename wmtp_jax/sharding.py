@@ -105,3 +105,17 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def create_model(cfg, mesh: Mesh, seed: int = 0):
+    """A randomly initialised ``MTPTransformer`` whose parameters are created directly in their shardings.
+
+    Initialisation runs under ``jax.jit`` with ``out_shardings``, so each device only materialises its
+    shard. (Fine-tuning restores with ``wmtp_jax.checkpoint.load_model`` instead.)
+    """
+    from wmtp_jax.model import MTPTransformer
+
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: MTPTransformer(cfg, rngs=nnx.Rngs(seed))))
+    shardings = state_shardings(abstract_state, mesh)
+    state = jax.jit(lambda: nnx.state(MTPTransformer(cfg, rngs=nnx.Rngs(seed))), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
