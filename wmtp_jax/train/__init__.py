@@ -1,0 +1,1 @@
+"""Training: the jitted train step (step.py) and the loop around it (loop.py)."""
