@@ -1,8 +1,8 @@
 """Defaults shared by every experiment. Each experiment file calls ``base.get_config(preset)`` and edits it.
 
-Presets (the ``:NAME`` after the config path): "" = production (4 GPUs, real checkpoints, paths from the
-command line), "micro" = the local stand-in (micro models built once under ``artifacts/micro``, shipped
-data, all local devices).
+Presets (the ``:NAME`` after the config path): "" = production (7B_1T_4 on a 4-GPU FSDP mesh; checkpoint and
+data paths given on the command line), "micro" = the local stand-in (micro models built once under
+``artifacts/micro``, shipped MBPP data and LLaMA tokenizer, all local devices, a few minutes on a laptop).
 """
 
 import ml_collections
@@ -12,29 +12,105 @@ MICRO_DIR = "artifacts/micro"
 
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.experiment = "forward"
+    c.experiment = "baseline"          # baseline | critic | verifiable | rho1 | ref_tuning | forward
     c.preset = preset or "default"
-    c.workdir = "workdir"
+    c.workdir = "workdir/baseline"
     c.seed = 0
+    c.tokenizer = ""                   # "" = the shipped LLaMA tokenizer
 
-    # (data, fsdp, tensor) sizes; one -1 fills the remaining devices.
-    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # one -1 fills the devices
 
     c.model = ml_collections.ConfigDict()
     c.model.checkpoint = ""            # torch (Meta / HF) directory, or an Orbax model directory
-    c.model.cache_dir = "artifacts/converted"  # where torch checkpoints are converted once
+    c.model.init_from = ""             # Orbax model directory that overrides checkpoint (e.g. critic -> verifiable)
+    c.model.cache_dir = "artifacts/converted"  # torch checkpoints are converted here once
     c.model.vocab_size = 0             # > 0: slice a larger vocabulary (CodeLlama 32016 -> 32000)
     c.model.dtype = "bfloat16"         # compute dtype
     c.model.param_dtype = "float32"    # master weights
-    c.model.remat = "none"             # none | full | dots | dots_with_no_batch_dims
+    c.model.remat = "full"             # none | full | dots | dots_with_no_batch_dims
     c.model.build_micro = False        # build the micro checkpoints if missing (":micro")
 
-    c.tokenizer = ""                   # "" = the shipped LLaMA tokenizer
+    c.reference = ml_collections.ConfigDict()
+    c.reference.checkpoint = ""        # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
+    c.reference.dtype = "bfloat16"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.train = ""                  # prepared {split}.jsonl (its {split}.index.npz beside it)
+    c.data.validation = ""             # prepared validation jsonl ("" = no validation loss)
+    c.data.prepare_micro = ""          # ":micro": "mbpp" or "labelled" -> prepare shipped data into cache_dir
+    c.data.cache_dir = "artifacts/data"
+    c.data.strategy = "correct"        # correct | all | balanced | curriculum | pairs
+    c.data.correct_ratio = 0.5         # balanced
+    c.data.repeat = False              # balanced: allow repeats within an epoch
+    c.data.curriculum_correct_only = False
+    c.data.buckets = (512, 1024, 2048)  # padded lengths; a batch uses the smallest that fits
+    c.data.pack = False                # first-fit packing into rows of max(buckets) tokens
+    c.data.num_workers = 0             # Grain worker processes
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 1000
+    c.train.batch_size = 8             # global, in sequences
+    c.train.grad_accum_steps = 1
+    c.train.learning_rate = 1e-5
+    c.train.warmup_steps = 50
+    c.train.end_lr_fraction = 0.1
+    c.train.weight_decay = 0.1
+    c.train.b1 = 0.9
+    c.train.b2 = 0.95
+    c.train.max_grad_norm = 1.0
+    c.train.ce_chunk = 256             # positions per chunk of the cross-entropy
+    c.train.head_weights = ()          # per-head loss weights; () = 1 for every head
+    c.train.log_every = 1
+    c.train.eval_batches = 4           # validation batches at every checkpoint
+    c.train.max_nonfinite_steps = 5    # consecutive skipped (non-finite) updates before the run stops
+    c.train.peak_flops_per_device = 0.0  # for MFU; 0 = look up the device kind (A100, H100, H200)
+
+    c.weighting = ml_collections.ConfigDict()
+    c.weighting.control = False        # shuffle the weights over valid tokens (loss-scale control)
+    c.weighting.gamma = 1.0
+    c.weighting.gae_lambda = 0.0
+    c.weighting.beta = 0.9
+    c.weighting.w_min = 0.1
+    c.weighting.w_max = 5.0
+    c.weighting.whiten = False
+    c.weighting.ema_decay = 0.99
+    c.weighting.value_coef = 0.5
+    c.weighting.value_loss = "mse"     # mse | huber
+    c.weighting.huber_delta = 1.0
+    c.weighting.value_target = "mc"    # mc (R) | lambda (lambda-return)
+    c.weighting.rho1_mode = "signed"   # signed | absolute
+    c.weighting.rho1_select = "hard"   # hard (top-k%) | soft
+    c.weighting.rho1_ratio = 0.6
+    c.weighting.rho1_temperature = 1.0
+    c.weighting.rho1_eps = 0.05
+    c.weighting.rho1_w_max = 3.0
+    c.weighting.rho1_normalize = "selected"  # selected (Rho-1 eq. 4) | valid
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_steps = 100
+    c.checkpoint.keep = 2              # the last N, plus the best by validation loss
+    c.checkpoint.async_save = True
+
+    c.mlflow = ml_collections.ConfigDict()
+    c.mlflow.tracking_uri = ""         # "" = $MLFLOW_TRACKING_URI, else a local store under the workdir
+    c.mlflow.experiment_name = "wmtp"
+    c.mlflow.run_name = ""
 
     if preset == "micro":
         c.model.checkpoint = f"{MICRO_DIR}/mtp_meta"
         c.model.build_micro = True
         c.model.dtype = "float32"
+        c.model.remat = "none"
+        c.reference.checkpoint = f"{MICRO_DIR}/reference_hf"
+        c.reference.dtype = "float32"
+        c.data.prepare_micro = "mbpp"
+        c.data.buckets = (256, 512)
+        c.train.num_steps = 30
+        c.train.batch_size = 8
+        c.train.learning_rate = 3e-3
+        c.train.warmup_steps = 3
+        c.train.eval_batches = 2
+        c.checkpoint.every_steps = 10
     elif preset not in ("", "default"):
         raise ValueError(f"unknown config preset {preset!r}; expected '' or 'micro'")
     return c

@@ -8,6 +8,7 @@ Sources (DESIGN.md section 3):
   mbpp          task-id splits: 1-10 prompt, 11-510 test, 511-600 validation, 601-974 train; the reference
                 code is a correct solution; tests are kept in ``metadata.tests``.
   humaneval     164 problems, split "test" (evaluation only); canonical solution as output.
+  alpaca        Alpaca JSONL already in the record format (rollouts, the shipped labelled MBPP set).
 
 Bad input never stops the run: malformed JSON, non-UTF-8 bytes, missing or wrong-typed fields, empty
 solutions and unknown language codes are skipped, counted by reason and listed (file, line/row, reason) in
@@ -189,6 +190,31 @@ def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
         yield p
 
 
+ALPACA_FIELDS = {"instruction": str, "input": str, "output": str, "task_id": str, "is_correct": bool, "metadata": dict}
+
+
+def alpaca_problems(paths: Iterable[Path]) -> Iterator[Problem]:
+    """Alpaca JSONL already in the record format (rollouts, labelled sets), regrouped by task_id."""
+    groups: dict[str, Problem] = {}
+    for path in paths:
+        for loc, obj, reason in read_rows(Path(path)):
+            if obj is None:
+                yield Problem(loc, skipped=[(loc, reason)])
+                continue
+            p = Problem(loc)
+            fields = {k: _field(obj, k, t, p) for k, t in ALPACA_FIELDS.items()}
+            if not p.skipped and not fields["output"].strip():
+                p.skipped.append((loc, "empty_solution"))
+            if p.skipped:
+                yield p
+                continue
+            difficulty = fields["metadata"].get("difficulty", 0)
+            group = groups.setdefault(fields["task_id"], Problem(loc, fields["task_id"],
+                                                                 difficulty if isinstance(difficulty, int) else 0))
+            group.records.append(AlpacaRecord(**fields))
+    yield from groups.values()
+
+
 def humaneval_problems(path: Path) -> Iterator[Problem]:
     for loc, obj, reason in read_rows(Path(path)):
         if obj is None:
@@ -313,12 +339,18 @@ def prepare(source: str, out_dir, inputs: list[str] | None = None, *, split: str
         path = Path(inputs[0]) if inputs else assets.MBPP
         for name in ([split] if split else list(MBPP_SPLITS)):
             results.append(write_split(mbpp_problems(path, name), out_dir, name, [path], tokenizer, max_length, progress))
+    elif source == "alpaca":
+        if not inputs:
+            raise ValueError("--source alpaca needs --input FILE... (Alpaca JSONL)")
+        paths = [Path(p) for p in inputs]
+        results.append(write_split(alpaca_problems(paths), out_dir, split or "train", paths, tokenizer, max_length,
+                                   progress))
     elif source == "humaneval":
         path = Path(inputs[0]) if inputs else assets.HUMANEVAL
         results.append(write_split(humaneval_problems(path), out_dir, split or "test", [path], tokenizer, max_length,
                                    progress))
     else:
-        raise ValueError(f"source={source!r}: expected codecontests, mbpp or humaneval")
+        raise ValueError(f"source={source!r}: expected codecontests, mbpp, humaneval or alpaca")
     if not any(r.n_records for r in results):
         raise NothingUsable(f"no usable record in {inputs or source}; see the *.report.json files in {out_dir}")
     return results

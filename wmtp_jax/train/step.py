@@ -241,7 +241,7 @@ def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh:
 def init_state(params, tx, seed: int) -> dict[str, Any]:
     """Train state for trainable ``params`` (optimizer state follows the params' shardings)."""
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.jit(tx.init)(params),
-            "ema": {"mean": jnp.zeros(()), "var": jnp.ones(()), "count": jnp.zeros(())},
+            "ema": {"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())},
             "rng": jax.random.key_data(jax.random.key(seed))}
 
 

@@ -51,7 +51,7 @@ def gae(delta: jax.Array, loss_mask: jax.Array, gamma: float = 1.0, lam: float =
 
 
 def whiten(delta: jax.Array, loss_mask: jax.Array, ema: dict[str, jax.Array], decay: float):
-    """Normalises ``delta`` by an EMA of its mean and variance over output tokens.
+    """Normalises ``delta`` by an EMA (initialised at 0, bias-corrected) of its mean and variance over output tokens.
 
     Returns ``(whitened delta, new ema)``; ``ema = {"mean", "var", "count"}`` (bias-corrected by ``count``).
     """

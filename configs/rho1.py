@@ -1,0 +1,15 @@
+"""Rho-1: excess-loss weights from a frozen reference model (DESIGN.md section 5), top 60% per head.
+
+    uv run python -m wmtp_jax.main --config=configs/rho1.py:micro
+A ref_tuning output can serve as the reference: ``--config.reference.checkpoint=workdir/ref_tuning/final``.
+"""
+
+from configs import base
+
+
+def get_config(preset: str = ""):
+    c = base.get_config(preset)
+    c.experiment = "rho1"
+    c.workdir = "workdir/rho1"
+    c.data.strategy = "correct"
+    return c

@@ -1,0 +1,17 @@
+"""Verifiable critic stage 2: TD-error exp weights from the value head (DESIGN.md section 4); policy + value head.
+
+    uv run python -m wmtp_jax.main --config=configs/verifiable.py:micro --config.model.init_from=workdir/critic/final
+"""
+
+from configs import base
+
+
+def get_config(preset: str = ""):
+    c = base.get_config(preset)
+    c.experiment = "verifiable"
+    c.workdir = "workdir/verifiable"
+    c.data.strategy = "curriculum"
+    if preset == "micro":
+        c.data.prepare_micro = "labelled"
+        c.data.strategy = "all"  # MBPP has no difficulty labels, so no curriculum bins
+    return c

@@ -1,0 +1,135 @@
+"""Weights and losses on hand-computed cases."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wmtp_jax import losses
+from wmtp_jax.weighting import common, rho1, td
+
+# one row: positions 0-2 prompt, 3-5 output (5 = EOS), 6 padding
+MASK = jnp.array([[0, 0, 0, 1, 1, 1, 0]])
+VALUES = jnp.array([[0.0, 0.1, 0.2, 0.4, 0.7, 0.9, 0.0]])
+
+
+def test_td_errors_bootstrap_and_terminal_reward():
+    rewards = jnp.full((1, 7), 1.0)
+    delta = np.asarray(td.td_errors(VALUES, rewards, MASK, gamma=1.0))
+    # token 3: V[3] - V[2] (V before the first output = prompt's last position); token 4: V[4] - V[3];
+    # token 5 (terminal): R - V[4]
+    np.testing.assert_allclose(delta[0], [0, 0, 0, 0.4 - 0.2, 0.7 - 0.4, 1.0 - 0.7, 0], atol=1e-6)
+    delta_g = np.asarray(td.td_errors(VALUES, jnp.zeros((1, 7)), MASK, gamma=0.5))
+    np.testing.assert_allclose(delta_g[0, 3:6], [0.5 * 0.4 - 0.2, 0.5 * 0.7 - 0.4, 0.0 - 0.7], atol=1e-6)
+
+
+def test_gae_reverse_scan_matches_hand_computation():
+    delta = jnp.array([[0, 0, 0, 0.2, 0.3, 0.3, 0.0]])
+    adv = np.asarray(td.gae(delta, MASK, gamma=1.0, lam=0.5))
+    a5 = 0.3
+    a4 = 0.3 + 0.5 * a5
+    a3 = 0.2 + 0.5 * a4
+    np.testing.assert_allclose(adv[0], [0, 0, 0, a3, a4, a5, 0], atol=1e-6)
+    # two packed sequences: the scan must not leak across them
+    mask2 = jnp.array([[1, 1, 0, 1, 1]])
+    adv2 = np.asarray(td.gae(jnp.array([[1.0, 1.0, 0.0, 1.0, 1.0]]), mask2, 1.0, 1.0))
+    np.testing.assert_allclose(adv2[0], [2, 1, 0, 2, 1])
+
+
+def test_td_weights_clip_exp_and_carry_no_gradient():
+    rewards = jnp.zeros((1, 7))
+    w, adv, _ = td.td_weights(VALUES, rewards, MASK, beta=0.5, w_min=0.5, w_max=1.5)
+    expected = np.clip(np.exp(np.asarray(adv)[0, 3:6] / 0.5), 0.5, 1.5)
+    np.testing.assert_allclose(np.asarray(w)[0, 3:6], expected, rtol=1e-6)
+    assert np.asarray(w)[0, [0, 1, 2, 6]].sum() == 0
+    grad = jax.grad(lambda v: td.td_weights(v, rewards, MASK)[0].sum())(VALUES)
+    np.testing.assert_array_equal(np.asarray(grad), 0.0)
+
+
+def test_whitening_uses_ema_statistics():
+    delta = jnp.array([[0.0, 1.0, 3.0]])
+    mask = jnp.array([[0, 1, 1]])
+    out, ema = td.whiten(delta, mask, {"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())}, 0.9)
+    # first update, bias-corrected: mean 2, var 1 -> (x - 2) / 1
+    np.testing.assert_allclose(np.asarray(out)[0], [0.0, -1.0, 1.0], atol=1e-3)
+    assert float(ema["count"]) == 1.0
+
+
+def test_per_head_alignment():
+    tok = jnp.array([[10, 11, 12, 13, 14]])
+    ph = np.asarray(common.per_head(tok, 3))
+    np.testing.assert_array_equal(ph[0, 0], [11, 12, 13])  # head k at p gets token p+k+1
+    np.testing.assert_array_equal(ph[0, 3], [14, 0, 0])
+
+
+def test_rho1_hard_selection_top_k_per_head():
+    ce_pol = jnp.array([[[5.0, 1.0], [4.0, 2.0], [3.0, 3.0], [2.0, 4.0], [9.0, 9.0]]])
+    ce_ref = jnp.array([[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]])
+    valid = jnp.array([[[1, 1], [1, 1], [1, 1], [1, 1], [0, 0]]], bool)
+    w = np.asarray(rho1.rho1_weights(ce_pol, ce_ref, valid, ratio=0.5))
+    np.testing.assert_array_equal(w[0, :, 0], [1, 1, 0, 0, 0])  # head 0: scores 4, 3, 2, 1
+    np.testing.assert_array_equal(w[0, :, 1], [0, 0, 1, 1, 0])  # head 1: scores 0, 1, 2, 3; invalid never selected
+    w_abs = np.asarray(rho1.rho1_weights(ce_pol - 3.0, ce_ref, valid, mode="absolute", ratio=0.25))
+    np.testing.assert_array_equal(w_abs[0, :, 0], [0, 0, 0, 1, 0])  # |2-1-... |: scores 1, 0, 1, 2
+
+
+def test_rho1_soft_weights_mean_one_and_bounded():
+    rng = np.random.RandomState(0)
+    score = jnp.asarray(rng.randn(2, 50, 3))
+    valid = jnp.asarray(rng.rand(2, 50, 3) > 0.2)
+    w = np.asarray(rho1.soft_weights(score, valid, temperature=0.5, eps=0.05, w_max=3.0))
+    v = np.asarray(valid)
+    np.testing.assert_allclose((w * v).sum(axis=(0, 1)) / v.sum(axis=(0, 1)), 1.0, rtol=1e-5)
+    assert w[~v].sum() == 0 and w[v].min() > 0
+    for h in range(3):  # the blueprint, step by step in numpy: z-score -> softmax(z/T) -> *n -> clip -> mean 1
+        s = np.asarray(score)[..., h][v[..., h]]
+        z = (s - s.mean()) / (s.std() + 1e-6)
+        p = np.exp(z / 0.5 - (z / 0.5).max())
+        c = np.clip(p / p.sum() * len(s), 0.05, 3.0)
+        np.testing.assert_allclose(w[..., h][v[..., h]], c / c.mean(), rtol=1e-4)
+
+
+def test_control_shuffle_keeps_the_multiset_and_mask():
+    rng = np.random.RandomState(1)
+    w = jnp.asarray(rng.rand(3, 20, 2).astype(np.float32))
+    valid = jnp.asarray(rng.rand(3, 20, 2) > 0.3)
+    out = np.asarray(common.control_shuffle(w, valid, jax.random.key(0)))
+    for h in range(2):
+        v = np.asarray(valid)[..., h]
+        np.testing.assert_allclose(np.sort(out[..., h][v]), np.sort(np.asarray(w)[..., h][v]))
+        assert not np.array_equal(out[..., h][v], np.asarray(w)[..., h][v])
+        assert out[..., h][~v].sum() == 0
+
+
+def test_mtp_targets_respect_loss_mask_and_segments():
+    tokens = jnp.array([[1, 5, 6, 7, 1, 8, 9]])
+    mask = jnp.array([[0, 0, 1, 1, 0, 1, 1]])
+    seg = jnp.array([[1, 1, 1, 1, 2, 2, 2]])
+    targets, valid = losses.mtp_targets(tokens, mask, seg, 2)
+    np.testing.assert_array_equal(np.asarray(targets)[0, :, 0], [5, 6, 7, 1, 8, 9, 0])
+    np.testing.assert_array_equal(np.asarray(valid)[0, :, 0], [0, 1, 1, 0, 1, 1, 0])
+    np.testing.assert_array_equal(np.asarray(valid)[0, :, 1], [1, 1, 0, 0, 1, 0, 0])  # no crossing into seq 2
+
+
+@pytest.mark.parametrize("chunk", [3, 8, 64])
+def test_chunked_ce_equals_full_softmax_ce(chunk):
+    rng = np.random.RandomState(0)
+    h = jnp.asarray(rng.randn(2, 10, 3, 16).astype(np.float32))
+    w = jnp.asarray(rng.randn(16, 50).astype(np.float32))
+    t = jnp.asarray(rng.randint(0, 50, (2, 10, 3)))
+    ce = losses.token_ce(w, h, t, chunk=chunk)
+    logits = np.einsum("bshd,dv->bshv", np.asarray(h), np.asarray(w))
+    ref = -np.take_along_axis(jax.nn.log_softmax(logits, -1), np.asarray(t)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(ce), ref, rtol=1e-5, atol=1e-5)
+    g = jax.grad(lambda w: losses.token_ce(w, h, t, chunk=chunk).sum())(w)
+    g_ref = jax.grad(lambda w: -jnp.take_along_axis(jax.nn.log_softmax(jnp.einsum("bshd,dv->bshv", h, w), -1),
+                                                   t[..., None], -1).sum())(w)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
+
+
+def test_value_losses_and_explained_variance():
+    v, t, m = jnp.array([0.0, 1.0, 3.0]), jnp.array([1.0, 1.0, 0.0]), jnp.array([1, 1, 1], bool)
+    assert float(losses.value_loss_sum(v, t, m, "mse")) == pytest.approx(0.5 * (1 + 0 + 9))
+    assert float(losses.value_loss_sum(v, t, m, "huber", 1.0)) == pytest.approx(0.5 + 0 + 2.5)
+    assert float(losses.explained_variance(t, t, m)) == pytest.approx(1.0)
+    assert float(losses.explained_variance(jnp.zeros(3), t, m)) == pytest.approx(0.0, abs=1e-6)

@@ -1,0 +1,1 @@
+"""Evaluation: sandboxed execution of generated programs (execution.py)."""
