@@ -105,11 +105,12 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.reference.dtype = "float32"
         c.data.prepare_micro = "mbpp"
         c.data.buckets = (256, 512)
-        c.train.num_steps = 30
-        c.train.batch_size = 8
+        c.train.num_steps = 20
+        c.train.batch_size = 4
         c.train.learning_rate = 3e-3
-        c.train.warmup_steps = 3
-        c.train.eval_batches = 2
+        c.train.warmup_steps = 2
+        c.train.ce_chunk = 64
+        c.train.eval_batches = 1
         c.checkpoint.every_steps = 10
     elif preset not in ("", "default"):
         raise ValueError(f"unknown config preset {preset!r}; expected '' or 'micro'")

@@ -10,7 +10,7 @@ import ml_collections
 from wmtp_jax import sharding
 from wmtp_jax.model.config import _DTYPES, _REMAT_POLICIES
 
-EXPERIMENTS = ("forward",)
+EXPERIMENTS = ("forward", "baseline", "critic", "verifiable", "rho1", "ref_tuning")
 
 
 class ConfigError(ValueError):
@@ -21,34 +21,110 @@ class ConfigError(ValueError):
         super().__init__("invalid config:\n  " + "\n  ".join(problems))
 
 
-def problems(c: ml_collections.ConfigDict, n_devices: int | None = None) -> list[str]:
+def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_processes: int | None = None) -> list[str]:
     """Every problem in ``c``, one line each, naming the key, the value and what is allowed."""
     out = []
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    n_processes = jax.process_count() if n_processes is None else n_processes
 
-    def check(key, ok, expected):
+    def get(key):
         value = c
         for part in key.split("."):
             value = value[part]
-        if not ok(value):
+        return value
+
+    def check(key, ok, expected):
+        try:
+            value = get(key)
+        except (KeyError, AttributeError):
+            out.append(f"{key}: missing from the config")
+            return
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
             out.append(f"{key}={value!r}: expected {expected}")
 
-    check("experiment", lambda v: v in EXPERIMENTS, f"one of {list(EXPERIMENTS)}")
+    def one_of(key, allowed):
+        check(key, lambda v: v in allowed, f"one of {list(allowed)}")
+
+    def positive(key, integer=True):
+        check(key, lambda v: (isinstance(v, int) if integer else isinstance(v, (int, float))) and v > 0,
+              "a positive " + ("integer" if integer else "number"))
+
+    def fraction(key, lo=0.0, hi=1.0):
+        check(key, lambda v: lo <= v <= hi, f"a number in [{lo}, {hi}]")
+
+    one_of("experiment", EXPERIMENTS)
     check("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
-    check("model.dtype", lambda v: v in _DTYPES, f"one of {sorted(_DTYPES)}")
-    check("model.param_dtype", lambda v: v in _DTYPES, f"one of {sorted(_DTYPES)}")
-    check("model.remat", lambda v: v in _REMAT_POLICIES, f"one of {list(_REMAT_POLICIES)}")
+    one_of("model.dtype", sorted(_DTYPES))
+    one_of("model.param_dtype", sorted(_DTYPES))
+    one_of("model.remat", _REMAT_POLICIES)
     check("model.vocab_size", lambda v: isinstance(v, int) and v >= 0, "0 (keep) or a positive integer")
-    if not c.model.build_micro:
+    if not c.model.build_micro and not c.model.get("init_from"):
         check("model.checkpoint", lambda v: bool(v) and os.path.isdir(v),
               "an existing torch or Orbax checkpoint directory (set --config.model.checkpoint=PATH)")
+    if c.model.get("init_from"):
+        check("model.init_from", lambda v: os.path.isfile(os.path.join(v, "model_config.json")),
+              "an Orbax model directory with model_config.json (e.g. workdir/critic/final)")
     if c.tokenizer:
         check("tokenizer", os.path.isfile, "an existing SentencePiece .model file")
     try:
-        sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor,
-                            jax.device_count() if n_devices is None else n_devices)
+        data, fsdp, tensor = sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, n_devices)
     except sharding.MeshError as e:
         out.append(f"mesh=({c.mesh.data}, {c.mesh.fsdp}, {c.mesh.tensor}): {e}")
+        data = fsdp = None
+    if c.experiment != "forward":
+        out += _training_problems(c, check, one_of, positive, fraction, data, fsdp, n_processes)
     return out
+
+
+def _training_problems(c, check, one_of, positive, fraction, data, fsdp, n_processes) -> list[str]:
+    out = []
+    for key in ("train.num_steps", "train.batch_size", "train.grad_accum_steps", "train.ce_chunk",
+                "train.log_every", "train.eval_batches", "train.max_nonfinite_steps", "checkpoint.every_steps",
+                "checkpoint.keep"):
+        positive(key)
+    for key in ("train.learning_rate", "weighting.beta"):
+        positive(key, integer=False)
+    check("train.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
+    for key in ("train.end_lr_fraction", "train.b1", "train.b2", "weighting.gamma", "weighting.gae_lambda",
+                "weighting.ema_decay", "weighting.rho1_ratio"):
+        fraction(key)
+    check("train.weight_decay", lambda v: v >= 0, "a non-negative number")
+    check("train.max_grad_norm", lambda v: v >= 0, "a non-negative number (0 = no clipping)")
+    check("weighting.w_min", lambda v: 0 <= v <= c.weighting.w_max, "0 <= w_min <= weighting.w_max")
+    one_of("weighting.value_loss", ("mse", "huber"))
+    one_of("weighting.value_target", ("mc", "lambda"))
+    one_of("weighting.rho1_mode", ("signed", "absolute"))
+    one_of("weighting.rho1_select", ("hard", "soft"))
+    one_of("weighting.rho1_normalize", ("selected", "valid"))
+    one_of("data.strategy", ("correct", "all", "balanced", "curriculum", "pairs"))
+    check("data.correct_ratio", lambda v: 0 < v < 1, "a number in (0, 1)")
+    check("data.buckets", lambda v: len(v) > 0 and all(isinstance(b, int) and b > 0 for b in v),
+          "a non-empty tuple of positive sequence lengths")
+    check("data.num_workers", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
+    if not c.data.prepare_micro:
+        for key in ("data.train",) + (("data.validation",) if c.data.validation else ()):
+            check(key, lambda v: bool(v) and os.path.isfile(v) and os.path.isfile(_index_of(v)),
+                  "a prepared .jsonl with its .index.npz beside it (scripts/prepare_data.py)")
+    if c.experiment == "rho1" and not c.model.build_micro:
+        check("reference.checkpoint", lambda v: bool(v) and os.path.isdir(v),
+              "the Rho-1 reference checkpoint directory (torch or Orbax)")
+    b, accum = c.train.batch_size, c.train.grad_accum_steps
+    if data is not None and isinstance(b, int) and isinstance(accum, int) and accum > 0:
+        shards = data * fsdp
+        if b % accum or (b // accum) % shards:
+            out.append(f"train.batch_size={b}: must split into train.grad_accum_steps={accum} micro-batches "
+                       f"that each divide over the {shards} data-parallel devices (mesh data x fsdp)")
+        if b % n_processes:
+            out.append(f"train.batch_size={b}: must be divisible by the {n_processes} processes")
+    return out
+
+
+def _index_of(jsonl: str) -> str:
+    return jsonl.removesuffix(".jsonl") + ".index.npz"
 
 
 def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None:

@@ -29,6 +29,11 @@ def main(argv) -> None:
         from wmtp_jax import forward
 
         forward.run(c)
+    else:
+        from wmtp_jax.train import loop
+
+        result = loop.train(c)
+        print(f"done: {result['steps']} steps; final model in {result['final_dir']}")
 
 
 def run() -> None:

@@ -26,6 +26,7 @@ from wmtp_jax.weighting import common, rho1, td
 
 EXPERIMENTS = ("baseline", "critic", "verifiable", "rho1", "ref_tuning")
 BATCH_KEYS = ("tokens", "loss_mask", "rewards", "segment_ids", "positions")
+WEIGHT_HIST_BINS, WEIGHT_HIST_MAX = 40, 5.0  # histogram of token weights (weights above the max land in no bin)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +92,12 @@ def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int, *,
 
 def _micro_batches(batch: dict[str, jax.Array], n: int, mesh: Mesh | None) -> dict[str, jax.Array]:
     """``[B, ...]`` -> ``[n, B/n, ...]`` with micro-batch a = rows a, a+n, ... (each spans every device)."""
+    rows = next(iter(batch.values())).shape[0]
+    shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+    if rows % n or (rows // n) % shards:
+        raise ValueError(f"batch of {rows} rows cannot form {n} micro-batches that each divide over {shards} "
+                         "data-parallel devices")
+
     def split(x):
         x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
         if mesh is not None:
@@ -153,6 +160,8 @@ def micro_batch_loss(cfg: StepConfig, model, reference, mb, denom, ema, key):
         metrics["loss_head"] = head_loss
         metrics["ce_head"] = jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)) / denom["ce"]
         metrics.update(common.weight_stats(weights, valid))
+        metrics["weight_hist"] = jnp.histogram(weights, bins=WEIGHT_HIST_BINS, range=(0.0, WEIGHT_HIST_MAX),
+                                               weights=valid.astype(jnp.float32))[0]
     if cfg.trains_value:
         value_mask = valid[..., 0]  # V(s_p) for states followed by an output token
         target = mb["rewards"] if cfg.value_target == "mc" else jax.lax.stop_gradient(
@@ -171,7 +180,8 @@ def micro_batch_loss(cfg: StepConfig, model, reference, mb, denom, ema, key):
     return total, (metrics, new_ema)
 
 
-_MIN_KEYS, _MAX_KEYS, _SUM_KEYS = ("weight_min",), ("weight_max",), ("loss", "loss_head", "ce_head", "value_loss")
+_MIN_KEYS, _MAX_KEYS = ("weight_min",), ("weight_max",)
+_SUM_KEYS = ("loss", "loss_head", "ce_head", "value_loss", "weight_hist")
 
 
 def _combine(acc, m, n):

@@ -1,0 +1,237 @@
+"""Training end to end on the micro models and shipped data (4-device CPU mesh), and step-level equivalences."""
+
+import importlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from wmtp_jax import config as config_lib
+from wmtp_jax import sharding
+from wmtp_jax.checkpoint import load_model
+from wmtp_jax.checkpoint.micro import MICRO_MTP
+from wmtp_jax.train import loop
+from wmtp_jax.train import step as step_lib
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """Micro checkpoints, conversions and prepared data shared by every training test."""
+    root = tmp_path_factory.mktemp("train_shared")
+    return {"model.checkpoint": str(root / "micro" / "mtp_meta"),
+            "reference.checkpoint": str(root / "micro" / "reference_hf"),
+            "model.cache_dir": str(root / "converted"), "data.cache_dir": str(root / "data")}
+
+
+def micro_config(experiment, shared, workdir, **overrides):
+    sys.path.insert(0, str(REPO))
+    c = importlib.import_module(f"configs.{experiment}").get_config("micro")
+    values = dict(shared)
+    if experiment == "ref_tuning":
+        values["model.checkpoint"] = shared["reference.checkpoint"]
+    values.update({"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2}, **overrides)
+    for key, value in values.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    config_lib.validate(c)
+    return c
+
+
+def run(experiment, shared, workdir, **overrides):
+    with jax.default_matmul_precision("highest"):
+        return loop.train(micro_config(experiment, shared, workdir, **overrides))
+
+
+def read_metrics(workdir):
+    rows = {}
+    for line in open(Path(workdir) / "metrics.jsonl"):
+        row = json.loads(line)
+        rows[row["step"]] = row  # a resumed run rewrites the steps after its checkpoint
+    return rows
+
+
+@pytest.fixture(scope="module")
+def stage_one(shared, tmp_path_factory):
+    """critic (stage 1) and ref_tuning runs whose outputs feed verifiable and rho1."""
+    root = tmp_path_factory.mktemp("stage_one")
+    return {"critic": run("critic", shared, root / "critic"), "ref_tuning": run("ref_tuning", shared, root / "ref")}
+
+
+def test_critic_trains_only_the_value_head(stage_one, shared):
+    metrics = read_metrics(Path(stage_one["critic"]["final_dir"]).parent)
+    assert set(metrics) == {1, 2, 3, 4} and all(math.isfinite(m["value_loss"]) for m in metrics.values())
+    assert "value_explained_variance" in metrics[4] and "loss_head_0" not in metrics[4]
+    trained = load_model(stage_one["critic"]["final_dir"], sharding.make_mesh())
+    start = load_model(next(Path(shared["model.cache_dir"]).glob("mtp_meta-*")), sharding.make_mesh())
+    assert np.abs(np.asarray(trained.value_head["kernel"][...])).sum() > 0  # moved from its zero init
+    np.testing.assert_array_equal(np.asarray(trained.layers[0].attention.wq[...]),
+                                  np.asarray(start.layers[0].attention.wq[...]))  # trunk frozen
+    np.testing.assert_array_equal(np.asarray(trained.output[...]), np.asarray(start.output[...]))
+
+
+def test_verifiable_starts_from_the_critic(stage_one, shared, tmp_path):
+    result = run("verifiable", shared, tmp_path / "v", **{"model.init_from": str(stage_one["critic"]["final_dir"])})
+    m = read_metrics(tmp_path / "v")
+    assert all(math.isfinite(r["loss"]) for r in m.values())
+    assert m[1]["value_mean"] != 0.0  # the value head came trained from stage 1 (a fresh one outputs 0)
+    assert 0.1 <= m[4]["weight_min"] <= m[4]["weight_max"] <= 5.0 and m[4]["weight_std"] > 0
+    assert (Path(result["final_dir"]) / "model_config.json").is_file()
+    assert (tmp_path / "v" / "weight_distribution.png").is_file()
+
+
+def test_rho1_with_the_ref_tuning_output_as_reference(stage_one, shared, tmp_path):
+    ref_dir = stage_one["ref_tuning"]["final_dir"]
+    assert load_model(ref_dir, sharding.make_mesh()).cfg.n_future_tokens == 1
+    run("rho1", shared, tmp_path / "r", **{"reference.checkpoint": str(ref_dir)})
+    m = read_metrics(tmp_path / "r")
+    # hard top-60% selection per head over the global batch
+    assert all(abs(r["weight_frac_selected"] - 0.6) < 0.02 for r in m.values())
+    assert {f"loss_head_{k}" for k in range(4)} <= set(m[4])
+
+
+def test_baseline_loss_decreases_and_logs_to_mlflow(shared, tmp_path):
+    result = run("baseline", shared, tmp_path / "b", **{"train.num_steps": 12, "checkpoint.every_steps": 6})
+    losses = [result["losses"][s] for s in range(1, 13)]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0, losses
+    m = read_metrics(tmp_path / "b")
+    for key in ("grad_norm", "learning_rate", "tokens_per_s", "weight_mean", "weight_frac_selected", "ce_head_3"):
+        assert key in m[12]
+    assert m[1]["learning_rate"] == 0.0 and m[3]["learning_rate"] > 0  # warmup
+    import mlflow
+
+    mlflow.set_tracking_uri((tmp_path / "b" / "mlruns").absolute().as_uri())
+    run_id = json.loads((tmp_path / "b" / "mlflow_run.json").read_text())["run_id"]
+    logged = mlflow.get_run(run_id)
+    assert logged.data.params["train.num_steps"] == "12" and "loss" in logged.data.metrics
+    assert "val_loss" in logged.data.metrics
+    steps = sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == 12
+
+
+def test_control_shuffles_weights_but_keeps_their_statistics(stage_one, shared, tmp_path):
+    ref = {"reference.checkpoint": str(stage_one["ref_tuning"]["final_dir"]), "train.num_steps": 1}
+    run("rho1", shared, tmp_path / "plain", **ref)
+    run("rho1", shared, tmp_path / "control", **ref, **{"weighting.control": True})
+    a, b = read_metrics(tmp_path / "plain")[1], read_metrics(tmp_path / "control")[1]
+    assert a["weight_frac_selected"] == pytest.approx(b["weight_frac_selected"])
+    assert a["loss"] != b["loss"]  # different tokens selected
+
+
+def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
+    with pytest.raises(loop.NonFiniteError, match="2 consecutive non-finite"):
+        run("verifiable", shared, tmp_path / "nan", **{"weighting.value_coef": float("nan"),
+                                                      "train.max_nonfinite_steps": 2})
+    m = read_metrics(tmp_path / "nan")
+    assert m[1]["nonfinite_updates"] == 1 and m[2]["nonfinite_updates"] == 2
+    assert (tmp_path / "nan" / "checkpoints" / "2").is_dir()
+
+
+def test_exact_resume_after_sigkill(shared, tmp_path):
+    args = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/baseline.py:micro", "--config.train.num_steps=6",
+            "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False"]
+    args += [f"--config.{k}={v}" for k, v in shared.items()]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    full = subprocess.run(args + [f"--config.workdir={tmp_path / 'full'}"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(args + [f"--config.workdir={killed_dir}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill once step 3 is done (a checkpoint exists at step 2)
+        if (killed_dir / "metrics.jsonl").exists() and len((killed_dir / "metrics.jsonl").read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed_dir / "checkpoints" / "2").is_dir() and not (killed_dir / "final").exists()
+    resumed = subprocess.run(args + [f"--config.workdir={killed_dir}"], cwd=REPO, env=env, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want, got = read_metrics(tmp_path / "full"), read_metrics(killed_dir)
+    assert sorted(got) == list(range(1, 7))
+    for s in range(1, 7):
+        assert got[s]["loss"] == want[s]["loss"], (s, got[s]["loss"], want[s]["loss"])  # bit for bit
+
+
+# ---------------------------------------------------------------------------------------------- step level
+def _batch(b=8, length=48, seed=0):
+    rng = np.random.RandomState(seed)
+    lm = np.zeros((b, length), np.int32)
+    lm[:, 12:40] = 1
+    seg = np.zeros((b, length), np.int32)
+    seg[:, :40] = 1
+    return {"tokens": rng.randint(3, MICRO_MTP.vocab_size, (b, length)).astype(np.int32), "loss_mask": lm,
+            "rewards": np.repeat(rng.randint(0, 2, (b, 1)).astype(np.float32), length, 1), "segment_ids": seg,
+            "positions": np.tile(np.arange(length, dtype=np.int32), (b, 1))}
+
+
+def _one_step(mesh, experiment="verifiable", accum=1, batch=None):
+    model = sharding.create_model(MICRO_MTP, mesh, seed=0)
+    model.value_head["kernel"][...] = 0.05 * jnp.ones_like(model.value_head["kernel"][...])  # non-trivial TD weights
+    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(experiment), ...)
+    tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
+    state = step_lib.init_state(params, tx, 0)
+    cfg = step_lib.StepConfig(experiment=experiment, grad_accum_steps=accum, head_weights=(1.0, 0.5, 0.5, 0.25),
+                              ce_chunk=16)
+    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh))
+    batch = jax.device_put(batch or _batch(), sharding.batch_sharding(mesh))
+    with jax.default_matmul_precision("highest"):
+        state, metrics = fn(state, frozen, None, batch)
+    return jax.device_get(state["params"]), jax.device_get(metrics)
+
+
+def _assert_params_close(a, b, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)
+
+
+def test_sharded_step_equals_unsharded():
+    single = _one_step(sharding.make_mesh(devices=jax.devices()[:1]))
+    for mesh in (sharding.make_mesh(fsdp=4), sharding.make_mesh(data=2, fsdp=2)):
+        sharded = _one_step(mesh)
+        np.testing.assert_allclose(sharded[1]["loss"], single[1]["loss"], rtol=1e-6)
+        np.testing.assert_allclose(sharded[1]["grad_norm"], single[1]["grad_norm"], rtol=1e-5)
+        _assert_params_close(sharded[0], single[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("experiment", ["baseline", "verifiable"])
+def test_gradient_accumulation_equals_one_big_batch(experiment):
+    mesh = sharding.make_mesh()
+    batch = _batch(b=16)  # 4 micro-batches of 4 rows, one row per device each
+    big = _one_step(mesh, experiment, accum=1, batch=batch)
+    accumulated = _one_step(mesh, experiment, accum=4, batch=batch)
+    np.testing.assert_allclose(accumulated[1]["loss"], big[1]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(accumulated[1]["grad_norm"], big[1]["grad_norm"], rtol=1e-5)
+    _assert_params_close(accumulated[0], big[0], atol=1e-6)
+
+
+def test_config_problems_are_reported_together(shared, tmp_path):
+    c = micro_config("rho1", shared, tmp_path)
+    c.train.batch_size = 6
+    c.train.learning_rate = -1.0
+    c.weighting.rho1_select = "sometimes"
+    c.mesh.tensor = 3
+    found = config_lib.problems(c, n_devices=4)
+    text = "\n".join(found)
+    assert "train.learning_rate=-1.0: expected a positive number" in text
+    assert "weighting.rho1_select='sometimes': expected one of ['hard', 'soft']" in text
+    assert "mesh=(1, -1, 3)" in text
+    c.mesh.tensor = 1
+    found = config_lib.problems(c, n_devices=4)
+    assert any("train.batch_size=6: must split into" in p for p in found)

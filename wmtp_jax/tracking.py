@@ -1,0 +1,82 @@
+"""MLflow tracking from process 0 only. A tracking server that cannot be reached is a warning, not a crash.
+
+URI: ``config.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a local store under the workdir.
+A resumed run (same workdir) continues the same MLflow run. Keys that look like secrets are never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+
+_SECRET = re.compile(r"(secret|password|passwd|token_value|access_key|api_key|credential)", re.IGNORECASE)
+
+
+def flatten_config(c, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in c.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            out.update(flatten_config(value, name + "."))
+        elif not _SECRET.search(name):
+            out[name] = value
+    return out
+
+
+class Tracker:
+    """Thin MLflow wrapper; every call is a no-op on processes other than 0 or after a tracking failure."""
+
+    def __init__(self, c, workdir: Path):
+        self.enabled = jax.process_index() == 0
+        self.run = None
+        if not self.enabled:
+            return
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        import mlflow
+
+        self.mlflow = mlflow
+        uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (workdir / "mlruns").absolute().as_uri()
+        run_file = workdir / "mlflow_run.json"
+        try:
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_experiment(c.mlflow.experiment_name)
+            previous = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
+            self.run = mlflow.start_run(run_id=previous, run_name=c.mlflow.run_name or None)
+            run_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": uri}))
+            if previous is None:
+                params = {k: str(v)[:500] for k, v in flatten_config(c).items()}
+                mlflow.log_params(params)
+        except Exception as e:  # unreachable server, bad URI, permissions: training goes on without tracking
+            self._disable(f"MLflow tracking at {uri} unavailable ({type(e).__name__}: {e}); continuing without it")
+
+    def _disable(self, message: str) -> None:
+        warnings.warn(message, stacklevel=3)
+        self.enabled = False
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.enabled:
+            try:
+                self.mlflow.log_metrics(metrics, step=step)
+            except Exception as e:
+                self._disable(f"MLflow log_metrics failed ({type(e).__name__}: {e}); tracking disabled")
+
+    def log_artifact(self, path: str | os.PathLike) -> None:
+        if self.enabled:
+            try:
+                self.mlflow.log_artifact(str(path))
+            except Exception as e:
+                self._disable(f"MLflow log_artifact failed ({type(e).__name__}: {e}); tracking disabled")
+
+    def close(self) -> None:
+        if self.enabled and self.run is not None:
+            try:
+                self.mlflow.end_run()
+            except Exception:
+                pass
