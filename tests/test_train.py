@@ -114,11 +114,14 @@ def test_baseline_loss_decreases_and_logs_to_mlflow(shared, tmp_path):
     assert m[1]["learning_rate"] == 0.0 and m[3]["learning_rate"] > 0  # warmup
     import mlflow
 
-    mlflow.set_tracking_uri((tmp_path / "b" / "mlruns").absolute().as_uri())
+    from wmtp_jax.tracking import local_tracking_uri
+
+    mlflow.set_tracking_uri(local_tracking_uri(tmp_path / "b"))
     run_id = json.loads((tmp_path / "b" / "mlflow_run.json").read_text())["run_id"]
     logged = mlflow.get_run(run_id)
     assert logged.data.params["train.num_steps"] == "12" and "loss" in logged.data.metrics
     assert "val_loss" in logged.data.metrics
+    assert any(a.path == "weight_distribution.png" for a in mlflow.MlflowClient().list_artifacts(run_id))
     steps = sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 12
 

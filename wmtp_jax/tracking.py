@@ -1,6 +1,7 @@
 """MLflow tracking from process 0 only. A tracking server that cannot be reached is a warning, not a crash.
 
-URI: ``config.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else a local store under the workdir.
+URI: ``config.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///{workdir}/mlflow.db`` with
+artifacts in ``{workdir}/mlartifacts`` (browse with ``mlflow ui --backend-store-uri sqlite:///.../mlflow.db``).
 A resumed run (same workdir) continues the same MLflow run. Keys that look like secrets are never logged.
 """
 
@@ -29,6 +30,11 @@ def flatten_config(c, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def local_tracking_uri(workdir: Path) -> str:
+    """The default store: SQLite in the workdir (MLflow 3's file store is read-only maintenance mode)."""
+    return f"sqlite:///{(Path(workdir) / 'mlflow.db').absolute()}"
+
+
 class Tracker:
     """Thin MLflow wrapper; every call is a no-op on processes other than 0 or after a tracking failure."""
 
@@ -42,10 +48,14 @@ class Tracker:
         import mlflow
 
         self.mlflow = mlflow
-        uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (workdir / "mlruns").absolute().as_uri()
+        local = not (c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
         run_file = workdir / "mlflow_run.json"
         try:
             mlflow.set_tracking_uri(uri)
+            if local and mlflow.get_experiment_by_name(c.mlflow.experiment_name) is None:
+                mlflow.create_experiment(c.mlflow.experiment_name,
+                                         artifact_location=(workdir / "mlartifacts").absolute().as_uri())
             mlflow.set_experiment(c.mlflow.experiment_name)
             previous = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
             self.run = mlflow.start_run(run_id=previous, run_name=c.mlflow.run_name or None)

@@ -232,7 +232,7 @@ def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh:
 
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
         (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state["ema"]), (micro, jnp.arange(n)))
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
