@@ -124,7 +124,7 @@ def build(c, mesh) -> Run:
     tx, schedule = step_lib.make_optimizer(
         c.train.learning_rate, c.train.warmup_steps, total_steps, end_lr_fraction=c.train.end_lr_fraction,
         b1=c.train.b1, b2=c.train.b2, weight_decay=c.train.weight_decay, max_grad_norm=c.train.max_grad_norm)
-    state = step_lib.init_state(params, tx, c.seed)
+    state = step_lib.init_state(params, tx, c.seed, mesh)
     cfg = step_config(c, model.cfg.n_future_tokens)
     step_fn = jax.jit(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh, ref_graphdef),
                       donate_argnums=(0,))

@@ -248,11 +248,17 @@ def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh:
     return step
 
 
-def init_state(params, tx, seed: int) -> dict[str, Any]:
-    """Train state for trainable ``params`` (optimizer state follows the params' shardings)."""
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": jax.jit(tx.init)(params),
-            "ema": {"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())},
-            "rng": jax.random.key_data(jax.random.key(seed))}
+def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> dict[str, Any]:
+    """Train state for trainable ``params``: optimizer state follows the params' shardings, the small
+    bookkeeping arrays (step, TD-whitening EMA, rng) are replicated over ``mesh``."""
+    small = {"step": jnp.zeros((), jnp.int32), "ema": {"mean": jnp.zeros(()), "var": jnp.zeros(()),
+                                                       "count": jnp.zeros(())},
+             "rng": jax.random.key_data(jax.random.key(seed))}
+    state = {**small, "params": params, "opt_state": jax.jit(tx.init)(params)}
+    if mesh is not None:  # scalars (step, optimizer counts, ...) would otherwise sit on device 0 only
+        state = jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding)
+                             else jax.device_put(x, sharding.replicated(mesh)), state)
+    return state
 
 
 def state_rng(state) -> jax.Array:

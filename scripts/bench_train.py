@@ -1,0 +1,246 @@
+"""Benchmark: train-step throughput (JAX vs plain PyTorch) and compiled per-device memory of the 7B step.
+
+    uv run python scripts/bench_train.py throughput [--batch 4 --seq 256 --steps 5]
+    uv run python scripts/bench_train.py memory [--per-device-batch 2 --seq 2048 --devices 4]
+
+throughput: for every experiment, tokens/s of one train step on the micro model (2 trunk blocks + 4 heads,
+  dim 64, vocab 32000) with this project's jitted step on one device, beside the same model and loss written
+  in plain eager PyTorch (float32, AdamW), same shapes, same machine, one run each.
+memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-2.7B reference, bf16 compute,
+  float32 master weights and AdamW state, full remat) for a 4-device FSDP mesh from abstract shapes only, and
+  prints the per-device sizes XLA reports (arguments, outputs, temporaries; aliased donations counted once).
+  Runs on virtual CPU devices when no accelerator is present (XLA's CPU buffer assignment, not a GPU's).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+
+def torch_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
+    """The same MTP model and loss in eager PyTorch; returns tokens/s."""
+    import torch
+    import torch.nn.functional as F
+
+    from wmtp_jax.checkpoint.micro import MICRO_MTP
+
+    torch.manual_seed(0)
+    cfg = MICRO_MTP if experiment != "ref_tuning" else MICRO_MTP.replace(n_future_tokens=1)
+    d, hd, nh, nkv, ff = cfg.dim, cfg.head_dim, cfg.n_heads, cfg.kv_heads, cfg.hidden_dim
+
+    def lin(i, o):
+        return torch.nn.Parameter(0.02 * torch.randn(o, i))
+
+    def block():
+        return torch.nn.ParameterDict(dict(wq=lin(d, nh * hd), wk=lin(d, nkv * hd), wv=lin(d, nkv * hd),
+                                           wo=lin(nh * hd, d), w1=lin(d, ff), w3=lin(d, ff), w2=lin(ff, d),
+                                           an=torch.nn.Parameter(torch.ones(d)), fn=torch.nn.Parameter(torch.ones(d))))
+
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * w
+
+    freqs = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2).float() / hd))
+    cis = torch.polar(torch.ones(seq, hd // 2), torch.outer(torch.arange(seq).float(), freqs))
+
+    def rope(x):
+        xc = torch.view_as_complex(x.reshape(*x.shape[:-1], hd // 2, 2))
+        return torch.view_as_real(xc * cis[None, :, None]).flatten(3)
+
+    def run_block(p, x):
+        b, s, _ = x.shape
+        h = rms(x, p["an"])
+        q = rope(F.linear(h, p["wq"]).view(b, s, nh, hd)).transpose(1, 2)
+        k = rope(F.linear(h, p["wk"]).view(b, s, nkv, hd)).repeat_interleave(nh // nkv, 2).transpose(1, 2)
+        v = F.linear(h, p["wv"]).view(b, s, nkv, hd).repeat_interleave(nh // nkv, 2).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, s, -1)
+        x = x + F.linear(a, p["wo"])
+        h = rms(x, p["fn"])
+        return x + F.linear(F.silu(F.linear(h, p["w1"])) * F.linear(h, p["w3"]), p["w2"])
+
+    model = torch.nn.ModuleDict(dict(emb=torch.nn.Embedding(cfg.vocab_size, d)))
+    blocks = [block() for _ in range(cfg.n_trunk_layers)]
+    heads = [block() for _ in range(cfg.n_future_tokens)]
+    norm = torch.nn.Parameter(torch.ones(d))
+    out = lin(d, cfg.vocab_size)
+    value = lin(d, 1)
+    params = list(model.parameters()) + [p for b in blocks + heads for p in b.values()] + [norm, out, value]
+    ref_blocks = [block() for _ in range(3)] if experiment == "rho1" else []
+    ref_out = lin(d, cfg.vocab_size)
+    trainable = [value] if experiment == "critic" else params
+    opt = torch.optim.AdamW(trainable, lr=1e-4)
+
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, cfg.vocab_size, (batch, seq), generator=g)
+    rewards = torch.randint(0, 2, (batch, 1), generator=g).float()
+    start_out = seq // 3
+
+    def forward(tok):
+        h = model["emb"](tok)
+        for b in blocks:
+            h = run_block(b, h)
+        return h, torch.stack([run_block(b, h) for b in heads], 2)
+
+    def step():
+        opt.zero_grad()
+        with torch.set_grad_enabled(True):
+            if experiment == "critic":
+                with torch.no_grad():
+                    trunk_h, _ = forward(tokens)
+                v = (rms(trunk_h, norm) @ value.T)[..., 0]
+                loss = 0.5 * (v[:, start_out - 1:-1] - rewards).pow(2).mean()
+            else:
+                trunk_h, head_h = forward(tokens)
+                logits = rms(head_h, norm) @ out.T  # [B, S, H, V]
+                losses = []
+                for k in range(cfg.n_future_tokens):
+                    lg = logits[:, start_out - 1:seq - k - 1, k]
+                    tg = tokens[:, start_out + k:]
+                    ce = F.cross_entropy(lg.reshape(-1, cfg.vocab_size), tg.reshape(-1), reduction="none").view(tg.shape)
+                    w = torch.ones_like(ce)
+                    if experiment == "verifiable":
+                        v = (rms(trunk_h, norm) @ value.T)[..., 0]
+                        delta = (v[:, start_out:] - v[:, start_out - 1:-1]).detach()
+                        w = torch.clamp(torch.exp(delta / 0.9), 0.1, 5.0)[:, : ce.shape[1]]
+                    if experiment == "rho1":
+                        with torch.no_grad():
+                            hr = model["emb"](tokens)
+                            for b in ref_blocks:
+                                hr = run_block(b, hr)
+                            ref_ce = F.cross_entropy((rms(hr, norm) @ ref_out.T)[:, start_out + k - 1:-1].reshape(
+                                -1, cfg.vocab_size), tg.reshape(-1), reduction="none").view(tg.shape)
+                        score = (ce - ref_ce).detach()
+                        w = (score >= torch.quantile(score.flatten(), 0.4)).float()
+                    losses.append((w * ce).sum() / w.numel())
+                loss = sum(losses)
+                if experiment == "verifiable":
+                    v = (rms(trunk_h, norm) @ value.T)[..., 0]
+                    loss = loss + 0.5 * 0.5 * (v[:, start_out - 1:-1] - rewards).pow(2).mean()
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+
+    step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return batch * seq * steps / (time.perf_counter() - t)
+
+
+def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from wmtp_jax import sharding
+    from wmtp_jax.checkpoint.micro import MICRO_MTP
+    from wmtp_jax.train import step as step_lib
+
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    cfg = MICRO_MTP if experiment != "ref_tuning" else MICRO_MTP.replace(n_future_tokens=1)
+    model = sharding.create_model(cfg, mesh)
+    ref_graphdef = ref_state = None
+    if experiment == "rho1":
+        ref_graphdef, ref_state = nnx.split(sharding.create_model(cfg.replace(n_future_tokens=1, n_layers=3), mesh, 1))
+    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(experiment), ...)
+    tx, schedule = step_lib.make_optimizer(1e-4, 0, 100)
+    state = step_lib.init_state(params, tx, 0)
+    scfg = step_lib.StepConfig(experiment=experiment, head_weights=(1.0,) * cfg.n_future_tokens, ce_chunk=64)
+    fn = jax.jit(step_lib.make_train_step(scfg, graphdef, None, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
+    rng = np.random.RandomState(0)
+    lm = np.zeros((batch, seq), np.int32)
+    lm[:, seq // 3:] = 1
+    b = {"tokens": rng.randint(3, cfg.vocab_size, (batch, seq)).astype(np.int32), "loss_mask": lm,
+         "rewards": np.repeat(rng.randint(0, 2, (batch, 1)).astype(np.float32), seq, 1),
+         "segment_ids": np.ones((batch, seq), np.int32), "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
+    b = jax.device_put(b, sharding.batch_sharding(mesh))
+    state, m = fn(state, frozen, ref_state, b)
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = fn(state, frozen, ref_state, b)
+    jax.block_until_ready(m)
+    return batch * seq * steps / (time.perf_counter() - t)
+
+
+def throughput(args) -> None:
+    print(f"micro model, batch {args.batch} x {args.seq} tokens, {args.steps} timed steps after one warm-up step")
+    print(f"{'experiment':<12} {'JAX tok/s':>10} {'torch tok/s':>12} {'JAX/torch':>10}")
+    for experiment in ("baseline", "critic", "verifiable", "rho1", "ref_tuning"):
+        j = jax_throughput(experiment, args.batch, args.seq, args.steps)
+        t = torch_throughput(experiment, args.batch, args.seq, args.steps)
+        print(f"{experiment:<12} {j:>10,.0f} {t:>12,.0f} {j / t:>9.2f}x")
+
+
+def memory(args) -> None:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from wmtp_jax import sharding
+    from wmtp_jax.checkpoint.store import abstract_model
+    from wmtp_jax.model import ModelConfig
+    from wmtp_jax.train import step as step_lib
+
+    mesh = sharding.make_mesh(fsdp=args.devices, devices=jax.devices()[: args.devices])
+    policy_cfg = ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, multiple_of=256, n_future_tokens=4,
+                             dtype="bfloat16", param_dtype="float32", remat="full")
+    ref_cfg = ModelConfig(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912, vocab_size=32000,
+                          dtype="bfloat16", param_dtype=args.reference_dtype)
+
+    def with_shardings(abstract_state):
+        shardings = sharding.state_shardings(abstract_state, mesh)
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
+
+    graphdef, abstract = abstract_model(policy_cfg)
+    abstract = with_shardings(abstract)
+    model = nnx.merge(graphdef, abstract)
+    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("rho1"), ...)
+    ref_graphdef, ref_state = abstract_model(ref_cfg)
+    ref_state = with_shardings(ref_state)
+    tx, schedule = step_lib.make_optimizer(1e-5, 10, 1000)
+    opt_state = jax.eval_shape(jax.jit(tx.init), params)
+    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt_state,
+             "ema": {k: jax.ShapeDtypeStruct((), jnp.float32) for k in ("mean", "var", "count")},
+             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    b = args.per_device_batch * args.devices
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = {k: jax.ShapeDtypeStruct((b, args.seq), jnp.float32 if k == "rewards" else jnp.int32, sharding=batch_sharding)
+             for k in step_lib.BATCH_KEYS}
+    cfg = step_lib.StepConfig(experiment="rho1", head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk)
+    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
+    t = time.perf_counter()
+    compiled = fn.lower(state, frozen, ref_state, batch).compile()
+    stats = compiled.memory_analysis()
+    gib = 2**30
+    total = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    print(f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}), {args.devices}-device FSDP mesh, "
+          f"per-device batch {args.per_device_batch} x {args.seq}, compiled for {jax.devices()[0].platform} "
+          f"in {time.perf_counter() - t:.0f} s")
+    print(f"  arguments {stats.argument_size_in_bytes / gib:.2f} GiB, outputs {stats.output_size_in_bytes / gib:.2f} GiB, "
+          f"aliased (donated) {stats.alias_size_in_bytes / gib:.2f} GiB, temporaries {stats.temp_size_in_bytes / gib:.2f} GiB")
+    print(f"  per-device total {total / gib:.2f} GiB (target <= 36 GiB for 4 x A100-40GB)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("throughput")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--steps", type=int, default=5)
+    m = sub.add_parser("memory")
+    m.add_argument("--per-device-batch", type=int, default=2)
+    m.add_argument("--seq", type=int, default=2048)
+    m.add_argument("--devices", type=int, default=4)
+    m.add_argument("--ce-chunk", type=int, default=256)
+    m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    args = parser.parse_args()
+    if args.what == "memory" and "XLA_FLAGS" not in os.environ:
+        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    throughput(args) if args.what == "throughput" else memory(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
