@@ -85,6 +85,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.weighting.rho1_eps = 0.05
     c.weighting.rho1_w_max = 3.0
     c.weighting.rho1_normalize = "selected"  # selected (Rho-1 eq. 4) | valid
+    c.weighting.rho1_reference_ce = ""  # prefix of a precomputed reference CE table (scripts/precompute_ref_ce.py)
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_steps = 100

@@ -32,3 +32,15 @@ def test_invalid_config_reports_every_problem_and_exits_2(tmp_path):
                      f"model.checkpoint='{tmp_path}/missing': expected an existing torch or Orbax checkpoint",
                      "mesh=(1, 3, 1)", "but 4 devices are in use"):
         assert expected in out.stderr
+
+
+def test_training_config_problems_are_reported_together():
+    out = run_main("--config=configs/rho1.py", "--config.train.num_step=5", "--config.train.batch_size=eight",
+                   "--config.train.learning_rate=-1", "--config.data.strategy=best", "--config.train.batch_size=6")
+    assert out.returncode == 2
+    for expected in ("train.num_step: unknown config key", "train.batch_size='eight': expected a int",
+                     "train.learning_rate=-1.0: expected a positive number", "data.strategy='best': expected one of",
+                     "model.checkpoint='': expected an existing torch or Orbax checkpoint directory",
+                     "data.train='': expected a prepared .jsonl", "reference.checkpoint='': expected the Rho-1",
+                     "train.batch_size=6: must split into"):
+        assert expected in out.stderr, expected

@@ -112,16 +112,16 @@ def test_baseline_loss_decreases_and_logs_to_mlflow(shared, tmp_path):
     for key in ("grad_norm", "learning_rate", "tokens_per_s", "weight_mean", "weight_frac_selected", "ce_head_3"):
         assert key in m[12]
     assert m[1]["learning_rate"] == 0.0 and m[3]["learning_rate"] > 0  # warmup
-    import mlflow
+    from mlflow import MlflowClient
 
     from wmtp_jax.tracking import local_tracking_uri
 
-    mlflow.set_tracking_uri(local_tracking_uri(tmp_path / "b"))
+    client = MlflowClient(local_tracking_uri(tmp_path / "b"))
     run_id = json.loads((tmp_path / "b" / "mlflow_run.json").read_text())["run_id"]
-    logged = mlflow.get_run(run_id)
+    logged = client.get_run(run_id)
     assert logged.data.params["train.num_steps"] == "12" and "loss" in logged.data.metrics
-    assert "val_loss" in logged.data.metrics
-    assert any(a.path == "weight_distribution.png" for a in mlflow.MlflowClient().list_artifacts(run_id))
+    assert "val_loss" in logged.data.metrics and logged.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(run_id)} >= {"weight_distribution.png", "config.json"}
     steps = sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 12
 
@@ -238,3 +238,20 @@ def test_config_problems_are_reported_together(shared, tmp_path):
     c.mesh.tensor = 1
     found = config_lib.problems(c, n_devices=4)
     assert any("train.batch_size=6: must split into" in p for p in found)
+
+
+def test_precomputed_reference_ce_gives_the_same_rho1_step(stage_one, shared, tmp_path):
+    from wmtp_jax.train.reference_ce import precompute_reference_ce
+
+    ref_dir = str(stage_one["ref_tuning"]["final_dir"])
+    run("rho1", shared, tmp_path / "in_step", **{"reference.checkpoint": ref_dir, "train.num_steps": 2})
+    train_jsonl = str(Path(shared["data.cache_dir"]) / "mbpp" / "train.jsonl")
+    with jax.default_matmul_precision("highest"):
+        prefix = precompute_reference_ce(ref_dir, train_jsonl, batch_size=8, buckets=(256, 512), dtype="float32",
+                                         progress=False)
+    run("rho1", shared, tmp_path / "table", **{"weighting.rho1_reference_ce": prefix, "train.num_steps": 2,
+                                               "reference.checkpoint": "/nonexistent"})
+    a, b = read_metrics(tmp_path / "in_step"), read_metrics(tmp_path / "table")
+    for s in (1, 2):
+        assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5)
+        assert b[s]["weight_frac_selected"] == pytest.approx(a[s]["weight_frac_selected"])

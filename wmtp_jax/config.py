@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 
 import jax
@@ -19,6 +20,53 @@ class ConfigError(ValueError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
+def _parse_value(text: str, current):
+    """``text`` parsed as the type of ``current`` (bool, int, float, str, tuple); raises ValueError."""
+    if isinstance(current, bool):
+        lowered = text.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, (tuple, list)):
+        value = ast.literal_eval(text) if text.strip() else ()
+        value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        return value
+    return text
+
+
+def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> list[str]:
+    """Applies ``KEY=VALUE`` overrides (from ``--config.KEY=VALUE``); returns one problem per unknown key or
+    value of the wrong type instead of stopping at the first."""
+    out = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep:
+            out.append(f"--config.{key}: expected --config.{key}=VALUE")
+            continue
+        node, parts = c, key.split(".")
+        try:
+            for part in parts[:-1]:
+                node = node[part]
+            current = node[parts[-1]]
+        except (KeyError, AttributeError, TypeError):
+            out.append(f"{key}: unknown config key")
+            continue
+        if hasattr(current, "items"):
+            out.append(f"{key}: is a group of keys, not a value")
+            continue
+        try:
+            node[parts[-1]] = _parse_value(text, current)
+        except (ValueError, SyntaxError) as e:
+            out.append(f"{key}={text!r}: expected a {type(current).__name__} ({e})")
+    return out
 
 
 def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_processes: int | None = None) -> list[str]:
@@ -109,7 +157,10 @@ def _training_problems(c, check, one_of, positive, fraction, data, fsdp, n_proce
         for key in ("data.train",) + (("data.validation",) if c.data.validation else ()):
             check(key, lambda v: bool(v) and os.path.isfile(v) and os.path.isfile(_index_of(v)),
                   "a prepared .jsonl with its .index.npz beside it (scripts/prepare_data.py)")
-    if c.experiment == "rho1" and not c.model.build_micro:
+    if c.weighting.rho1_reference_ce:
+        check("weighting.rho1_reference_ce", lambda v: os.path.isfile(v + ".ref_ce.npy"),
+              "the prefix of {prefix}.ref_ce.npy written by scripts/precompute_ref_ce.py")
+    elif c.experiment == "rho1" and not c.model.build_micro:
         check("reference.checkpoint", lambda v: bool(v) and os.path.isdir(v),
               "the Rho-1 reference checkpoint directory (torch or Orbax)")
     b, accum = c.train.batch_size, c.train.grad_accum_steps

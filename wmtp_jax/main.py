@@ -1,6 +1,7 @@
 """Entry point: ``python -m wmtp_jax.main --config=configs/EXPERIMENT.py[:micro] [--config.KEY=VALUE ...]``.
 
-Only wires things up: validate the config, then hand it to the job for its experiment.
+Only wires things up: load the config, apply and validate every override (all problems reported at once),
+then hand the config to the job for its experiment.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. configs/rho1.py:micro")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. configs/rho1.py:micro",
+                                          lock_config=False)
 flags.mark_flags_as_required(["config"])
+_OVERRIDES: list[str] = []
 
 
 def main(argv) -> None:
@@ -20,10 +23,10 @@ def main(argv) -> None:
     from wmtp_jax import config as config_lib
 
     c = _CONFIG.value
-    try:
-        config_lib.validate(c)
-    except config_lib.ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    found = config_lib.apply_overrides(c, _OVERRIDES)
+    found += config_lib.problems(c)
+    if found:
+        print("error: " + str(config_lib.ConfigError(found)), file=sys.stderr)
         sys.exit(2)
     if c.experiment == "forward":
         from wmtp_jax import forward
@@ -38,7 +41,13 @@ def main(argv) -> None:
 
 def run() -> None:
     sys.path.insert(0, ".")  # config files import `configs.base` from the working directory
-    app.run(main)
+    argv = []
+    for arg in sys.argv:  # --config.KEY=VALUE overrides are applied (and checked, all together) in main
+        if arg.startswith("--config."):
+            _OVERRIDES.append(arg[len("--config."):])
+        else:
+            argv.append(arg)
+    app.run(main, argv=argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,33 +37,41 @@ def local_tracking_uri(workdir: Path) -> str:
 
 
 class Tracker:
-    """Thin MLflow wrapper; every call is a no-op on processes other than 0 or after a tracking failure."""
+    """Thin MLflow wrapper (an explicit ``MlflowClient``, no global MLflow state); every call is a no-op on
+    processes other than 0 or after a tracking failure."""
 
     def __init__(self, c, workdir: Path):
         self.enabled = jax.process_index() == 0
-        self.run = None
+        self.run_id = None
         if not self.enabled:
             return
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        import mlflow
+        from mlflow import MlflowClient
+        from mlflow.entities import Metric, Param
 
-        self.mlflow = mlflow
+        self._metric, self._param = Metric, Param
         local = not (c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
         run_file = workdir / "mlflow_run.json"
         try:
-            mlflow.set_tracking_uri(uri)
-            if local and mlflow.get_experiment_by_name(c.mlflow.experiment_name) is None:
-                mlflow.create_experiment(c.mlflow.experiment_name,
-                                         artifact_location=(workdir / "mlartifacts").absolute().as_uri())
-            mlflow.set_experiment(c.mlflow.experiment_name)
-            previous = json.loads(run_file.read_text())["run_id"] if run_file.exists() else None
-            self.run = mlflow.start_run(run_id=previous, run_name=c.mlflow.run_name or None)
-            run_file.write_text(json.dumps({"run_id": self.run.info.run_id, "tracking_uri": uri}))
-            if previous is None:
-                params = {k: str(v)[:500] for k, v in flatten_config(c).items()}
-                mlflow.log_params(params)
+            self.client = MlflowClient(tracking_uri=uri)
+            previous = json.loads(run_file.read_text()) if run_file.exists() else {}
+            if previous.get("tracking_uri") == uri:
+                self.run_id = previous["run_id"]  # a resumed run continues its MLflow run
+                self.client.update_run(self.run_id, status="RUNNING")
+            else:
+                experiment = self.client.get_experiment_by_name(c.mlflow.experiment_name)
+                if experiment is None:
+                    location = (workdir / "mlartifacts").absolute().as_uri() if local else None
+                    experiment_id = self.client.create_experiment(c.mlflow.experiment_name, artifact_location=location)
+                else:
+                    experiment_id = experiment.experiment_id
+                self.run_id = self.client.create_run(experiment_id, run_name=c.mlflow.run_name or None).info.run_id
+                run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
+                params = [Param(k, str(v)[:500]) for k, v in flatten_config(c).items()]
+                for i in range(0, len(params), 100):
+                    self.client.log_batch(self.run_id, params=params[i:i + 100])
         except Exception as e:  # unreachable server, bad URI, permissions: training goes on without tracking
             self._disable(f"MLflow tracking at {uri} unavailable ({type(e).__name__}: {e}); continuing without it")
 
@@ -73,20 +82,22 @@ class Tracker:
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled:
             try:
-                self.mlflow.log_metrics(metrics, step=step)
+                now = int(time.time() * 1000)
+                self.client.log_batch(self.run_id, metrics=[self._metric(k, float(v), now, step)
+                                                            for k, v in metrics.items()])
             except Exception as e:
                 self._disable(f"MLflow log_metrics failed ({type(e).__name__}: {e}); tracking disabled")
 
     def log_artifact(self, path: str | os.PathLike) -> None:
         if self.enabled:
             try:
-                self.mlflow.log_artifact(str(path))
+                self.client.log_artifact(self.run_id, str(path))
             except Exception as e:
                 self._disable(f"MLflow log_artifact failed ({type(e).__name__}: {e}); tracking disabled")
 
-    def close(self) -> None:
-        if self.enabled and self.run is not None:
+    def close(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id is not None:
             try:
-                self.mlflow.end_run()
+                self.client.set_terminated(self.run_id, status=status)
             except Exception:
                 pass

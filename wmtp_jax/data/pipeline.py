@@ -29,10 +29,14 @@ FEATURES = ("tokens", "loss_mask", "rewards")
 
 
 class JsonlRecords:
-    """Grain random-access source over selected lines of a JSONL file, addressed by byte offset."""
+    """Grain random-access source over selected lines of a JSONL file, addressed by byte offset.
 
-    def __init__(self, path: str | os.PathLike, offsets: np.ndarray):
+    Each item is the parsed record plus ``"_row"``: its row in the split's index (``rows[i]``, or -1).
+    """
+
+    def __init__(self, path: str | os.PathLike, offsets: np.ndarray, rows: np.ndarray | None = None):
         self.path, self.offsets, self._fd = os.fspath(path), np.asarray(offsets, np.int64), None
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -52,23 +56,56 @@ class JsonlRecords:
             pos += len(chunk)
         line = b"".join(chunks)
         try:
-            return json.loads(line)
+            record = json.loads(line)
+            record["_row"] = -1 if self.rows is None else int(self.rows[i])
+            return record
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.path}: no JSON record at byte {offset} ({e}); is the index stale?") from None
 
     def __getstate__(self):
-        return {"path": self.path, "offsets": self.offsets}
+        return {"path": self.path, "offsets": self.offsets, "rows": self.rows}
 
     def __setstate__(self, state):
-        self.__init__(state["path"], state["offsets"])
+        self.__init__(state["path"], state["offsets"], state["rows"])
 
     def __repr__(self) -> str:
         return f"JsonlRecords({self.path!r}, {len(self)} records)"
 
 
+class ReferenceCE:
+    """Precomputed reference next-token CE per record (``scripts/precompute_ref_ce.py``), memory-mapped.
+
+    ``{prefix}.ref_ce.npy``: float32, every record's token-aligned CE concatenated in index-row order;
+    ``{prefix}.ref_ce_start.npy``: int64 ``[N + 1]`` start of each row.
+    """
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = os.fspath(prefix)
+        try:
+            self.values = np.load(self.prefix + ".ref_ce.npy", mmap_mode="r")
+            self.start = np.load(self.prefix + ".ref_ce_start.npy")
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e.filename}: precomputed reference CE not found "
+                                    "(run scripts/precompute_ref_ce.py)") from None
+
+    def row(self, row: int, length: int) -> np.ndarray:
+        lo, hi = int(self.start[row]), int(self.start[row + 1])
+        if hi - lo != length:
+            raise ValueError(f"{self.prefix}.ref_ce.npy: row {row} has {hi - lo} values for a {length}-token record; "
+                             "the precomputed CE is stale (recompute it)")
+        return np.asarray(self.values[lo:hi], np.float32)
+
+    def __getstate__(self):
+        return {"prefix": self.prefix}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefix"])
+
+
 @dataclasses.dataclass
 class TokenizeRecord(grain.transforms.Map):
-    """Alpaca record -> ``{"tokens", "loss_mask", "rewards"}`` (int32, int32, float32 ``[L]``).
+    """Alpaca record -> ``{"tokens", "loss_mask", "rewards"}`` (int32, int32, float32 ``[L]``), plus ``"ref_ce"``
+    (float32 ``[L]``) when a precomputed reference CE table is given.
 
     Sequences longer than ``max_length`` are cut at ``max_length`` (the EOS is then lost; prepare_data's
     ``--max-length`` should make this rare).
@@ -76,6 +113,7 @@ class TokenizeRecord(grain.transforms.Map):
 
     tokenizer: Tokenizer
     max_length: int
+    reference_ce: ReferenceCE | None = None
 
     def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         prompt = self.tokenizer.encode(format_prompt(record["instruction"], record.get("input", "")), bos=True)
@@ -84,7 +122,10 @@ class TokenizeRecord(grain.transforms.Map):
         loss_mask = np.zeros(len(tokens), np.int32)
         loss_mask[len(prompt):] = 1
         rewards = np.full(len(tokens), 1.0 if record.get("is_correct") else 0.0, np.float32)
-        return {"tokens": tokens, "loss_mask": loss_mask, "rewards": rewards}
+        out = {"tokens": tokens, "loss_mask": loss_mask, "rewards": rewards}
+        if self.reference_ce is not None:
+            out["ref_ce"] = self.reference_ce.row(record["_row"], len(tokens))
+        return out
 
 
 def bucket_length(n: int, buckets: Sequence[int]) -> int:
@@ -97,12 +138,13 @@ def bucket_length(n: int, buckets: Sequence[int]) -> int:
 def pad_to_bucket(examples: Sequence[dict[str, np.ndarray]], buckets: Sequence[int], pad_id: int = 0):
     """Stacks examples into ``[B, bucket]`` arrays plus ``segment_ids`` (1 = token, 0 = pad) and ``positions``."""
     length = bucket_length(max(len(e["tokens"]) for e in examples), buckets)
-    batch = {k: np.zeros((len(examples), length), np.float32 if k == "rewards" else np.int32) for k in FEATURES}
+    keys = list(examples[0])
+    batch = {k: np.zeros((len(examples), length), examples[0][k].dtype) for k in keys}
     batch["tokens"][:] = pad_id
     batch["segment_ids"] = np.zeros((len(examples), length), np.int32)
     for i, e in enumerate(examples):
         n = min(len(e["tokens"]), length)
-        for k in FEATURES:
+        for k in keys:
             batch[k][i, :n] = e[k][:n]
         batch["segment_ids"][i, :n] = 1
     batch["positions"] = np.broadcast_to(np.arange(length, dtype=np.int32), (len(examples), length)).copy()
@@ -110,7 +152,7 @@ def pad_to_bucket(examples: Sequence[dict[str, np.ndarray]], buckets: Sequence[i
 
 
 def _rename_packed(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {k: example[k] for k in FEATURES}
+    out = {k: example[k] for k in (*FEATURES, "ref_ce") if k in example}
     out["segment_ids"] = example["tokens_segment_ids"].astype(np.int32)
     out["positions"] = example["tokens_positions"].astype(np.int32)
     return out
@@ -126,13 +168,20 @@ class PipelineConfig:
 
 
 def make_dataset(jsonl: str | os.PathLike, offsets: np.ndarray, tokenizer: Tokenizer, cfg: PipelineConfig,
-                 ) -> grain.IterDataset:
-    """The batched Grain dataset over the planned records (in plan order; the plan is already shuffled)."""
+                 rows: np.ndarray | None = None, reference_ce: ReferenceCE | None = None) -> grain.IterDataset:
+    """The batched Grain dataset over the planned records (in plan order; the plan is already shuffled).
+
+    ``rows`` (the planned index rows) are needed with ``reference_ce`` to look up each record's CE.
+    """
     max_length = max(cfg.buckets)
-    ds = grain.MapDataset.source(JsonlRecords(jsonl, offsets)).map(TokenizeRecord(tokenizer, max_length))
+    if reference_ce is not None and rows is None:
+        raise ValueError("make_dataset: reference_ce needs the planned index rows")
+    ds = grain.MapDataset.source(JsonlRecords(jsonl, offsets, rows)).map(
+        TokenizeRecord(tokenizer, max_length, reference_ce))
     if cfg.pack:
+        features = FEATURES + (("ref_ce",) if reference_ce is not None else ())
         it = grain.experimental.FirstFitPackIterDataset(
-            ds.to_iter_dataset(), length_struct={k: max_length for k in FEATURES},
+            ds.to_iter_dataset(), length_struct={k: max_length for k in features},
             num_packing_bins=cfg.batch_size, shuffle_bins=False)
         it = it.map(_rename_packed).batch(cfg.batch_size, drop_remainder=True)
     else:

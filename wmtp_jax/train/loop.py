@@ -23,7 +23,7 @@ from wmtp_jax import sharding
 from wmtp_jax.checkpoint import ensure_orbax, load_model, save_model
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
-from wmtp_jax.data.pipeline import PipelineConfig, make_dataset
+from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
 from wmtp_jax.data.prepare import prepare
 from wmtp_jax.data.records import RecordIndex
 from wmtp_jax.data.sampling import SamplingConfig, build_plan, shard_plan
@@ -88,7 +88,7 @@ def sampling_config(c) -> SamplingConfig:
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     """Process-local rows -> global arrays sharded over the batch axes."""
     spec = sharding.batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(spec, local[k]) for k in step_lib.BATCH_KEYS}
+    return {k: jax.make_array_from_process_local_data(spec, v) for k, v in local.items()}
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -112,7 +112,7 @@ def build(c, mesh) -> Run:
                                                   vocab_size=c.model.vocab_size or None)
     model = load_model(model_dir, mesh, dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
     reference = ref_graphdef = reference_state = None
-    if c.experiment == "rho1":
+    if c.experiment == "rho1" and not c.weighting.rho1_reference_ce:
         ref_dir = ensure_orbax(c.reference.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
         reference = load_model(ref_dir, mesh, dtype=c.reference.dtype)
         if reference.cfg.vocab_size != model.cfg.vocab_size:
@@ -215,9 +215,12 @@ def train(c) -> dict:
     index = RecordIndex.load(index_path(c.data.train))
     plan = build_plan(index, sampling_config(c), c.train.num_steps * c.train.batch_size, c.seed)
     local = shard_plan(plan, c.train.batch_size, jax.process_index(), jax.process_count())
+    reference_ce = None
+    if c.experiment == "rho1" and c.weighting.rho1_reference_ce:
+        reference_ce = ReferenceCE(c.weighting.rho1_reference_ce)
     dataset = make_dataset(c.data.train, index.offsets(local), tok, PipelineConfig(
         batch_size=c.train.batch_size // jax.process_count(), buckets=tuple(c.data.buckets), pack=c.data.pack,
-        num_workers=c.data.num_workers))
+        num_workers=c.data.num_workers), rows=local, reference_ce=reference_ce)
     iterator = iter(dataset)
 
     manager = make_checkpoint_manager(c, workdir)
@@ -238,6 +241,7 @@ def train(c) -> dict:
     bar = tqdm(total=c.train.num_steps, initial=start, desc=c.experiment, unit="step", disable=not is_main)
     hist = np.zeros(step_lib.WEIGHT_HIST_BINS)
     losses, nonfinite_run, nonfinite_total = {}, 0, 0
+    status = "FAILED"
     try:
         for step in range(start, c.train.num_steps):
             t0 = time.perf_counter()
@@ -275,7 +279,10 @@ def train(c) -> dict:
                 if val is not None:
                     tracker.log_metrics({"val_loss": val}, step + 1)
                 _save(manager, step + 1, state, iterator, val)
+        status = "FINISHED"
     finally:
+        if status == "FAILED":
+            tracker.close("FAILED")
         bar.close()
         manager.wait_until_finished()
         if metrics_file:
