@@ -47,6 +47,7 @@ def run() -> None:
             _OVERRIDES.append(arg[len("--config."):])
         else:
             argv.append(arg)
+    sys.argv = argv  # ml_collections also reads sys.argv for overrides
     app.run(main, argv=argv)
 
 
