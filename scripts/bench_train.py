@@ -144,9 +144,10 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
         ref_graphdef, ref_state = nnx.split(sharding.create_model(cfg.replace(n_future_tokens=1, n_layers=3), mesh, 1))
     graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(experiment), ...)
     tx, schedule = step_lib.make_optimizer(1e-4, 0, 100)
-    state = step_lib.init_state(params, tx, 0)
+    state = step_lib.init_state(params, tx, 0, mesh)
     scfg = step_lib.StepConfig(experiment=experiment, head_weights=(1.0,) * cfg.n_future_tokens, ce_chunk=64)
-    fn = jax.jit(step_lib.make_train_step(scfg, graphdef, None, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
+    fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, None, tx, schedule, mesh, ref_graphdef),
+                                 state, frozen, ref_state, mesh)
     rng = np.random.RandomState(0)
     lm = np.zeros((batch, seq), np.int32)
     lm[:, seq // 3:] = 1
@@ -154,8 +155,10 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
          "rewards": np.repeat(rng.randint(0, 2, (batch, 1)).astype(np.float32), seq, 1),
          "segment_ids": np.ones((batch, seq), np.int32), "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
     b = jax.device_put(b, sharding.batch_sharding(mesh))
-    state, m = fn(state, frozen, ref_state, b)
+    for _ in range(2):  # compile, and make sure the steady state does not compile again
+        state, m = fn(state, frozen, ref_state, b)
     jax.block_until_ready(m)
+    assert fn._cache_size() == 1, "the train step recompiled after its first call"
     t = time.perf_counter()
     for _ in range(steps):
         state, m = fn(state, frozen, ref_state, b)
@@ -164,7 +167,7 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
 
 
 def throughput(args) -> None:
-    print(f"micro model, batch {args.batch} x {args.seq} tokens, {args.steps} timed steps after one warm-up step")
+    print(f"micro model, batch {args.batch} x {args.seq} tokens, {args.steps} timed steps after two warm-up steps")
     print(f"{'experiment':<12} {'JAX tok/s':>10} {'torch tok/s':>12} {'JAX/torch':>10}")
     for experiment in ("baseline", "critic", "verifiable", "rho1", "ref_tuning"):
         j = jax_throughput(experiment, args.batch, args.seq, args.steps)

@@ -87,6 +87,8 @@ def logical_to_mesh_spec(logical: P, shape: Sequence[int], mesh: Mesh,
             continue
         used.update(axes)
         out.append(axes[0] if len(axes) == 1 else axes)
+    while out and out[-1] is None:  # canonical form: P(None, None) and P() are the same sharding, but
+        out.pop()                   # jit caches compare specs literally
     return P(*out)
 
 

@@ -126,8 +126,8 @@ def build(c, mesh) -> Run:
         b1=c.train.b1, b2=c.train.b2, weight_decay=c.train.weight_decay, max_grad_norm=c.train.max_grad_norm)
     state = step_lib.init_state(params, tx, c.seed, mesh)
     cfg = step_config(c, model.cfg.n_future_tokens)
-    step_fn = jax.jit(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh, ref_graphdef),
-                      donate_argnums=(0,))
+    step_fn = step_lib.jit_train_step(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh, ref_graphdef),
+                                      state, frozen, reference_state, mesh)
 
     @jax.jit
     def eval_fn(params, frozen, batch):

@@ -231,7 +231,11 @@ def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh:
             return (jax.tree.map(jnp.add, grads, g), _combine(metrics, m, n), ema), None
 
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state["ema"]), (micro, jnp.arange(n)))
+        if n == 1:  # no loop: XLA:CPU runs while-loop bodies far slower than straight-line code
+            (grads, metrics, ema), _ = body((zeros, metrics0, state["ema"]),
+                                            (jax.tree.map(lambda x: x[0], micro), jnp.zeros((), jnp.int32)))
+        else:
+            (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state["ema"]), (micro, jnp.arange(n)))
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
@@ -246,6 +250,18 @@ def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh:
         return new_state, metrics
 
     return step
+
+
+def jit_train_step(step, state, frozen, reference_state, mesh: Mesh):
+    """``jax.jit`` of ``step`` with explicit in/out shardings (state, frozen and reference keep their
+    parameter shardings; batch rows split over the batch axes) and the state donated."""
+    def shardings_of(tree):
+        return jax.tree.map(lambda x: x.sharding, tree)
+
+    state_shardings = shardings_of(state)
+    batch = sharding.batch_sharding(mesh)
+    return jax.jit(step, in_shardings=(state_shardings, shardings_of(frozen), shardings_of(reference_state), batch),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
 def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> dict[str, Any]:
