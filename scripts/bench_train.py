@@ -193,7 +193,8 @@ def memory(args) -> None:
 
     def with_shardings(abstract_state):
         shardings = sharding.state_shardings(abstract_state, mesh)
-        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
+        return jax.tree.map(lambda v, s: v.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
+                            abstract_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
     graphdef, abstract = abstract_model(policy_cfg)
     abstract = with_shardings(abstract)

@@ -255,3 +255,22 @@ def test_precomputed_reference_ce_gives_the_same_rho1_step(stage_one, shared, tm
     for s in (1, 2):
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5)
         assert b[s]["weight_frac_selected"] == pytest.approx(a[s]["weight_frac_selected"])
+
+
+def test_remat_step_matches_no_remat():
+    mesh = sharding.make_mesh()
+    results = []
+    for remat in ("none", "full", "dots"):
+        cfg = MICRO_MTP.replace(remat=remat)
+        model = sharding.create_model(cfg, mesh, seed=0)
+        graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("baseline"), ...)
+        tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
+        state = step_lib.init_state(params, tx, 0, mesh)
+        scfg = step_lib.StepConfig(experiment="baseline", head_weights=(1.0,) * 4, ce_chunk=16)
+        fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, None, tx, schedule, mesh),
+                                     state, frozen, None, mesh)
+        with jax.default_matmul_precision("highest"):
+            state, metrics = fn(state, frozen, None, jax.device_put(_batch(), sharding.batch_sharding(mesh)))
+        results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
+    for loss, norm in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-6) and norm == pytest.approx(results[0][1], rel=1e-5)

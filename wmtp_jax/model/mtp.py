@@ -10,6 +10,7 @@ trunk state for the TD-weighted experiments (DESIGN.md section 4).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -20,7 +21,7 @@ from wmtp_jax.model.config import ModelConfig
 from wmtp_jax.model.layers import Block, RMSNorm, _param
 
 _REMAT_POLICIES = {
-    "full": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
@@ -89,9 +90,8 @@ class MTPTransformer(nnx.Module):
         mask = None if segment_ids is None else attention_mask(segment_ids)
         h = jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype)
 
-        call = _call_block
-        if cfg.remat != "none":
-            call = nnx.remat(_call_block, policy=_REMAT_POLICIES[cfg.remat])
+        policy = _REMAT_POLICIES.get(cfg.remat)
+        call = _call_block if policy is None else functools.partial(_remat_block, policy=policy)
         for block in self.layers:
             h = call(block, h, positions, mask)
         trunk_state = self.norm(h)
@@ -114,3 +114,11 @@ class MTPTransformer(nnx.Module):
 
 def _call_block(block: Block, h, positions, mask):
     return block(h, positions, mask)
+
+
+def _remat_block(block: Block, h, positions, mask, *, policy):
+    """The block under ``jax.checkpoint`` as a pure function of its state (safe inside jit / grad / scan):
+    its activations are recomputed in the backward pass except what ``policy`` saves."""
+    graphdef, state = nnx.split(block)
+    fn = jax.checkpoint(lambda st, h, p, m: nnx.merge(graphdef, st)(h, p, m), policy=policy)
+    return fn(state, h, positions, mask)
