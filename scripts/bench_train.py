@@ -224,6 +224,20 @@ def memory(args) -> None:
     print(f"  arguments {stats.argument_size_in_bytes / gib:.2f} GiB, outputs {stats.output_size_in_bytes / gib:.2f} GiB, "
           f"aliased (donated) {stats.alias_size_in_bytes / gib:.2f} GiB, temporaries {stats.temp_size_in_bytes / gib:.2f} GiB")
     print(f"  per-device total {total / gib:.2f} GiB (target <= 36 GiB for 4 x A100-40GB)")
+    if args.show_largest:
+        import re
+
+        sizes = {"f32": 4, "bf16": 2, "s32": 4, "u32": 4, "pred": 1, "f16": 2, "s8": 1, "u8": 1}
+        found = []
+        for line in compiled.as_text().splitlines():
+            m = re.search(r"= (f32|bf16|s32|u32|pred|f16)\[([\d,]+)\]", line)
+            if m:
+                n = 1
+                for d in m.group(2).split(","):
+                    n *= int(d)
+                found.append((n * sizes[m.group(1)], line.strip()[:180]))
+        for size, line in sorted(found, reverse=True)[: args.show_largest]:
+            print(f"  {size / gib:7.2f} GiB  {line}")
 
 
 def main() -> int:
@@ -239,6 +253,7 @@ def main() -> int:
     m.add_argument("--devices", type=int, default=4)
     m.add_argument("--ce-chunk", type=int, default=256)
     m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    m.add_argument("--show-largest", type=int, default=0, help="list the N largest buffers of the compiled step")
     args = parser.parse_args()
     if args.what == "memory" and "XLA_FLAGS" not in os.environ:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"

@@ -32,6 +32,21 @@ LOGICAL_AXIS_RULES: dict[str, Any] = {
 }
 
 
+def constrain_batch(x: jax.Array) -> jax.Array:
+    """Pins the leading (batch) dimension of an activation to the batch axes of the ambient mesh.
+
+    A no-op outside ``jax.set_mesh`` (eager calls, tests without a mesh). Without it, GSPMD may keep
+    FSDP-sharded activations split over the model width and replicate the batch on every device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names and mesh.shape[a] > 1)
+    if not axes or x.shape[0] % int(np.prod([mesh.shape[a] for a in axes])):
+        return x
+    return jax.lax.with_sharding_constraint(x, P(axes if len(axes) > 1 else axes[0]))
+
+
 class MeshError(ValueError):
     """A mesh shape that does not match the available devices."""
 

@@ -19,6 +19,7 @@ from flax import nnx
 
 from wmtp_jax.model.config import ModelConfig
 from wmtp_jax.model.layers import Block, RMSNorm, _param
+from wmtp_jax.sharding import constrain_batch
 
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -88,17 +89,17 @@ class MTPTransformer(nnx.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
         mask = None if segment_ids is None else attention_mask(segment_ids)
-        h = jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype)
+        h = constrain_batch(jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype))
 
         policy = _REMAT_POLICIES.get(cfg.remat)
         call = _call_block if policy is None else functools.partial(_remat_block, policy=policy)
         for block in self.layers:
-            h = call(block, h, positions, mask)
+            h = constrain_batch(call(block, h, positions, mask))
         trunk_state = self.norm(h)
         values = (trunk_state.astype(jnp.float32) @ self.value_head["kernel"][...].astype(jnp.float32)
                   + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
-        head_out = jnp.stack([call(head, h, positions, mask) for head in self.heads], axis=2)
-        return MTPOutput(head_hidden=self.norm(head_out), values=values)
+        head_out = jnp.stack([constrain_batch(call(head, h, positions, mask)) for head in self.heads], axis=2)
+        return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=constrain_batch(values))
 
     def logits(self, head_hidden: jax.Array) -> jax.Array:
         """Shared output projection: ``[..., d]`` -> float32 ``[..., vocab]``."""

@@ -207,6 +207,12 @@ def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh:
     frozen part of the model's state; ``reference_state`` the Rho-1 reference (or None).
     """
     def step(state, frozen, reference_state, batch):
+        if mesh is None:
+            return _step(state, frozen, reference_state, batch)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # lets the model pin activations to the batch axes
+            return _step(state, frozen, reference_state, batch)
+
+    def _step(state, frozen, reference_state, batch):
         n = cfg.grad_accum_steps
         micro = _micro_batches(batch, n, mesh)
         model0 = nnx.merge(graphdef, state["params"], frozen)
