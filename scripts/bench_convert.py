@@ -10,11 +10,9 @@ both ratios to the checkpoint size.
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 CHILD = r"""

@@ -146,7 +146,7 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
     tx, schedule = step_lib.make_optimizer(1e-4, 0, 100)
     state = step_lib.init_state(params, tx, 0, mesh)
     scfg = step_lib.StepConfig(experiment=experiment, head_weights=(1.0,) * cfg.n_future_tokens, ce_chunk=64)
-    fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, None, tx, schedule, mesh, ref_graphdef),
+    fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh, ref_graphdef),
                                  state, frozen, ref_state, mesh)
     rng = np.random.RandomState(0)
     lm = np.zeros((batch, seq), np.int32)
@@ -212,7 +212,7 @@ def memory(args) -> None:
     batch = {k: jax.ShapeDtypeStruct((b, args.seq), jnp.float32 if k == "rewards" else jnp.int32, sharding=batch_sharding)
              for k in step_lib.BATCH_KEYS}
     cfg = step_lib.StepConfig(experiment="rho1", head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk)
-    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
+    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
     t = time.perf_counter()
     compiled = fn.lower(state, frozen, ref_state, batch).compile()
     stats = compiled.memory_analysis()

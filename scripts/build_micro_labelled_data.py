@@ -9,7 +9,6 @@ correct). Records are Alpaca JSONL in the format of scripts/prepare_data.py; det
 """
 
 import json
-import re
 import sys
 from pathlib import Path
 

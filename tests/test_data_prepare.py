@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from data_fixtures import BAD, CPP, GOOD, PY3, problem, standard_problems, write_jsonl
+from data_fixtures import BAD, GOOD, PY3, problem, standard_problems, write_jsonl
 from wmtp_jax.data import assets
 from wmtp_jax.data.prepare import NothingUsable, prepare
 from wmtp_jax.data.records import RecordIndex, format_prompt

@@ -192,7 +192,7 @@ def _one_step(mesh, experiment="verifiable", accum=1, batch=None):
     state = step_lib.init_state(params, tx, 0)
     cfg = step_lib.StepConfig(experiment=experiment, grad_accum_steps=accum, head_weights=(1.0, 0.5, 0.5, 0.25),
                               ce_chunk=16)
-    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh))
+    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh))
     batch = jax.device_put(batch or _batch(), sharding.batch_sharding(mesh))
     with jax.default_matmul_precision("highest"):
         state, metrics = fn(state, frozen, None, batch)
@@ -267,7 +267,7 @@ def test_remat_step_matches_no_remat():
         tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
         state = step_lib.init_state(params, tx, 0, mesh)
         scfg = step_lib.StepConfig(experiment="baseline", head_weights=(1.0,) * 4, ce_chunk=16)
-        fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, None, tx, schedule, mesh),
+        fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh),
                                      state, frozen, None, mesh)
         with jax.default_matmul_precision("highest"):
             state, metrics = fn(state, frozen, None, jax.device_put(_batch(), sharding.batch_sharding(mesh)))

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -150,6 +149,3 @@ def _int_keys(tree):
         return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
     return tree
 
-
-def to_numpy(x) -> np.ndarray:
-    return np.asarray(jax.device_get(x))

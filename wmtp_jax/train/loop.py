@@ -97,7 +97,6 @@ class Run:
     """Everything the loop needs, built once."""
 
     mesh: jax.sharding.Mesh
-    model_cfg: object
     graphdef: object
     frozen: object
     reference_state: object
@@ -126,7 +125,7 @@ def build(c, mesh) -> Run:
         b1=c.train.b1, b2=c.train.b2, weight_decay=c.train.weight_decay, max_grad_norm=c.train.max_grad_norm)
     state = step_lib.init_state(params, tx, c.seed, mesh)
     cfg = step_config(c, model.cfg.n_future_tokens)
-    step_fn = step_lib.jit_train_step(step_lib.make_train_step(cfg, graphdef, None, tx, schedule, mesh, ref_graphdef),
+    step_fn = step_lib.jit_train_step(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh, ref_graphdef),
                                       state, frozen, reference_state, mesh)
 
     @jax.jit
@@ -141,7 +140,7 @@ def build(c, mesh) -> Run:
     n_train = sum(x.size for x in jax.tree.leaves(params))
     n_ref = sum(x.size for x in jax.tree.leaves(reference_state)) if reference_state is not None else 0
     flops_per_token = 2.0 * (n_params + n_ref) + 4.0 * n_train  # forward everything, backward the trained part
-    return Run(mesh, model.cfg, graphdef, frozen, reference_state, state, step_fn, eval_fn, flops_per_token)
+    return Run(mesh, graphdef, frozen, reference_state, state, step_fn, eval_fn, flops_per_token)
 
 
 def make_checkpoint_manager(c, workdir: Path) -> ocp.CheckpointManager:

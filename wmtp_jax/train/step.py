@@ -199,8 +199,7 @@ def _combine(acc, m, n):
     return out
 
 
-def make_train_step(cfg: StepConfig, graphdef, frozen_graph, tx, schedule, mesh: Mesh | None = None,
-                    ref_graphdef=None):
+def make_train_step(cfg: StepConfig, graphdef, tx, schedule, mesh: Mesh | None = None, ref_graphdef=None):
     """Returns ``step(state, frozen, reference_state, batch) -> (state, metrics)`` (pure; jit it).
 
     ``state = {"step", "params" (trainable nnx.State), "opt_state", "ema", "rng"}``; ``frozen`` is the
