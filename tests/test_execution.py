@@ -35,3 +35,20 @@ def test_statuses_stdin_and_limits(tmp_path):
 def test_closed_stdin_by_default():
     (r,) = execute(["import sys; print(repr(sys.stdin.read()))"], timeout_s=5)
     assert r.status == "passed" and r.stdout == "''\n"
+
+
+def test_bubblewrap_isolation_when_available(tmp_path):
+    import pytest
+
+    from wmtp_jax.eval.execution import isolation_level
+
+    if isolation_level() != "bwrap":
+        pytest.skip("bubblewrap is not installed here (.ci/run installs it)")
+    outside = tmp_path / "outside.txt"
+    programs = [f"open(r'{outside}', 'w').write('x')",                          # read-only root
+                "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)",  # no network
+                "import os; print(os.getpid())"]                                  # own PID namespace
+    results = execute(programs, timeout_s=5)
+    assert results[0].status == "failed" and not outside.exists()
+    assert results[1].status == "failed"
+    assert results[2].status == "passed" and int(results[2].stdout) < 10

@@ -4,6 +4,10 @@ Each program gets: a fresh temporary working directory, closed (or given) stdin,
 process group (the whole group is killed on timeout), and rlimits on CPU time, address space, file size,
 process count and core dumps, applied by a tiny launcher before ``exec`` of an isolated interpreter
 (``python -I -S``). stdout / stderr go to size-limited files and are returned truncated.
+
+Isolation (``isolation_level()``): with bubblewrap (``bwrap``) the program also runs with a read-only root,
+a private /tmp holding only its working directory, no network and its own PID namespace (everything in it
+dies with the sandbox); without it, a warning is issued once and only the limits above apply.
 Processes are started with ``subprocess`` (fork + immediate exec: nothing of the parent, JAX included,
 runs in the child), so it is safe to call from a process where JAX is initialised.
 """
@@ -12,12 +16,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +44,29 @@ class ExecutionResult:
     duration_s: float
 
 
+@functools.lru_cache(maxsize=1)
+def isolation_level() -> str:
+    """"bwrap" when bubblewrap can create namespaces here, else "rlimits" (warned once)."""
+    bwrap = shutil.which("bwrap")
+    if bwrap:
+        probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
+                                "--die-with-parent", "true"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return "bwrap"
+    warnings.warn("bubblewrap (bwrap) is not available or cannot create namespaces here: generated programs run "
+                  "with resource limits only (no filesystem / network / PID isolation); install the 'bubblewrap' "
+                  "package for the full sandbox", stacklevel=2)
+    return "rlimits"
+
+
+def _sandbox_prefix(workdir: Path) -> list[str]:
+    if isolation_level() != "bwrap":
+        return []
+    return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+            "--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--unshare-all", "--die-with-parent",
+            "--new-session", "--"]
+
+
 def _read(path: Path, limit: int) -> str:
     try:
         with open(path, "rb") as f:
@@ -53,7 +83,7 @@ def _run_one(program: str, stdin: str | None, timeout_s: float, memory_mb: int, 
         (tmp / "program.py").write_text(program, encoding="utf-8")
         out_path, err_path = tmp / "stdout.txt", tmp / "stderr.txt"
         file_limit = max(max_output_bytes * 4, 1 << 20)
-        args = [sys.executable, "-I", "-S", _LAUNCHER, str(int(timeout_s) + 1), str(memory_mb << 20), str(file_limit),
+        args = _sandbox_prefix(tmp) + [sys.executable, "-I", "-S", _LAUNCHER, str(int(timeout_s) + 1), str(memory_mb << 20), str(file_limit),
                 str(max_processes), str(tmp / "program.py")]
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
