@@ -62,9 +62,14 @@ def isolation_level() -> str:
 def _sandbox_prefix(workdir: Path) -> list[str]:
     if isolation_level() != "bwrap":
         return []
+    # the interpreter, its standard library and the launcher stay visible even when they live under /tmp
+    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(_LAUNCHER),
+                                             os.path.dirname(os.path.realpath(sys.executable)))}
+    under_tmp = sorted(p for p in needed if p == "/tmp" or p.startswith("/tmp/"))
+    binds = [arg for p in under_tmp for arg in ("--ro-bind", p, p)]
     return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            "--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--unshare-all", "--die-with-parent",
-            "--new-session", "--"]
+            *binds, "--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--unshare-all",
+            "--die-with-parent", "--new-session", "--"]
 
 
 def _read(path: Path, limit: int) -> str:
