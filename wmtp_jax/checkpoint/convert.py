@@ -93,7 +93,7 @@ def hf_rules(cfg: ModelConfig, tied: bool) -> list[_Rule]:
     rules = [_Rule("tok_embeddings", "model.embed_tokens.weight", vocab_rows=True)]
     heads = {"q": cfg.n_heads, "k": cfg.kv_heads, None: None}
     for i in range(cfg.n_layers):
-        rules += [_Rule(f"{_block_target(cfg, i)}/{name}", f"model.layers.{i}.{key}", transpose=name.count("norm") == 0,
+        rules += [_Rule(f"{_block_target(cfg, i)}/{name}", f"model.layers.{i}.{key}", transpose=not name.endswith("norm/weight"),
                         rope_heads=heads[rope]) for name, key, rope in _HF_BLOCK]
     rules += [_Rule("norm/weight", "model.norm.weight"),
               _Rule("output", "model.embed_tokens.weight" if tied else "lm_head.weight", transpose=True,

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from wmtp_jax.checkpoint.convert import meta_rules
+from wmtp_jax.checkpoint.store import flat_param_shapes
 from wmtp_jax.model import ModelConfig
 
 # Stand-in for 7B_1T_4: 2 trunk blocks + 4 parallel heads.
@@ -27,24 +28,16 @@ MICRO_REFERENCE_HF = {
 
 
 def meta_state_dict(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> dict[str, torch.Tensor]:
-    """A random state dict with Meta's keys and torch ``[out, in]`` shapes for ``cfg``."""
+    """A random state dict with Meta's keys and torch ``[out, in]`` shapes for ``cfg``.
+
+    Shapes come from the model itself (``flat_param_shapes``), transposed back where the converter transposes.
+    """
     gen = torch.Generator().manual_seed(seed)
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    shapes = {"attention.wq.weight": (q, cfg.dim), "attention.wk.weight": (kv, cfg.dim),
-              "attention.wv.weight": (kv, cfg.dim), "attention.wo.weight": (cfg.dim, q),
-              "feed_forward.w1.weight": (cfg.hidden_dim, cfg.dim), "feed_forward.w3.weight": (cfg.hidden_dim, cfg.dim),
-              "feed_forward.w2.weight": (cfg.dim, cfg.hidden_dim),
-              "attention_norm.weight": (cfg.dim,), "ffn_norm.weight": (cfg.dim,)}
+    expected = flat_param_shapes(cfg)
     sd = {}
     for rule in meta_rules(cfg):
-        sub = rule.source.split(".", 2)[-1] if rule.source.startswith(("layers.", "extra_heads.")) else None
-        if sub is not None:
-            shape = shapes[sub]
-        elif rule.source == "norm.weight":
-            shape = (cfg.dim,)
-        else:
-            shape = (cfg.vocab_size, cfg.dim)
-        if len(shape) == 1:
+        shape = tuple(reversed(expected[rule.target])) if rule.transpose else expected[rule.target]
+        if len(shape) == 1:  # norm scales around 1
             sd[rule.source] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
         else:
             sd[rule.source] = std * torch.randn(shape, generator=gen)

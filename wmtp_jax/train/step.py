@@ -134,7 +134,7 @@ def micro_batch_loss(cfg: StepConfig, model, reference, mb, denom, ema, key):
     metrics: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
     new_ema, adv = ema, None
-    if cfg.trains_value or cfg.experiment == "verifiable":
+    if cfg.trains_value:  # critic and verifiable: TD errors from the value head
         w_tok, adv, whitened_ema = td.td_weights(
             out.values, mb["rewards"], mb["loss_mask"], gamma=cfg.gamma, lam=cfg.gae_lambda, beta=cfg.beta,
             w_min=cfg.w_min, w_max=cfg.w_max, ema=ema if cfg.whiten else None, ema_decay=cfg.ema_decay)
