@@ -1,8 +1,12 @@
-"""The process sandbox used to label data: statuses, limits, stdin, truncated output, process-group kill."""
+"""The sandbox (wmtp_jax.eval.execution): statuses, limits, stdin, truncation, and hostile programs contained."""
 
+import socket
+import subprocess
 import time
 
-from wmtp_jax.eval.execution import execute
+import pytest
+
+from wmtp_jax.eval.execution import execute, isolation_level, start_worker_pool
 
 
 def test_statuses_stdin_and_limits(tmp_path):
@@ -26,29 +30,92 @@ def test_statuses_stdin_and_limits(tmp_path):
     assert results[0].stdout == "ok\n" and results[1].exit_code == 3
     assert "MemoryError" in results[3].stderr
     assert results[4].stdout == "cba\n"
-    assert len(results[5].stdout) == 1000
+    assert results[5].stdout.startswith("x" * 800) and "bytes truncated" in results[5].stdout
+    assert results[5].stdout.rstrip().endswith("x" * 100)  # head and tail kept
     assert "wmtp_exec_" in results[7].stdout  # its own temporary working directory
     time.sleep(1)
     assert not marker.exists()  # the grandchild died with the process group
 
 
-def test_closed_stdin_by_default():
+def test_closed_stdin_by_default_and_per_program_stdin():
     (r,) = execute(["import sys; print(repr(sys.stdin.read()))"], timeout_s=5)
     assert r.status == "passed" and r.stdout == "''\n"
+    results = execute(["print(input())"] * 2, stdin=["a", "b"], timeout_s=5)
+    assert [r.stdout for r in results] == ["a\n", "b\n"]
+    with pytest.raises(ValueError, match="stdin has 1 entries for 2 programs"):
+        execute(["pass", "pass"], stdin=["a"])
 
 
-def test_bubblewrap_isolation_when_available(tmp_path):
-    import pytest
+def _alive(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
 
-    from wmtp_jax.eval.execution import isolation_level
 
+def test_hostile_programs_are_contained(tmp_path):
+    """Each hostile program ends within its limits, nothing it started survives, and the batch's other results
+    are right; the evaluator (this process) and its worker keep working afterwards."""
+    outside = tmp_path / "written_outside.txt"
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    hostile = {
+        "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+        "memory_bomb": "x = []\nwhile True:\n    x.append(bytearray(50 * 1024 * 1024))",
+        "huge_output": "import sys\nwhile True:\n    sys.stdout.write('y' * 65536)",
+        "deep_recursion": "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)",
+        "kill_parents": "import os, signal, time\nppid = os.getppid()\n"
+                        "grand = int(open(f'/proc/{ppid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+                        "for pid in (grand, ppid):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+                        "    except OSError:\n        pass\ntime.sleep(1)",
+        "ignore_signals": "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
+                          "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
+        "escape_session": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(20)  # wmtp-escapee\n"
+                          "    print('escaped')\nelse:\n    time.sleep(30)",
+        "write_outside": f"open(r'{outside}', 'w').write('x')",
+        "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
+    }
+    names = list(hostile)
+    start = time.monotonic()
+    results = dict(zip(names, execute([hostile[n] for n in names], timeout_s=2,
+                                      memory_mb=512, max_output_bytes=4096)))
+    results["after"] = execute(["print('fine')"], timeout_s=5)[0]
+    assert time.monotonic() - start < 60
+    statuses = {n: results[n].status for n in names}
+    assert statuses["fork_bomb"] in ("timeout", "failed")
+    assert statuses["memory_bomb"] == "failed" and "MemoryError" in results["memory_bomb"].stderr
+    assert statuses["huge_output"] == "failed" and len(results["huge_output"].stdout) < 4200
+    assert statuses["deep_recursion"] in ("failed", "timeout")  # C stack overflow, memory limit or clock
+    assert statuses["kill_parents"] in ("failed", "error")
+    assert statuses["ignore_signals"] == "timeout"
+    assert statuses["escape_session"] == "timeout"
+    assert statuses["write_outside"] == "failed" and not outside.exists()
+    server.close()
+    time.sleep(0.5)
+    assert not _alive("wmtp-escapee") and not _alive("os.fork()")
+    assert results["after"].status == "passed" and results["after"].stdout == "fine\n"
+    if isolation_level() != "rlimits":
+        assert statuses["socket"] == "failed"
+
+
+def test_kill_parents_never_reaches_the_caller():
+    """Killing its parent and grandparent leaves the other programs of the batch and this process intact."""
+    kill = ("import os, signal\nppid = os.getppid()\n"
+            "grand = int(open(f'/proc/{ppid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+            "for pid in (grand, ppid):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n"
+            "        pass\n")
+    results = execute(["print(1)", kill, "print(2)"], timeout_s=5)
+    assert [r.stdout for r in (results[0], results[2])] == ["1\n", "2\n"]
+    assert results[1].status in ("failed", "error")
+    assert start_worker_pool() in ("bwrap", "unshare", "rlimits")
+
+
+def test_bubblewrap_isolation_when_available():
     if isolation_level() != "bwrap":
         pytest.skip("bubblewrap is not installed here (.ci/run installs it)")
-    outside = tmp_path / "outside.txt"
-    programs = [f"open(r'{outside}', 'w').write('x')",                          # read-only root
-                "import socket; socket.create_connection(('127.0.0.1', 9), timeout=1)",  # no network
-                "import os; print(os.getpid())"]                                  # own PID namespace
+    programs = ["open('/etc/wmtp_probe', 'w')",                                # read-only root
+                "import os; print(os.getpid())",                               # own PID namespace
+                "import os; print(sorted(os.listdir('/tmp')))"]                # private /tmp
     results = execute(programs, timeout_s=5)
-    assert results[0].status == "failed" and not outside.exists()
-    assert results[1].status == "failed"
-    assert results[2].status == "passed" and int(results[2].stdout) < 10
+    assert results[0].status == "failed"
+    assert results[1].status == "passed" and int(results[1].stdout) < 10
+    assert results[2].stdout.count("wmtp_exec_") <= 1

@@ -2,27 +2,37 @@
 
 Each program gets: a fresh temporary working directory, closed (or given) stdin, its own session and
 process group (the whole group is killed on timeout), and rlimits on CPU time, address space, file size,
-process count and core dumps, applied by a tiny launcher before ``exec`` of an isolated interpreter
-(``python -I -S``). stdout / stderr go to size-limited files and are returned truncated.
+process count and core dumps, applied by a tiny launcher (``_launcher.py``) that stays as the program's
+parent. stdout / stderr go to size-limited files and come back truncated (head and tail kept).
 
-Isolation (``isolation_level()``): with bubblewrap (``bwrap``) the program also runs with a read-only root,
-a private /tmp holding only its working directory, no network and its own PID namespace (everything in it
-dies with the sandbox); without it, a warning is issued once and only the limits above apply.
-Processes are started with ``subprocess`` (fork + immediate exec: nothing of the parent, JAX included,
-runs in the child), so it is safe to call from a process where JAX is initialised.
+Processes are started by a worker (a freshly started interpreter running a thread per program), never by
+the caller: ``start_worker_pool()`` is called by ``wmtp_jax.main`` before JAX initialises, so no program is
+ever forked from the JAX process, and a program that kills its parent's parent only takes down the worker,
+which is replaced (its batch is re-run one program at a time; one that kills a worker again gets ``error``).
+
+Isolation (``isolation_level()``, recorded by the evaluator in every result file), strongest available:
+  "bwrap"   bubblewrap: read-only root, private /tmp holding only the working directory, no network, own PID,
+            IPC and UTS namespaces (everything in it dies with the sandbox);
+  "unshare" util-linux ``unshare``: no network and an own PID namespace, but the real filesystem (warned);
+  "rlimits" only the limits above (warned).
+``WMTP_SANDBOX=unshare|rlimits`` selects a weaker level on purpose (e.g. to compare).
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import dataclasses
 import functools
 import os
+import pickle
+import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +40,8 @@ from typing import Sequence
 
 _LAUNCHER = str(Path(__file__).with_name("_launcher.py"))
 STATUSES = ("passed", "failed", "timeout", "error")
+LEVELS = ("bwrap", "unshare", "rlimits")
+_UNSHARE = ["--net", "--pid", "--fork", "--kill-child"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,59 +56,117 @@ class ExecutionResult:
     duration_s: float
 
 
-@functools.lru_cache(maxsize=1)
-def isolation_level() -> str:
-    """"bwrap" when bubblewrap can create namespaces here, else "rlimits" (warned once)."""
+_PKILL = shutil.which("pkill")
+_SANDBOX_UID = 100_000  # root runs programs as uids 100000.. (one per running program): RLIMIT_NPROC then binds
+
+
+def _user(slot: int | None) -> dict:
+    """Popen arguments that drop root to the slot's own unprivileged uid (no-op for other users)."""
+    if slot is None or os.geteuid() != 0:
+        return {}
+    uid = _SANDBOX_UID + slot
+    return {"user": uid, "group": uid, "extra_groups": []}
+
+
+def _works(args: list[str], slot: int | None) -> bool:
+    try:
+        return subprocess.run([*args, sys.executable, "-I", "-S", "-c", "pass"], capture_output=True, timeout=30,
+                              cwd="/", **_user(slot)).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def _bwrap_args() -> list[str] | None:
     bwrap = shutil.which("bwrap")
-    if bwrap:
-        probe = subprocess.run([bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-                                "--die-with-parent", "true"], capture_output=True, timeout=30)
-        if probe.returncode == 0:
-            return "bwrap"
-    warnings.warn("bubblewrap (bwrap) is not available or cannot create namespaces here: generated programs run "
-                  "with resource limits only (no filesystem / network / PID isolation); install the 'bubblewrap' "
-                  "package for the full sandbox", stacklevel=2)
-    return "rlimits"
+    return bwrap and [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
+                      "--die-with-parent"]
+
+
+def _unshare_args(drop_uid: bool) -> list[str] | None:
+    unshare = shutil.which("unshare")
+    for extra in ([], ["--map-root-user"]):  # root needs no user namespace; others map themselves to root
+        if unshare and _works([unshare, *extra, *_UNSHARE], 0 if drop_uid else None):
+            return [unshare, *extra, *_UNSHARE]
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _isolation() -> tuple[str, bool]:
+    """``(level, drop_uid)``: the strongest level that works (trying an unprivileged uid first when root)."""
+    wanted = os.environ.get("WMTP_SANDBOX", "bwrap")
+    if wanted not in LEVELS:
+        raise ValueError(f"WMTP_SANDBOX={wanted!r}: expected one of {list(LEVELS)}")
+    for drop_uid in ((True, False) if os.geteuid() == 0 else (False,)):
+        slot = 0 if drop_uid else None
+        if wanted == "bwrap" and _bwrap_args() and _works(_bwrap_args(), slot):
+            return "bwrap", drop_uid
+        if wanted in ("bwrap", "unshare") and _unshare_args(drop_uid):
+            return "unshare", drop_uid
+        if _works([], slot):
+            return "rlimits", drop_uid
+    return "rlimits", False
+
+
+def isolation_level() -> str:
+    """The strongest isolation that works here ("bwrap", "unshare" or "rlimits"; see the module docstring),
+    or the weaker one named by ``$WMTP_SANDBOX``."""
+    return _isolation()[0]
 
 
 def _sandbox_prefix(workdir: Path) -> list[str]:
-    if isolation_level() != "bwrap":
+    level, drop_uid = _isolation()
+    if level == "unshare":
+        return _unshare_args(drop_uid)
+    if level != "bwrap":
         return []
     # the interpreter, its standard library and the launcher stay visible even when they live under /tmp
     needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(_LAUNCHER),
                                              os.path.dirname(os.path.realpath(sys.executable)))}
     under_tmp = sorted(p for p in needed if p == "/tmp" or p.startswith("/tmp/"))
     binds = [arg for p in under_tmp for arg in ("--ro-bind", p, p)]
-    return [shutil.which("bwrap"), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-            *binds, "--bind", str(workdir), str(workdir), "--chdir", str(workdir), "--unshare-all",
-            "--die-with-parent", "--new-session", "--"]
+    return [*_bwrap_args(), "--tmpfs", "/tmp", *binds, "--bind", str(workdir), str(workdir), "--chdir", str(workdir),
+            "--new-session", "--"]
 
 
 def _read(path: Path, limit: int) -> str:
+    """The file's text; beyond ``limit`` bytes, its head and last 1/8 with a marker between them."""
     try:
+        size = path.stat().st_size
         with open(path, "rb") as f:
-            return f.read(limit).decode("utf-8", errors="replace")
+            if size <= limit:
+                return f.read().decode("utf-8", errors="replace")
+            tail = limit // 8
+            head = f.read(limit - tail)
+            f.seek(size - tail)
+            marker = f"\n[... {size - limit} bytes truncated ...]\n".encode()
+            return (head + marker + f.read(tail)).decode("utf-8", errors="replace")
     except OSError:
         return ""
 
 
 def _run_one(program: str, stdin: str | None, timeout_s: float, memory_mb: int, max_output_bytes: int,
-             max_processes: int) -> ExecutionResult:
+             max_processes: int, slot: int) -> ExecutionResult:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="wmtp_exec_") as tmp:
         tmp = Path(tmp)
-        (tmp / "program.py").write_text(program, encoding="utf-8")
+        work = tmp / "work"  # the program's cwd; its captured output lives beside it, out of its reach
+        work.mkdir()
+        (work / "program.py").write_text(program, encoding="utf-8")
+        user = _user(slot) if _isolation()[1] else {}
+        if user:
+            os.chown(work, user["user"], user["group"])
         out_path, err_path = tmp / "stdout.txt", tmp / "stderr.txt"
         file_limit = max(max_output_bytes * 4, 1 << 20)
-        args = _sandbox_prefix(tmp) + [sys.executable, "-I", "-S", _LAUNCHER, str(int(timeout_s) + 1), str(memory_mb << 20), str(file_limit),
-                str(max_processes), str(tmp / "program.py")]
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp), "TMPDIR": str(tmp), "LANG": "C.UTF-8",
+        args = _sandbox_prefix(work) + [sys.executable, "-I", "-S", _LAUNCHER, str(int(timeout_s) + 1),
+                                        str(memory_mb << 20), str(file_limit), str(max_processes),
+                                        str(work / "program.py")]
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(work), "TMPDIR": str(work), "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
             with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                proc = subprocess.Popen(args, cwd=tmp, env=env, stdout=out, stderr=err,
+                proc = subprocess.Popen(args, cwd=work, env=env, stdout=out, stderr=err,
                                         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                        start_new_session=True, close_fds=True)
+                                        start_new_session=True, close_fds=True, **user)
                 try:
                     if stdin is not None:
                         try:
@@ -113,11 +183,111 @@ def _run_one(program: str, stdin: str | None, timeout_s: float, memory_mb: int, 
                         os.killpg(proc.pid, signal.SIGKILL)  # the program's whole process group
                     except (ProcessLookupError, PermissionError):
                         pass
+                    if user and _PKILL:  # anything that left the group (setsid) still runs as the slot's uid
+                        subprocess.run(["pkill", "-KILL", "-U", str(user["user"])], capture_output=True)
                     proc.wait()
         except OSError as e:
             return ExecutionResult("error", None, "", f"could not start the program: {e}", time.monotonic() - start)
         return ExecutionResult(status, proc.returncode, _read(out_path, max_output_bytes),
                                _read(err_path, max_output_bytes), time.monotonic() - start)
+
+
+def _run_batch(programs, stdins, timeout_s, memory_mb, max_output_bytes, max_processes, max_workers):
+    """In the worker process: a thread per running program, each with its own slot (uid when root)."""
+    slots = queue.Queue()
+    for i in range(max_workers):
+        slots.put(i)
+
+    def run(program, stdin):
+        slot = slots.get()
+        try:
+            return _run_one(program, stdin, timeout_s, memory_mb, max_output_bytes, max_processes, slot)
+        finally:
+            slots.put(slot)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
+        return list(pool.map(run, programs, stdins))
+
+
+def _serve() -> None:
+    """The worker process: reads pickled batches on stdin, writes pickled result lists on stdout."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write to the reply pipe
+    while True:
+        try:
+            request = pickle.load(requests)
+        except EOFError:
+            return
+        reply = isolation_level() if request is None else _run_batch(*request)
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+class _Worker:
+    """A fresh interpreter (never a fork of the caller) serving ``_serve``; one batch at a time."""
+
+    def __init__(self):
+        root = str(Path(__file__).resolve().parents[2])
+        code = f"import sys; sys.path.insert(0, {root!r}); from wmtp_jax.eval.execution import _serve; _serve()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     start_new_session=True)
+        self.level = self.call(None)
+
+    def call(self, request):
+        """The worker's reply; raises ``_WorkerDied`` if it exits first."""
+        try:
+            pickle.dump(request, self.proc.stdin)
+            self.proc.stdin.flush()
+            return pickle.load(self.proc.stdout)
+        except (EOFError, BrokenPipeError, pickle.UnpicklingError, OSError):
+            self.close()
+            raise _WorkerDied from None
+
+    def close(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+
+
+class _WorkerDied(RuntimeError):
+    pass
+
+
+_WORKER: _Worker | None = None
+_WORKER_LOCK = threading.RLock()
+
+
+def start_worker_pool() -> str:
+    """Starts the worker process that runs programs (a fresh interpreter: nothing of the caller is inherited)
+    and returns the isolation level it uses. ``wmtp_jax.main`` calls it before JAX initialises; idempotent."""
+    global _WORKER
+    with _WORKER_LOCK:
+        if _WORKER is None or _WORKER.proc.poll() is not None:
+            _WORKER = _Worker()
+            atexit.register(_WORKER.close)
+        return _warn_if_weak(_WORKER.level)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_if_weak(level: str) -> str:
+    if level != "bwrap":
+        warnings.warn(f"sandbox isolation is {level!r}: generated programs see the real filesystem"
+                      + (" (no network, own PID namespace)" if level == "unshare" else " and the network")
+                      + "; install the 'bubblewrap' package for the full sandbox", stacklevel=3)
+    return level
+
+
+def _submit(request) -> list[ExecutionResult]:
+    with _WORKER_LOCK:
+        start_worker_pool()
+        return _WORKER.call(request)
 
 
 def execute(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int = 1024, stdin=None,
@@ -126,13 +296,18 @@ def execute(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
     """Runs each complete Python source in ``programs`` in its own limited process; results in order.
 
     Args:
-      programs: Python sources.
+      programs: Python sources (standard library only: the interpreter runs with ``-I -S``).
       timeout_s: wall-clock limit per program (CPU limit = this + 1 s).
       memory_mb: address-space limit per program.
       stdin: None (closed stdin), one string for every program, or one string per program.
-      max_output_bytes: stdout / stderr kept per program.
-      max_processes: RLIMIT_NPROC (stops fork bombs).
+      max_output_bytes: stdout / stderr kept per program (head and tail).
+      max_processes: RLIMIT_NPROC (stops fork bombs of unprivileged users; bwrap/unshare contain root's).
       max_workers: programs run at once (default: CPU count).
+    Returns:
+      One ``ExecutionResult`` per program: status "passed" (exit 0), "failed" (non-zero exit or killed by a
+      limit), "timeout" or "error" (could not be run, or broke its worker twice).
+    Raises:
+      ValueError: ``stdin`` is a list of the wrong length.
     """
     if stdin is None or isinstance(stdin, str):
         stdins = [stdin] * len(programs)
@@ -140,8 +315,17 @@ def execute(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int 
         stdins = list(stdin)
         if len(stdins) != len(programs):
             raise ValueError(f"stdin has {len(stdins)} entries for {len(programs)} programs")
-    workers = max_workers or os.cpu_count() or 1
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_run_one, p, s, timeout_s, memory_mb, max_output_bytes, max_processes)
-                   for p, s in zip(programs, stdins)]
-        return [f.result() for f in futures]
+    if not programs:
+        return []
+    args = (timeout_s, memory_mb, max_output_bytes, max_processes, max_workers or os.cpu_count() or 1)
+    try:
+        return _submit((list(programs), stdins, *args))
+    except _WorkerDied:
+        pass
+    results = []
+    for program, s in zip(programs, stdins):  # find the program that killed the worker: run each alone
+        try:
+            results += _submit(([program], [s], *args))
+        except _WorkerDied:
+            results.append(ExecutionResult("error", None, "", "the program killed the sandbox worker", 0.0))
+    return results
