@@ -15,6 +15,8 @@ Logical axes used by parameters:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,6 +65,13 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.reshape(x.shape).astype(x.dtype)
 
 
+class KVCache(NamedTuple):
+    """One attention layer's keys and values, ``[B, T, kv_heads, head_dim]`` each (T cache slots)."""
+
+    k: jax.Array
+    v: jax.Array
+
+
 class Attention(nnx.Module):
     """Causal grouped-query self-attention (Meta ``Attention``) with RoPE and a padding/segment mask."""
 
@@ -86,6 +95,31 @@ class Attention(nnx.Module):
         k = apply_rope(k, positions, cfg.rope_theta)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
         return out.reshape(b, s, -1) @ self.wo[...].astype(dt)
+
+    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
+               fill: jax.Array) -> tuple[jax.Array, KVCache]:
+        """Attention of ``m`` new tokens over a key/value cache (generation: prefill and decode).
+
+        Args:
+          x: ``[B, m, d]`` the new tokens' inputs; positions: int ``[B, m]`` their RoPE positions.
+          mask: bool ``[B, 1, m, T]``: which cache slots each new token sees (including the new ones).
+          cache: keys / values ``[B, T, kv_heads, head_dim]``; fill: int ``[B]`` slot of each row's first
+            new token (the new keys / values are written at ``fill .. fill + m - 1``).
+        Returns:
+          (``[B, m, d]`` outputs, the updated cache).
+        """
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+        b, m, _ = x.shape
+        x = x.astype(dt)
+        q = (x @ self.wq[...].astype(dt)).reshape(b, m, cfg.n_heads, cfg.head_dim)
+        k = (x @ self.wk[...].astype(dt)).reshape(b, m, cfg.kv_heads, cfg.head_dim)
+        v = (x @ self.wv[...].astype(dt)).reshape(b, m, cfg.kv_heads, cfg.head_dim)
+        q = apply_rope(q, positions, cfg.rope_theta)
+        k = apply_rope(k, positions, cfg.rope_theta)
+        write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (i, 0, 0)))
+        cache = KVCache(write(cache.k, k, fill), write(cache.v, v, fill))
+        out = jax.nn.dot_product_attention(q, cache.k.astype(dt), cache.v.astype(dt), mask=mask)
+        return out.reshape(b, m, -1) @ self.wo[...].astype(dt), cache
 
 
 class FeedForward(nnx.Module):
@@ -118,3 +152,10 @@ class Block(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
         h = x + self.attention(self.attention_norm(x), positions, mask)
         return h + self.feed_forward(self.ffn_norm(h))
+
+    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
+               fill: jax.Array) -> tuple[jax.Array, KVCache]:
+        """The block over ``m`` new tokens with a key/value cache (see ``Attention.extend``)."""
+        attn, cache = self.attention.extend(self.attention_norm(x), positions, mask, cache, fill)
+        h = x + attn
+        return h + self.feed_forward(self.ffn_norm(h)), cache

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax.model.config import ModelConfig
-from wmtp_jax.model.layers import Block, RMSNorm, _param
+from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param
 from wmtp_jax.sharding import constrain_batch
 
 _REMAT_POLICIES = {
@@ -100,6 +100,50 @@ class MTPTransformer(nnx.Module):
                   + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
         head_out = jnp.stack([constrain_batch(call(head, h, positions, mask)) for head in self.heads], axis=2)
         return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=constrain_batch(values))
+
+    def init_cache(self, batch: int, slots: int, n_heads: int) -> list[KVCache]:
+        """Empty key/value caches for the trunk and the first ``n_heads`` heads: ``[B, T, kv_heads, head_dim]``."""
+        cfg = self.cfg
+        shape = (batch, slots, cfg.kv_heads, cfg.head_dim)
+        return [KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+                for _ in range(cfg.n_trunk_layers + n_heads)]
+
+    def extend(self, tokens: jax.Array, cache: list[KVCache], fill: jax.Array,
+               start: jax.Array) -> tuple[jax.Array, list[KVCache]]:
+        """Runs ``m`` new tokens per row against the key/value cache (prefill: ``fill = 0``; decode: ``m >= 1``).
+
+        Cache slot ``j`` of row ``b`` holds that row's token at position ``j - start[b]``; slots before
+        ``start[b]`` are (left) padding and never attended. The heads used are the first ``len(cache) -
+        n_trunk_layers`` (1 for plain decoding, all for self-speculative decoding).
+
+        Args:
+          tokens: int32 ``[B, m]``, written to slots ``fill[b] .. fill[b] + m - 1``.
+          cache: from ``init_cache`` or a previous call.
+          fill: int32 ``[B]`` first free slot per row; start: int32 ``[B]`` first real slot per row.
+        Returns:
+          (float32 logits ``[B, m, n_heads_used, vocab]``, updated cache). Head k at a new token predicts the
+          token k + 1 positions after it.
+        """
+        cfg = self.cfg
+        n_trunk = cfg.n_trunk_layers
+        b, m = tokens.shape
+        slots = cache[0].k.shape[1]
+        query = fill[:, None] + jnp.arange(m, dtype=jnp.int32)  # [B, m] slot of each new token
+        key = jnp.arange(slots, dtype=jnp.int32)
+        sees = (key >= start[:, None, None]) & (key <= query[:, :, None])
+        mask = (sees | (key == query[:, :, None]))[:, None]  # a padding query sees itself: no empty softmax row
+        positions = jnp.maximum(query - start[:, None], 0)
+        h = jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype)
+        new_cache = []
+        for block, layer_cache in zip(self.layers, cache[:n_trunk]):
+            h, layer_cache = block.extend(h, positions, mask, layer_cache, fill)
+            new_cache.append(layer_cache)
+        outs = []
+        for head, layer_cache in zip(self.heads, cache[n_trunk:]):
+            out, layer_cache = head.extend(h, positions, mask, layer_cache, fill)
+            outs.append(out)
+            new_cache.append(layer_cache)
+        return self.logits(self.norm(jnp.stack(outs, axis=2))), new_cache
 
     def logits(self, head_hidden: jax.Array) -> jax.Array:
         """Shared output projection: ``[..., d]`` -> float32 ``[..., vocab]``."""
