@@ -1,0 +1,75 @@
+"""Benchmarks: reference solutions pass, wrong ones fail, early exits never count, prompts as documented."""
+
+import json
+
+import pytest
+
+from wmtp_jax.data import assets
+from wmtp_jax.eval import benchmarks as B
+
+
+@pytest.fixture(scope="module")
+def humaneval():
+    return B.load_humaneval()
+
+
+@pytest.fixture(scope="module")
+def mbpp():
+    return B.load_mbpp()
+
+
+def test_canonical_humaneval_solutions_all_pass(humaneval):
+    assert len(humaneval) == 164
+    outcomes = B.check([(p, p.reference) for p in humaneval])
+    failing = [(p.task_id, o) for p, o in zip(humaneval, outcomes) if o.status != "passed"]
+    assert not failing
+
+
+def test_mbpp_reference_solutions_pass_on_the_test_split(mbpp):
+    assert [p.task_id for p in mbpp[:2]] == ["mbpp/11", "mbpp/12"] and len(mbpp) == 500
+    outcomes = B.check([(p, p.reference) for p in mbpp])
+    failing = [(p.task_id, o.detail[-200:]) for p, o in zip(mbpp, outcomes) if o.status != "passed"]
+    assert len(failing) <= 5, failing  # >= 99%; measured: 500 / 500 (README)
+
+
+def test_wrong_solutions_and_early_exits_fail(humaneval, mbpp):
+    shifted = [(p, q.reference) for p, q in zip(mbpp[:60], mbpp[1:61])]  # another task's solution
+    assert B.outcome_counts(B.check(shifted))["passed"] == 0
+    wrong_body = [(p, "    return None\n") for p in humaneval[:40]]
+    assert B.outcome_counts(B.check(wrong_body))["passed"] == 0
+    cheats = ["    import sys\n    sys.exit(0)\nimport sys\nsys.exit(0)\n",
+              "    pass\nimport os\nos._exit(0)\n",
+              "    pass\nraise SystemExit\n"]
+    outcomes = B.check([(humaneval[0], c) for c in cheats] + [(mbpp[0], "import sys\nsys.exit(0)\n")])
+    assert [o.status for o in outcomes] == ["failed"] * 4
+    assert "before the tests finished" in outcomes[0].detail
+
+
+def test_stdio_problems_compare_normalised_output():
+    problem = B.Problem("codecontests", "sum", "prompt", ("\n```",), stdio=(("1 2\n", "3\n"), ("5 5\n", "10\n")))
+    good = "a, b = map(int, input().split())\nprint(a + b, '  ')\nprint()\n"
+    outcomes = B.check([(problem, good), (problem, "print(3)"), (problem, "import sys; sys.exit(1)"),
+                        (problem, "while True: pass")], timeout_s=2)
+    assert [o.status for o in outcomes] == ["passed", "failed", "failed", "timeout"]
+    assert "wrong answer" in outcomes[1].detail
+
+
+def test_loaders_and_prompt_formats(tmp_path):
+    problems = B.load_codecontests()
+    assert len(problems) == 30 and sum(len(p.stdio) for p in problems) == 59
+    assert problems[0].prompt.endswith("```python\n")
+    three = B.load_mbpp(prompt_format="3shot")[0]
+    assert three.prompt.count("[BEGIN]") == 4 and three.prompt.count("[DONE]") == 3
+    assert three.prompt.endswith("[BEGIN]\n") and three.stop == ("[DONE]",)
+    zero = B.load_mbpp(prompt_format="zeroshot")[0]
+    assert zero.prompt.startswith('"""\n') and "assert" in zero.prompt and "[BEGIN]" not in zero.prompt
+    with pytest.raises(ValueError, match="prompt_format"):
+        B.load_mbpp(prompt_format="5shot")
+    bad = tmp_path / "cc.jsonl"
+    bad.write_text(json.dumps({"name": "x", "description": "d", "public_tests": {"input": ["1"], "output": []}}) + "\n")
+    with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: public_tests has 1 inputs but 0 outputs"):
+        B.load_codecontests([bad])
+    bad.write_text('{"name": 1}\n')
+    with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: field 'name'"):
+        B.load_codecontests([bad])
+    assert assets.HUMANEVAL.exists()

@@ -1,0 +1,226 @@
+"""MBPP, HumanEval and CodeContests as problems: prompt, stop sequences, tests, and how a completion is judged.
+
+Prompt formats (DESIGN.md section 6):
+  MBPP "3shot": lm-evaluation-harness — task ids 2, 3, 4 as examples, "You are an expert Python programmer, and
+    here is your task: {text} Your code should pass these tests:\\n\\n{tests}\\n[BEGIN]\\n", examples end with
+    "{code}\\n[DONE]" and are joined by a blank line; stop at "[DONE]".
+  MBPP "zeroshot": bigcode-evaluation-harness — the task text and its first test inside a triple-quoted
+    docstring; stop at a new top-level statement.
+  HumanEval: the prompt itself; program = prompt + completion + test + ``check(entry_point)``.
+  CodeContests: the statement and an instruction to read stdin / write stdout; every public, private and
+    generated test must print the expected output (compared token by token, i.e. after whitespace
+    normalisation).
+A completion passes an assert-style benchmark only if the program exits 0 *and* prints a random marker placed
+after the tests, so ``sys.exit(0)`` / ``os._exit(0)`` before the tests is a failure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import secrets
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from wmtp_jax.data import assets
+from wmtp_jax.data.prepare import MBPP_SPLITS
+from wmtp_jax.data.records import format_prompt
+from wmtp_jax.eval.execution import ExecutionResult, execute
+
+BENCHMARKS = ("mbpp", "humaneval", "codecontests")
+MBPP_FORMATS = ("3shot", "zeroshot")
+MBPP_FEWSHOT_IDS = (2, 3, 4)
+HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
+MBPP_ZEROSHOT_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
+CODECONTESTS_STOP = ("\n```",)
+OUTCOMES = ("passed", "failed", "timeout", "error")
+
+
+class BenchmarkError(ValueError):
+    """A benchmark file that cannot be read: names the file, line and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One benchmark problem.
+
+    prompt / stop: what the model sees and where its completion ends; prefix: source placed before the
+    completion in the program (HumanEval: the prompt); tests: assert-style code run after it, or
+    stdio: ``((stdin, expected stdout), ...)``; reference: a known-good completion (None if the data has none);
+    instruction / input: the problem as an Alpaca record (for rollouts, same format as data preparation).
+    """
+
+    benchmark: str
+    task_id: str
+    prompt: str
+    stop: tuple[str, ...]
+    prefix: str = ""
+    tests: str = ""
+    stdio: tuple[tuple[str, str], ...] = ()
+    reference: str | None = None
+    instruction: str = ""
+    input: str = ""
+
+    @property
+    def alpaca_prompt(self) -> str:
+        return format_prompt(self.instruction, self.input)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """``status``: passed / failed / timeout / error; ``detail``: the first failing test's stderr tail or a
+    wrong-answer note."""
+
+    status: str
+    detail: str = ""
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _jsonl(path: Path) -> Iterable[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BenchmarkError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+
+
+def _get(row: dict, key: str, types, where: str):
+    if key not in row or not isinstance(row[key], types):
+        raise BenchmarkError(f"{where}: field {key!r} missing or not {types}")
+    return row[key]
+
+
+def _mbpp_block(row: dict) -> str:
+    return (f"You are an expert Python programmer, and here is your task: {row['text']} Your code should pass "
+            f"these tests:\n\n" + "\n".join(row["test_list"]) + "\n[BEGIN]\n")
+
+
+def load_mbpp(path: str | Path = assets.MBPP, *, split: str = "test", prompt_format: str = "3shot") -> list[Problem]:
+    """MBPP problems of ``split`` (test = task ids 11-510) in ``prompt_format`` ("3shot" or "zeroshot")."""
+    if prompt_format not in MBPP_FORMATS:
+        raise ValueError(f"MBPP prompt_format={prompt_format!r}: expected one of {list(MBPP_FORMATS)}")
+    path = Path(path)
+    rows = {}
+    for line_no, row in _jsonl(path):
+        where = f"{path}:{line_no}"
+        task_id = _get(row, "task_id", int, where)
+        for key, types in (("text", str), ("code", str), ("test_list", list)):
+            _get(row, key, types, where)
+        rows[task_id] = row
+    lo, hi = MBPP_SPLITS[split]
+    shots = "\n\n".join(_mbpp_block(rows[i]) + rows[i]["code"].replace("\r\n", "\n") + "\n[DONE]"
+                        for i in MBPP_FEWSHOT_IDS) + "\n\n"
+    problems = []
+    for task_id in sorted(i for i in rows if lo <= i <= hi):
+        row = rows[task_id]
+        tests = "\n".join(row["test_list"])
+        setup = row.get("test_setup_code") or ""  # may use the solution's definitions (task 367): after the code
+        if prompt_format == "3shot":
+            prompt, stop = shots + _mbpp_block(row), ("[DONE]",)
+        else:
+            prompt, stop = f'"""\n{row["text"]}\n{row["test_list"][0]}\n"""\n', MBPP_ZEROSHOT_STOP
+        problems.append(Problem(
+            "mbpp", f"mbpp/{task_id}", prompt, stop, tests=f"{setup}\n{tests}" if setup else tests,
+            reference=row["code"].replace("\r\n", "\n"), instruction=row["text"], input=tests))
+    return problems
+
+
+def load_humaneval(path: str | Path = assets.HUMANEVAL) -> list[Problem]:
+    """The 164 HumanEval problems; reference = the canonical solution."""
+    path = Path(path)
+    problems = []
+    for line_no, row in _jsonl(path):
+        where = f"{path}:{line_no}"
+        f = {k: _get(row, k, str, where) for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
+        problems.append(Problem(
+            "humaneval", f["task_id"], f["prompt"], HUMANEVAL_STOP, prefix=f["prompt"],
+            tests=f"{f['test']}\ncheck({f['entry_point']})", reference=f["canonical_solution"],
+            instruction="Complete the following Python function.", input=f["prompt"]))
+    return problems
+
+
+def load_codecontests(paths: Sequence[str | Path] = (assets.CODECONTESTS_SAMPLE,)) -> list[Problem]:
+    """CodeContests problems with at least one stdin/stdout test (public, private and generated)."""
+    problems = []
+    for path in map(Path, paths):
+        for line_no, row in _jsonl(path):
+            where = f"{path}:{line_no}"
+            name, description = _get(row, "name", str, where), _get(row, "description", str, where)
+            stdio = []
+            for key in ("public_tests", "private_tests", "generated_tests"):
+                tests = row.get(key) or {}
+                inputs, outputs = tests.get("input") or [], tests.get("output") or []
+                if len(inputs) != len(outputs):
+                    raise BenchmarkError(f"{where}: {key} has {len(inputs)} inputs but {len(outputs)} outputs")
+                stdio += zip(inputs, outputs)
+            if not stdio:
+                continue
+            prompt = (f"Solve the following competitive programming problem in Python 3. Read the input from "
+                      f"standard input and print the answer to standard output.\n\n{description}\n\n```python\n")
+            problems.append(Problem("codecontests", name, prompt, CODECONTESTS_STOP, stdio=tuple(stdio),
+                                    instruction=description))
+    return problems
+
+
+def load(benchmark: str, *, mbpp_format: str = "3shot", mbpp_split: str = "test",
+         codecontests_paths: Sequence[str] = ()) -> list[Problem]:
+    if benchmark == "mbpp":
+        return load_mbpp(split=mbpp_split, prompt_format=mbpp_format)
+    if benchmark == "humaneval":
+        return load_humaneval()
+    if benchmark == "codecontests":
+        return load_codecontests(codecontests_paths or (assets.CODECONTESTS_SAMPLE,))
+    raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}")
+
+
+# ------------------------------------------------------------------------------------------------ judging
+def _same_output(actual: str, expected: str) -> bool:
+    return actual.split() == expected.split()
+
+
+def check(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0, memory_mb: int = 1024,
+          max_workers: int | None = None, alpaca: bool = False) -> list[Outcome]:
+    """Runs every (problem, completion) in the sandbox; one ``Outcome`` each, in order.
+
+    ``alpaca``: the completion answers the Alpaca-format prompt (rollouts), so no benchmark prefix is put
+    before it. All programs of all pairs go to ``execute`` in one call (run in parallel).
+    """
+    marker = f"__wmtp_tests_done_{secrets.token_hex(16)}__"
+    programs, stdins, owners = [], [], []
+    for i, (problem, completion) in enumerate(pairs):
+        code = ("" if alpaca else problem.prefix) + completion
+        if problem.stdio:  # one run per test; expected stdout kept for the comparison
+            for stdin, expected in problem.stdio:
+                programs.append(code)
+                stdins.append(stdin)
+                owners.append((i, expected))
+        else:
+            programs.append(f"{code}\n\n{problem.tests}\n\nprint({marker!r})\n")
+            stdins.append("")
+            owners.append((i, None))
+    results = execute(programs, timeout_s=timeout_s, memory_mb=memory_mb, stdin=stdins, max_workers=max_workers)
+    per_pair: list[list[tuple[ExecutionResult, str | None]]] = [[] for _ in pairs]
+    for (i, expected), result in zip(owners, results):
+        per_pair[i].append((result, expected))
+    return [_judge(runs, marker) for runs in per_pair]
+
+
+def _judge(runs: list[tuple[ExecutionResult, str | None]], marker: str) -> Outcome:
+    for result, expected in runs:
+        if result.status != "passed":
+            return Outcome(result.status, result.stderr[-500:])
+        if expected is None and marker not in result.stdout:
+            return Outcome("failed", "exited 0 before the tests finished")
+        if expected is not None and not _same_output(result.stdout, expected):
+            return Outcome("failed", f"wrong answer: expected {expected[:200]!r}, got {result.stdout[:200]!r}")
+    return Outcome("passed")
+
+
+def outcome_counts(outcomes: Iterable[Outcome]) -> dict[str, int]:
+    counts = Counter(o.status for o in outcomes)
+    return {status: counts.get(status, 0) for status in OUTCOMES}
