@@ -10,9 +10,12 @@ import ml_collections
 MICRO_DIR = "artifacts/micro"
 
 
-def get_config(preset: str = "") -> ml_collections.ConfigDict:
+def common(preset: str = "") -> ml_collections.ConfigDict:
+    """The keys every job shares (training, evaluation, rollouts): run identity, mesh, model, MLflow."""
+    if preset not in ("", "default", "micro"):
+        raise ValueError(f"unknown config preset {preset!r}; expected '' or 'micro'")
     c = ml_collections.ConfigDict()
-    c.experiment = "baseline"          # baseline | critic | verifiable | rho1 | ref_tuning | forward
+    c.experiment = "baseline"          # baseline | critic | verifiable | rho1 | ref_tuning | forward | eval | rollout
     c.preset = preset or "default"
     c.workdir = "workdir/baseline"
     c.seed = 0
@@ -29,6 +32,22 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"    # master weights
     c.model.remat = "full"             # none | full | dots | dots_with_no_batch_dims
     c.model.build_micro = False        # build the micro checkpoints if missing (":micro")
+
+    c.mlflow = ml_collections.ConfigDict()
+    c.mlflow.tracking_uri = ""         # "" = $MLFLOW_TRACKING_URI, else a local store under the workdir
+    c.mlflow.experiment_name = "wmtp"
+    c.mlflow.run_name = ""
+
+    if preset == "micro":
+        c.model.checkpoint = f"{MICRO_DIR}/mtp_meta"
+        c.model.build_micro = True
+        c.model.dtype = "float32"
+        c.model.remat = "none"
+    return c
+
+
+def get_config(preset: str = "") -> ml_collections.ConfigDict:
+    c = common(preset)
 
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""        # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
@@ -92,16 +111,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.checkpoint.keep = 2              # the last N, plus the best by validation loss
     c.checkpoint.async_save = True
 
-    c.mlflow = ml_collections.ConfigDict()
-    c.mlflow.tracking_uri = ""         # "" = $MLFLOW_TRACKING_URI, else a local store under the workdir
-    c.mlflow.experiment_name = "wmtp"
-    c.mlflow.run_name = ""
-
     if preset == "micro":
-        c.model.checkpoint = f"{MICRO_DIR}/mtp_meta"
-        c.model.build_micro = True
-        c.model.dtype = "float32"
-        c.model.remat = "none"
         c.reference.checkpoint = f"{MICRO_DIR}/reference_hf"
         c.reference.dtype = "float32"
         c.data.prepare_micro = "mbpp"
@@ -113,6 +123,4 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
         c.train.ce_chunk = 64
         c.train.eval_batches = 1
         c.checkpoint.every_steps = 10
-    elif preset not in ("", "default"):
-        raise ValueError(f"unknown config preset {preset!r}; expected '' or 'micro'")
     return c

@@ -124,6 +124,15 @@ def test_baseline_loss_decreases_and_logs_to_mlflow(shared, tmp_path):
     assert {a.path for a in client.list_artifacts(run_id)} >= {"weight_distribution.png", "config.json"}
     steps = sorted(int(p.name) for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 12
+    # evaluation restores the policy from the workdir's latest train state (params only) onto 1 device
+    from wmtp_jax.checkpoint.policy import load_policy
+
+    restored, description = load_policy(tmp_path / "b", sharding.make_mesh(devices=jax.devices()[:1]),
+                                         cache_dir=shared["model.cache_dir"])
+    assert "step 12" in description
+    final = load_model(result["final_dir"], sharding.make_mesh())
+    for a, b in zip(jax.tree.leaves(nnx.state(restored)), jax.tree.leaves(nnx.state(final))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_control_shuffles_weights_but_keeps_their_statistics(stage_one, shared, tmp_path):

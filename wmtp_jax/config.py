@@ -11,7 +11,8 @@ import ml_collections
 from wmtp_jax import sharding
 from wmtp_jax.model.config import _DTYPES, _REMAT_POLICIES
 
-EXPERIMENTS = ("forward", "baseline", "critic", "verifiable", "rho1", "ref_tuning")
+EXPERIMENTS = ("forward", "baseline", "critic", "verifiable", "rho1", "ref_tuning", "eval", "rollout")
+GENERATION_JOBS = ("eval", "rollout")
 
 
 class ConfigError(ValueError):
@@ -110,7 +111,12 @@ def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_proce
     one_of("model.param_dtype", sorted(_DTYPES))
     one_of("model.remat", _REMAT_POLICIES)
     check("model.vocab_size", lambda v: isinstance(v, int) and v >= 0, "0 (keep) or a positive integer")
-    if not c.model.build_micro and not c.model.get("init_from"):
+    if c.experiment in GENERATION_JOBS:
+        if not c.model.build_micro:
+            check("checkpoint", lambda v: bool(v) and os.path.exists(v),
+                  "an existing Orbax model directory, training workdir, workdir/checkpoints/STEP or torch "
+                  "checkpoint directory (set --config.checkpoint=PATH)")
+    elif not c.model.build_micro and not c.model.get("init_from"):
         check("model.checkpoint", lambda v: bool(v) and os.path.isdir(v),
               "an existing torch or Orbax checkpoint directory (set --config.model.checkpoint=PATH)")
     if c.model.get("init_from"):
@@ -123,8 +129,47 @@ def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_proce
     except sharding.MeshError as e:
         out.append(f"mesh=({c.mesh.data}, {c.mesh.fsdp}, {c.mesh.tensor}): {e}")
         data = fsdp = None
-    if c.experiment != "forward":
+    if c.experiment in GENERATION_JOBS:
+        out += _generation_problems(c, check, one_of, positive, fraction, data, fsdp)
+    elif c.experiment != "forward":
         out += _training_problems(c, check, one_of, positive, fraction, data, fsdp, n_processes)
+    return out
+
+
+def _generation_problems(c, check, one_of, positive, fraction, data, fsdp) -> list[str]:
+    from wmtp_jax.data.prepare import MBPP_SPLITS
+    from wmtp_jax.eval.benchmarks import BENCHMARKS, MBPP_FORMATS
+
+    out = []
+    group = "eval" if c.experiment == "eval" else "rollout"
+    if group == "eval":
+        check("eval.benchmarks", lambda v: len(v) > 0 and set(v) <= set(BENCHMARKS),
+              f"a non-empty tuple of {list(BENCHMARKS)}")
+        one_of("eval.mbpp_format", MBPP_FORMATS)
+        check("eval.k", lambda v: len(v) > 0 and all(isinstance(k, int) and 1 <= k <= c.eval.n_samples for k in v),
+              f"a non-empty tuple of integers in [1, eval.n_samples={c.eval.n_samples}]")
+        check("eval.speculative", lambda v: not v or c.eval.temperature == 0,
+              "False unless eval.temperature=0 (self-speculative decoding is greedy only)")
+        positive("eval.bootstrap")
+        paths = "eval.codecontests"
+    else:
+        one_of("rollout.source", BENCHMARKS)
+        one_of("rollout.mbpp_split", tuple(MBPP_SPLITS))
+        positive("rollout.max_length")
+        paths = "rollout.codecontests"
+    check(paths, lambda v: all(os.path.isfile(p) for p in v), "a tuple of existing JSONL files")
+    for key in ("n_samples", "max_new_tokens", "batch_size", "memory_mb"):
+        positive(f"{group}.{key}")
+    positive(f"{group}.timeout_s", integer=False)
+    check(f"{group}.limit", lambda v: isinstance(v, int) and v >= 0, "0 (all problems) or a positive integer")
+    check(f"{group}.temperature", lambda v: v >= 0, "a non-negative number (0 = greedy)")
+    check(f"{group}.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    check(f"{group}.prompt_buckets", lambda v: len(v) > 0 and all(isinstance(b, int) and b > 0 for b in v),
+          "a non-empty tuple of positive prompt lengths")
+    b = c[group].batch_size
+    if data is not None and isinstance(b, int) and b % (data * fsdp):
+        out.append(f"{group}.batch_size={b}: must be a multiple of the {data * fsdp} data-parallel devices "
+                   "(mesh data x fsdp)")
     return out
 
 

@@ -20,9 +20,13 @@ _OVERRIDES: list[str] = []
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax / JAX info lines drown the progress output
+    c = _CONFIG.value
+    if c.experiment in ("eval", "rollout"):  # the sandbox's worker starts before JAX initialises (never a fork of it)
+        from wmtp_jax.eval.execution import start_worker_pool
+
+        start_worker_pool()
     from wmtp_jax import config as config_lib
 
-    c = _CONFIG.value
     found = config_lib.apply_overrides(c, _OVERRIDES)
     found += config_lib.problems(c)
     if found:
@@ -32,6 +36,15 @@ def main(argv) -> None:
         from wmtp_jax import forward
 
         forward.run(c)
+    elif c.experiment == "eval":
+        from wmtp_jax.eval import run as eval_run
+
+        results = eval_run.evaluate(c)
+        print(f"done: results in {c.workdir}/eval/results.json (sandbox isolation: {results['sandbox_isolation']})")
+    elif c.experiment == "rollout":
+        from wmtp_jax.eval import run as eval_run
+
+        eval_run.rollout(c)
     else:
         from wmtp_jax.train import loop
 

@@ -40,7 +40,9 @@ class Tracker:
     """Thin MLflow wrapper (an explicit ``MlflowClient``, no global MLflow state); every call is a no-op on
     processes other than 0 or after a tracking failure."""
 
-    def __init__(self, c, workdir: Path):
+    def __init__(self, c, workdir: Path, resume: bool = True):
+        """``resume``: continue the MLflow run recorded in ``workdir`` (a resumed training run); False for jobs
+        that start a new run every time (evaluation)."""
         self.enabled = jax.process_index() == 0
         self.run_id = None
         if not self.enabled:
@@ -57,7 +59,7 @@ class Tracker:
         try:
             self.client = MlflowClient(tracking_uri=uri)
             previous = json.loads(run_file.read_text()) if run_file.exists() else {}
-            if previous.get("tracking_uri") == uri:
+            if resume and previous.get("tracking_uri") == uri:
                 self.run_id = previous["run_id"]  # a resumed run continues its MLflow run
                 self.client.update_run(self.run_id, status="RUNNING")
             else:

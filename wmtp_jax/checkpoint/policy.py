@@ -1,0 +1,79 @@
+"""Restore a policy for evaluation / rollouts from whatever a user points at, parameters only, into any mesh.
+
+Accepted ``path``:
+  * an Orbax model directory (``model_config.json`` + ``params/``): a conversion, or a run's ``final/``;
+  * a training workdir (its latest checkpoint) or one of its ``checkpoints/<step>`` directories: the
+    trained parameters are read from the step's train state (optimizer state is never read), the rest
+    (e.g. the frozen value head) from the run's starting model named in the workdir's ``config.json``;
+  * a Meta / Hugging Face torch checkpoint directory (converted once into ``cache_dir``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp_v0
+from flax import nnx
+from jax.sharding import Mesh
+
+from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
+from wmtp_jax.checkpoint.store import CheckpointError, _int_keys, flatten, load_model, param_tree, unflatten
+
+
+def _training_step(path: Path) -> tuple[Path, Path] | None:
+    """``(workdir, step_dir)`` if ``path`` is a training workdir or one of its checkpoint steps."""
+    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
+        steps = sorted((int(p.name), p) for p in (path / "checkpoints").iterdir() if p.name.isdigit()
+                       and (p / "state").is_dir())
+        if not steps:
+            raise CheckpointError(f"{path}: a training workdir without any finished checkpoint in checkpoints/")
+        return path, steps[-1][1]
+    if (path / "state").is_dir() and path.parent.name == "checkpoints":
+        return path.parent.parent, path
+    return None
+
+
+def load_policy(path: str | Path, mesh: Mesh | None = None, *, cache_dir: str | Path = "artifacts/converted",
+                **config_overrides) -> tuple[nnx.Module, str]:
+    """``(model, description)``: the model at ``path`` (see the module docstring) restored into ``mesh``.
+
+    ``config_overrides``: shape-free ``ModelConfig`` fields (dtype, param_dtype, remat).
+    Raises:
+      CheckpointError: nothing usable at ``path`` (missing directory, unknown layout, mismatched weights).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    if is_orbax_model_dir(path):
+        return load_model(path, mesh, **config_overrides), f"orbax model {path}"
+    found = _training_step(path.absolute())
+    if found is None:  # a torch checkpoint directory (the converter names anything it cannot read)
+        model_dir = ensure_orbax(path, cache_dir)
+        return load_model(model_dir, mesh, **config_overrides), f"torch checkpoint {path} (converted: {model_dir})"
+    workdir, step_dir = found
+    train_config = json.loads((workdir / "config.json").read_text())
+    model_cfg = train_config["model"]
+    base = model_cfg.get("init_from") or ensure_orbax(model_cfg["checkpoint"], model_cfg["cache_dir"],
+                                                      vocab_size=model_cfg.get("vocab_size") or None)
+    model = load_model(base, mesh, **config_overrides)
+    state = nnx.state(model)
+    current = flatten(param_tree(state))
+    stored = ocp_v0.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.tree.get("params")
+    if stored is None:
+        raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
+    names = [name.removesuffix("/value") for name in flatten(stored)]
+    unknown = sorted(set(names) - set(current))
+    if unknown:
+        raise CheckpointError(f"{step_dir}: weights not in the model of {base}: {unknown[:5]}")
+    target = unflatten({f"{n}/value": jax.ShapeDtypeStruct(current[n].shape, current[n].dtype,
+                                                           sharding=current[n].sharding) for n in names})
+    restored = ocp_v0.PyTreeCheckpointer().restore(step_dir / "state", args=ocp_v0.args.PyTreeRestore(
+        item={"params": target}, restore_args=ocp_v0.checkpoint_utils.construct_restore_args({"params": target}),
+        partial_restore=True))
+    merged = dict(current)
+    merged.update({n: v for n, v in ((k.removesuffix("/value"), v) for k, v in flatten(restored["params"]).items())})
+    nnx.replace_by_pure_dict(state, _int_keys(unflatten(merged)))
+    nnx.update(model, state)
+    return model, f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"

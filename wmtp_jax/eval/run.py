@@ -1,0 +1,169 @@
+"""The ``eval`` and ``rollout`` jobs: restore a policy, generate, execute, then report pass@k or write data.
+
+One benchmark flows: ``benchmarks.load`` (problems) -> ``Generator.generate`` (completions, on the mesh)
+-> ``benchmarks.check`` (sandboxed execution) -> ``metrics.mean_pass_at_k`` -> results.json / samples.jsonl /
+MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+from wmtp_jax import sharding
+from wmtp_jax.checkpoint.micro import write_micro_models
+from wmtp_jax.checkpoint.policy import load_policy
+from wmtp_jax.data.prepare import Problem as DataProblem, write_split
+from wmtp_jax.data.records import AlpacaRecord
+from wmtp_jax.data.tokenizer import Tokenizer
+from wmtp_jax.eval import benchmarks
+from wmtp_jax.eval.execution import start_worker_pool
+from wmtp_jax.eval.generate import GenerationConfig, Generator
+from wmtp_jax.eval.metrics import mean_pass_at_k
+from wmtp_jax.tracking import Tracker
+
+
+def _setup(c):
+    """(sandbox isolation level, mesh, model, description, tokenizer)."""
+    isolation = start_worker_pool()  # normally already started by wmtp_jax.main, before JAX
+    if c.model.build_micro:
+        write_micro_models(Path(c.checkpoint).parent)
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    model, source = load_policy(c.checkpoint, mesh, cache_dir=c.model.cache_dir, dtype=c.model.dtype,
+                                param_dtype=c.model.param_dtype)
+    tok = Tokenizer(c.tokenizer) if c.tokenizer else Tokenizer()
+    return isolation, mesh, model, source, tok
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _generate(generator, prompts, config, n_samples, seed, desc):
+    with tqdm(total=len(prompts) * n_samples, desc=desc, unit="completion",
+              disable=jax.process_index() != 0) as bar:
+        return generator.generate(prompts, config, n_samples=n_samples, seed=seed, progress=bar.update)
+
+
+def evaluate(c) -> dict:
+    """Runs every benchmark of ``c.eval.benchmarks``; returns the results dict written to results.json."""
+    e = c.eval
+    workdir = Path(c.workdir)
+    out_dir = workdir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    isolation, mesh, model, source, tok = _setup(c)
+    generator = Generator(model, mesh, tok, e.batch_size)
+    tracker = Tracker(c, workdir, resume=False)
+    results = {"checkpoint": str(c.checkpoint), "model": source, "sandbox_isolation": isolation,
+               "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "mesh": dict(mesh.shape),
+               "benchmarks": {}}
+    samples_path = out_dir / "samples.jsonl"
+    tmp_samples = samples_path.with_name(".samples.jsonl.tmp")
+    status = "FAILED"
+    try:
+        with open(tmp_samples, "w") as samples:
+            for name in e.benchmarks:
+                problems = benchmarks.load(name, mbpp_format=e.mbpp_format, codecontests_paths=tuple(e.codecontests))
+                n_total = len(problems)
+                if e.limit:
+                    problems = problems[:e.limit]
+                config = GenerationConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
+                                          stop=problems[0].stop, speculative=e.speculative,
+                                          prompt_buckets=tuple(e.prompt_buckets))
+                completions, stats = _generate(generator, [p.prompt for p in problems], config, e.n_samples,
+                                               c.seed, f"generate {name}")
+                pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
+                t0 = time.perf_counter()
+                outcomes = benchmarks.check(pairs, timeout_s=e.timeout_s, memory_mb=e.memory_mb)
+                exec_seconds = time.perf_counter() - t0
+                passed = defaultdict(int)
+                for (problem, _), outcome in zip(pairs, outcomes):
+                    passed[problem.task_id] += outcome.status == "passed"
+                n = [e.n_samples] * len(problems)
+                correct = [passed[p.task_id] for p in problems]
+                pass_at = {}
+                for k in e.k:
+                    mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=c.seed)
+                    pass_at[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+                results["benchmarks"][name] = {
+                    "problems": len(problems), "problems_available": n_total, "limit": e.limit or None,
+                    "n_samples": e.n_samples, "temperature": e.temperature, "top_p": e.top_p,
+                    "max_new_tokens": e.max_new_tokens, "speculative": e.speculative,
+                    "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
+                    **pass_at, "outcomes": benchmarks.outcome_counts(outcomes),
+                    "generation": {"tokens": stats.tokens, "seconds": round(stats.seconds, 3),
+                                   "tokens_per_s": round(stats.tokens_per_second, 1),
+                                   "tokens_per_forward": round(stats.tokens_per_forward, 3),
+                                   "draft_acceptance_rate": round(stats.acceptance_rate, 4) if e.speculative else None,
+                                   "truncated_prompts": stats.truncated_prompts},
+                    "execution_seconds": round(exec_seconds, 3), "sandbox_isolation": isolation}
+                index = 0
+                for problem, row in zip(problems, completions):
+                    for j, comp in enumerate(row):
+                        outcome = outcomes[index]
+                        index += 1
+                        samples.write(json.dumps({
+                            "benchmark": name, "task_id": problem.task_id, "sample": j, "completion": comp.text,
+                            "finish": comp.finish, "status": outcome.status, "detail": outcome.detail,
+                            "sandbox_isolation": isolation}) + "\n")
+                tracker.log_metrics({f"{name}/pass_at_{k}": pass_at[f"pass@{k}"]["mean"] for k in e.k}
+                                    | {f"{name}/tokens_per_s": stats.tokens_per_second}, 0)
+                summary = ", ".join(f"pass@{k} {pass_at[f'pass@{k}']['mean']:.3f}" for k in e.k)
+                print(f"{name}: {len(problems)} problems x {e.n_samples} samples: {summary}; "
+                      f"outcomes {benchmarks.outcome_counts(outcomes)}")
+        os.replace(tmp_samples, samples_path)
+        _atomic_write(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        tracker.log_artifact(out_dir / "results.json")
+        tracker.log_artifact(samples_path)
+        status = "FINISHED"
+    finally:
+        tmp_samples.unlink(missing_ok=True)
+        tracker.close(status)
+    return results
+
+
+def rollout(c) -> dict:
+    """Samples ``rollout.n_samples`` completions per problem, labels each by execution and writes the Alpaca
+    JSONL + index; returns the data-preparation stats of the written split."""
+    r = c.rollout
+    isolation, mesh, model, source, tok = _setup(c)
+    problems = benchmarks.load(r.source, mbpp_split=r.mbpp_split, codecontests_paths=tuple(r.codecontests))
+    if r.limit:
+        problems = problems[:r.limit]
+    config = GenerationConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
+                              stop=("\n### ",), prompt_buckets=tuple(r.prompt_buckets))
+    completions, _ = _generate(Generator(model, mesh, tok, r.batch_size), [p.alpaca_prompt for p in problems],
+                               config, r.n_samples, c.seed, f"rollout {r.source}")
+    pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
+    outcomes = iter(benchmarks.check(pairs, timeout_s=r.timeout_s, memory_mb=r.memory_mb, alpaca=True))
+    data_problems = []
+    for problem, row in zip(problems, completions):
+        group = DataProblem(f"{r.source}:{problem.task_id}", problem.task_id)
+        for j, comp in enumerate(row):
+            outcome = next(outcomes)
+            if not comp.text.strip():
+                group.skipped.append((f"{problem.task_id} sample {j}", "empty_completion"))
+                continue
+            group.records.append(AlpacaRecord(
+                instruction=problem.instruction, input=problem.input, output=comp.text, task_id=problem.task_id,
+                is_correct=outcome.status == "passed",
+                metadata={"source": f"rollout/{r.source}", "difficulty": 0, "has_tests": True,
+                          "tests": {"asserts": problem.tests} if problem.tests else {"stdio": problem.stdio},
+                          "status": outcome.status, "finish": comp.finish, "policy": source,
+                          "sandbox_isolation": isolation}))
+        data_problems.append(group)
+    out_dir = Path(r.out_dir or Path(c.workdir) / "rollouts")
+    result = write_split(data_problems, out_dir, r.split_name, [], tok, r.max_length)
+    stats = result.stats
+    print(f"rollouts: {stats['records']} records ({stats['correct']} correct, {stats['incorrect']} incorrect) "
+          f"from {len(problems)} problems -> {out_dir / (r.split_name + '.jsonl')}; "
+          f"skipped {stats['skipped']}, filtered {stats['filtered']}")
+    return stats
