@@ -104,8 +104,8 @@ def _prefill(state, tokens, start, key, *, graphdef, n_heads, slots, max_new, te
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     cache = model.init_cache(b, slots, n_heads)
-    logits, cache = model.extend(tokens, cache, jnp.zeros((b,), jnp.int32), start)
-    last = logits[:, -1]  # [B, n_heads, V]
+    hidden, cache = model.extend(tokens, cache, jnp.zeros((b,), jnp.int32), start)
+    last = model.logits(hidden[:, -1])  # [B, n_heads, V]: only the last prompt position is needed
     first = sample(last[:, 0], key, temperature, top_p)
     out = jnp.zeros((b, max_new + n_heads), jnp.int32).at[:, 0].set(first)
     return dict(cache=cache, start=start, fill=jnp.full((b,), p, jnp.int32), last=first,
@@ -123,8 +123,8 @@ def _decode(state, carry, key, step0, *, graphdef, steps, max_new, temperature, 
         i, c = i_carry
         feed = jnp.concatenate([c["last"][:, None], c["drafts"]], axis=1)  # [B, m]
         m = feed.shape[1]
-        logits, cache = model.extend(feed, c["cache"], c["fill"], c["start"])
-        g = sample(logits[:, :, 0], jax.random.fold_in(key, step0 + i), temperature, top_p)  # [B, m]
+        hidden, cache = model.extend(feed, c["cache"], c["fill"], c["start"])
+        g = sample(model.logits(hidden[:, :, 0]), jax.random.fold_in(key, step0 + i), temperature, top_p)  # [B, m]
         if m > 1:  # drafts accepted while each equals head 1's choice after the previous token
             accepted = jnp.sum(jnp.cumprod(c["drafts"] == g[:, :-1], axis=1), axis=1).astype(jnp.int32)
         else:
@@ -141,7 +141,8 @@ def _decode(state, carry, key, step0, *, graphdef, steps, max_new, temperature, 
             n_out=jnp.where(active, c["n_out"] + n_new, c["n_out"]),
             fill=jnp.where(active, c["fill"] + accepted + 1, c["fill"]),
             last=jnp.where(active, g[rows, accepted], c["last"]),
-            drafts=jnp.where(active[:, None], jnp.argmax(logits[rows, accepted, 1:], axis=-1).astype(jnp.int32),
+            drafts=jnp.where(active[:, None],  # heads 2..n only at the last accepted token
+                             jnp.argmax(model.logits(hidden[rows, accepted, 1:]), axis=-1).astype(jnp.int32),
                              c["drafts"]),
             forwards=c["forwards"] + active, accepted=c["accepted"] + jnp.where(active, accepted, 0),
             done=c["done"] | is_eos.any(axis=1) | (c["n_out"] + n_new >= max_new))

@@ -121,8 +121,9 @@ class MTPTransformer(nnx.Module):
           cache: from ``init_cache`` or a previous call.
           fill: int32 ``[B]`` first free slot per row; start: int32 ``[B]`` first real slot per row.
         Returns:
-          (float32 logits ``[B, m, n_heads_used, vocab]``, updated cache). Head k at a new token predicts the
-          token k + 1 positions after it.
+          (head hidden states ``[B, m, n_heads_used, d]`` after the shared final norm — ``logits`` maps the
+          ones needed to the vocabulary —, updated cache). Head k at a new token predicts the token k + 1
+          positions after it.
         """
         cfg = self.cfg
         n_trunk = cfg.n_trunk_layers
@@ -143,7 +144,7 @@ class MTPTransformer(nnx.Module):
             out, layer_cache = head.extend(h, positions, mask, layer_cache, fill)
             outs.append(out)
             new_cache.append(layer_cache)
-        return self.logits(self.norm(jnp.stack(outs, axis=2))), new_cache
+        return self.norm(jnp.stack(outs, axis=2)), new_cache
 
     def logits(self, head_hidden: jax.Array) -> jax.Array:
         """Shared output projection: ``[..., d]`` -> float32 ``[..., vocab]``."""
