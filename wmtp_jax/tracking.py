@@ -2,7 +2,9 @@
 
 URI: ``config.mlflow.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///{workdir}/mlflow.db`` with
 artifacts in ``{workdir}/mlartifacts`` (browse with ``mlflow ui --backend-store-uri sqlite:///.../mlflow.db``).
-A resumed run (same workdir) continues the same MLflow run. Keys that look like secrets are never logged.
+A resumed run (same workdir) continues the same MLflow run. Secrets come only from the environment (MLflow
+and S3 read ``MLFLOW_TRACKING_USERNAME`` / ``_PASSWORD`` / ``_TOKEN``, ``AWS_*`` themselves); config keys that
+look like secrets are never logged, and credentials inside URLs are redacted wherever a URL is logged or printed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from typing import Any
 import jax
 
 _SECRET = re.compile(r"(secret|password|passwd|token_value|access_key|api_key|credential)", re.IGNORECASE)
+_URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(value: Any) -> Any:
+    """``value`` with any ``user:password@`` inside URLs replaced by ``***@`` (non-strings unchanged)."""
+    return _URL_USERINFO.sub(r"\1***@", value) if isinstance(value, str) else value
 
 
 def flatten_config(c, prefix: str = "") -> dict[str, Any]:
@@ -27,7 +35,7 @@ def flatten_config(c, prefix: str = "") -> dict[str, Any]:
         if hasattr(value, "items"):
             out.update(flatten_config(value, name + "."))
         elif not _SECRET.search(name):
-            out[name] = value
+            out[name] = redact(value)
     return out
 
 
@@ -78,7 +86,7 @@ class Tracker:
             self._disable(f"MLflow tracking at {uri} unavailable ({type(e).__name__}: {e}); continuing without it")
 
     def _disable(self, message: str) -> None:
-        warnings.warn(message, stacklevel=3)
+        warnings.warn(redact(message), stacklevel=3)
         self.enabled = False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:

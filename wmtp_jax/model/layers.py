@@ -83,18 +83,21 @@ class Attention(nnx.Module):
         self.wv = _param(rngs, (d, kv), ("embed", "kv_heads"), pd)
         self.wo = _param(rngs, (q, d), ("q_heads", "embed"), pd)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal)."""
+    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Rotated queries ``[B, S, n_heads, head_dim]``, rotated keys and values ``[B, S, kv_heads, head_dim]``."""
         cfg, dt = self.cfg, self.cfg.compute_dtype
         b, s, _ = x.shape
         x = x.astype(dt)
         q = (x @ self.wq[...].astype(dt)).reshape(b, s, cfg.n_heads, cfg.head_dim)
         k = (x @ self.wk[...].astype(dt)).reshape(b, s, cfg.kv_heads, cfg.head_dim)
         v = (x @ self.wv[...].astype(dt)).reshape(b, s, cfg.kv_heads, cfg.head_dim)
-        q = apply_rope(q, positions, cfg.rope_theta)
-        k = apply_rope(k, positions, cfg.rope_theta)
+        return apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta), v
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal)."""
+        q, k, v = self._qkv(x, positions)
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
-        return out.reshape(b, s, -1) @ self.wo[...].astype(dt)
+        return out.reshape(*x.shape[:2], -1) @ self.wo[...].astype(self.cfg.compute_dtype)
 
     def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
                fill: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -108,18 +111,12 @@ class Attention(nnx.Module):
         Returns:
           (``[B, m, d]`` outputs, the updated cache).
         """
-        cfg, dt = self.cfg, self.cfg.compute_dtype
-        b, m, _ = x.shape
-        x = x.astype(dt)
-        q = (x @ self.wq[...].astype(dt)).reshape(b, m, cfg.n_heads, cfg.head_dim)
-        k = (x @ self.wk[...].astype(dt)).reshape(b, m, cfg.kv_heads, cfg.head_dim)
-        v = (x @ self.wv[...].astype(dt)).reshape(b, m, cfg.kv_heads, cfg.head_dim)
-        q = apply_rope(q, positions, cfg.rope_theta)
-        k = apply_rope(k, positions, cfg.rope_theta)
+        dt = self.cfg.compute_dtype
+        q, k, v = self._qkv(x, positions)
         write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (i, 0, 0)))
         cache = KVCache(write(cache.k, k, fill), write(cache.v, v, fill))
         out = jax.nn.dot_product_attention(q, cache.k.astype(dt), cache.v.astype(dt), mask=mask)
-        return out.reshape(b, m, -1) @ self.wo[...].astype(dt), cache
+        return out.reshape(*x.shape[:2], -1) @ self.wo[...].astype(dt), cache
 
 
 class FeedForward(nnx.Module):
