@@ -33,6 +33,11 @@ def common(preset: str = "") -> ml_collections.ConfigDict:
     c.model.remat = "full"             # none | full | dots | dots_with_no_batch_dims
     c.model.build_micro = False        # build the micro checkpoints if missing (":micro")
 
+    # several processes (hosts): JAX's multi-controller runtime; all empty = one process, or the environment's
+    # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; cluster: auto | slurm | ompi | mpi4py | k8s
+    c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1,
+                                                   cluster=""))
+
     c.mlflow = ml_collections.ConfigDict()
     c.mlflow.tracking_uri = ""         # "" = $MLFLOW_TRACKING_URI, else a local store under the workdir
     c.mlflow.experiment_name = "wmtp"

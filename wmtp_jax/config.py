@@ -106,6 +106,14 @@ def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_proce
         check(key, lambda v: lo <= v <= hi, f"a number in [{lo}, {hi}]")
 
     one_of("experiment", EXPERIMENTS)
+    from wmtp_jax.distributed import CLUSTERS
+
+    one_of("distributed.cluster", tuple(CLUSTERS))
+    check("distributed.num_processes", lambda v: isinstance(v, int) and v >= 0, "0 (one process / from the "
+          "environment) or the number of processes")
+    check("distributed.process_id", lambda v: isinstance(v, int) and -1 <= v and
+          (c.distributed.num_processes == 0 or v < c.distributed.num_processes),
+          "-1 (from the environment) or an id in [0, distributed.num_processes)")
     check("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
     one_of("model.dtype", sorted(_DTYPES))
     one_of("model.param_dtype", sorted(_DTYPES))

@@ -26,8 +26,16 @@ def main(argv) -> None:
 
         start_worker_pool()
     from wmtp_jax import config as config_lib
+    from wmtp_jax import distributed
 
     found = config_lib.apply_overrides(c, _OVERRIDES)
+    if not found:
+        try:  # before anything touches a device
+            distributed.initialize(c)
+        except Exception as e:  # noqa: BLE001 - any failure to join the cluster ends the run here
+            print(f"error: could not start the multi-process runtime with {distributed.settings(c)}: "
+                  f"{type(e).__name__}: {e}", file=sys.stderr)
+            sys.exit(2)
     found += config_lib.problems(c)
     if found:
         print("error: " + str(config_lib.ConfigError(found)), file=sys.stderr)

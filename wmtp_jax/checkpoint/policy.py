@@ -35,6 +35,13 @@ def _training_step(path: Path) -> tuple[Path, Path] | None:
     return None
 
 
+def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
+    """Converts ``path`` into ``cache_dir`` (once) if it is a torch checkpoint; anything else is left alone."""
+    path = Path(path)
+    if path.is_dir() and not is_orbax_model_dir(path) and _training_step(path.absolute()) is None:
+        ensure_orbax(path, cache_dir)
+
+
 def load_policy(path: str | Path, mesh: Mesh | None = None, *, cache_dir: str | Path = "artifacts/converted",
                 **config_overrides) -> tuple[nnx.Module, str]:
     """``(model, description)``: the model at ``path`` (see the module docstring) restored into ``mesh``.

@@ -156,6 +156,20 @@ def _decode(state, carry, key, step0, *, graphdef, steps, max_new, temperature, 
     return carry
 
 
+def _to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-process) global array as one numpy array on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _to_device(x: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
+    """The same host array on every process -> a global array with ``sharding_`` (each process its shards)."""
+    return jax.make_array_from_callback(x.shape, sharding_, lambda index: x[index])
+
+
 def completion_text(tok: Tokenizer, prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
     """Text of ``ids`` as a continuation of the prompt (SentencePiece drops a leading space when decoding a
     piece on its own, so the continuation is the full decode minus the prompt's decode)."""
@@ -231,7 +245,7 @@ class Generator:
         for r, row in enumerate(ids):
             tokens[r, p - len(row):], start[r] = row, p - len(row)
         batch_sharding = sharding.batch_sharding(self.mesh)
-        tokens, start = jax.device_put((tokens, start), batch_sharding)
+        tokens, start = _to_device(tokens, batch_sharding), _to_device(start, batch_sharding)
         common = dict(max_new=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                       eos_id=self.tok.eos_id)
         key = jax.random.key(seed)
@@ -241,20 +255,20 @@ class Generator:
         texts: list[tuple[str, str] | None] = [None] * self.batch_size
         step = 1
         while True:
-            done = np.asarray(carry["done"]).copy()
+            done = _to_host(carry["done"]).copy()
             if config.stop:  # rows whose text already holds a stop string are finished
-                out, n_out = np.asarray(carry["out"]), np.asarray(carry["n_out"])
+                out, n_out = _to_host(carry["out"]), _to_host(carry["n_out"])
                 for r in np.flatnonzero(~done):
                     text, hit = _cut(completion_text(self.tok, ids[r], out[r, :n_out[r]]), config.stop)
                     if hit:
                         texts[r], done[r] = (text, "stop"), True
-                carry["done"] = jax.device_put(done, batch_sharding)
+                carry["done"] = _to_device(done, carry["done"].sharding)
             if done.all():
                 break
             carry = decode(self.state, carry, key, jnp.int32(step))
             step += config.chunk_steps
-        out, n_out = np.asarray(carry["out"]), np.asarray(carry["n_out"])
-        forwards, accepted = np.asarray(carry["forwards"]), np.asarray(carry["accepted"])
+        out, n_out = _to_host(carry["out"]), _to_host(carry["n_out"])
+        forwards, accepted = _to_host(carry["forwards"]), _to_host(carry["accepted"])
         completions = []
         for r in range(n_real):
             gen = [int(t) for t in out[r, :n_out[r]]]

@@ -16,9 +16,9 @@ from pathlib import Path
 import jax
 from tqdm.auto import tqdm
 
-from wmtp_jax import sharding
+from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint.micro import write_micro_models
-from wmtp_jax.checkpoint.policy import load_policy
+from wmtp_jax.checkpoint.policy import convert_if_torch, load_policy
 from wmtp_jax.data.prepare import Problem as DataProblem, write_split
 from wmtp_jax.data.records import AlpacaRecord
 from wmtp_jax.data.tokenizer import Tokenizer
@@ -32,8 +32,13 @@ from wmtp_jax.tracking import Tracker
 def _setup(c):
     """(sandbox isolation level, mesh, model, description, tokenizer)."""
     isolation = start_worker_pool()  # normally already started by wmtp_jax.main, before JAX
-    if c.model.build_micro:
-        write_micro_models(Path(c.checkpoint).parent)
+
+    def prepare():  # on disk, once: the micro models, a torch conversion
+        if c.model.build_micro:
+            write_micro_models(Path(c.checkpoint).parent)
+        convert_if_torch(c.checkpoint, c.model.cache_dir)
+
+    distributed.main_process_first(prepare, "prepare_policy")
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     model, source = load_policy(c.checkpoint, mesh, cache_dir=c.model.cache_dir, dtype=c.model.dtype,
                                 param_dtype=c.model.param_dtype)
@@ -59,6 +64,7 @@ def evaluate(c) -> dict:
     workdir = Path(c.workdir)
     out_dir = workdir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
+    # results and samples are written by process 0 only (a temporary file per process keeps them apart)
     isolation, mesh, model, source, tok = _setup(c)
     generator = Generator(model, mesh, tok, e.batch_size)
     tracker = Tracker(c, workdir, resume=False)
@@ -66,7 +72,7 @@ def evaluate(c) -> dict:
                "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "mesh": dict(mesh.shape),
                "benchmarks": {}}
     samples_path = out_dir / "samples.jsonl"
-    tmp_samples = samples_path.with_name(".samples.jsonl.tmp")
+    tmp_samples = samples_path.with_name(f".samples.jsonl.{jax.process_index()}.tmp")
     status = "FAILED"
     try:
         with open(tmp_samples, "w") as samples:
@@ -80,6 +86,8 @@ def evaluate(c) -> dict:
                                           prompt_buckets=tuple(e.prompt_buckets))
                 completions, stats = _generate(generator, [p.prompt for p in problems], config, e.n_samples,
                                                c.seed, f"generate {name}")
+                if jax.process_index() != 0:  # every process generates (collectively); process 0 executes
+                    continue
                 pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
                 t0 = time.perf_counter()
                 outcomes = benchmarks.check(pairs, timeout_s=e.timeout_s, memory_mb=e.memory_mb)
@@ -119,10 +127,11 @@ def evaluate(c) -> dict:
                 summary = ", ".join(f"pass@{k} {pass_at[f'pass@{k}']['mean']:.3f}" for k in e.k)
                 print(f"{name}: {len(problems)} problems x {e.n_samples} samples: {summary}; "
                       f"outcomes {benchmarks.outcome_counts(outcomes)}")
-        os.replace(tmp_samples, samples_path)
-        _atomic_write(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-        tracker.log_artifact(out_dir / "results.json")
-        tracker.log_artifact(samples_path)
+        if jax.process_index() == 0:
+            os.replace(tmp_samples, samples_path)
+            _atomic_write(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+            tracker.log_artifact(out_dir / "results.json")
+            tracker.log_artifact(samples_path)
         status = "FINISHED"
     finally:
         tmp_samples.unlink(missing_ok=True)
@@ -142,6 +151,8 @@ def rollout(c) -> dict:
                               stop=("\n### ",), prompt_buckets=tuple(r.prompt_buckets))
     completions, _ = _generate(Generator(model, mesh, tok, r.batch_size), [p.alpaca_prompt for p in problems],
                                config, r.n_samples, c.seed, f"rollout {r.source}")
+    if jax.process_index() != 0:  # every process generates (collectively); process 0 executes and writes
+        return {}
     pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
     outcomes = iter(benchmarks.check(pairs, timeout_s=r.timeout_s, memory_mb=r.memory_mb, alpaca=True))
     data_problems = []

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from wmtp_jax import sharding
+from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint import ensure_orbax, load_model, save_model
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
@@ -29,7 +29,7 @@ from wmtp_jax.data.records import RecordIndex
 from wmtp_jax.data.sampling import SamplingConfig, build_plan, shard_plan
 from wmtp_jax.data.tokenizer import Tokenizer
 from wmtp_jax.losses import mtp_targets, token_ce
-from wmtp_jax.tracking import Tracker
+from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import step as step_lib
 
 # bf16 dense peak per device, for the MFU estimate
@@ -47,9 +47,16 @@ def index_path(jsonl: str | Path) -> Path:
 
 
 def prepare_inputs(c) -> None:
-    """``:micro``: builds the micro checkpoints and prepares the shipped data once (cached)."""
+    """Everything cached on disk, done once: ``:micro`` micro checkpoints and shipped data, and the torch ->
+    Orbax conversions of the policy and the Rho-1 reference. (With several processes, process 0 does it
+    first; the others then find the caches.)"""
     if c.model.build_micro:
         write_micro_models(Path(c.model.checkpoint).parent)
+    vocab = c.model.vocab_size or None
+    if not c.model.init_from:
+        ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=vocab)
+    if c.experiment == "rho1" and not c.weighting.rho1_reference_ce:
+        ensure_orbax(c.reference.checkpoint, c.model.cache_dir, vocab_size=vocab)
     if not c.data.prepare_micro or c.data.train:
         return
     out = Path(c.data.cache_dir) / c.data.prepare_micro
@@ -203,10 +210,10 @@ def train(c) -> dict:
     """Runs (or resumes) training; returns ``{"final_dir", "steps", "losses"}``."""
     workdir = Path(c.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    prepare_inputs(c)
+    distributed.main_process_first(lambda: prepare_inputs(c), "prepare_inputs")
     is_main = jax.process_index() == 0
     if is_main:
-        (workdir / "config.json").write_text(c.to_json_best_effort(indent=2))
+        (workdir / "config.json").write_text(redact(c.to_json_best_effort(indent=2)))
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     run = build(c, mesh)
     tok = Tokenizer(c.tokenizer) if c.tokenizer else Tokenizer()
