@@ -31,6 +31,9 @@ def common(preset: str = "") -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"         # compute dtype
     c.model.param_dtype = "float32"    # master weights
     c.model.remat = "full"             # none | full | dots | dots_with_no_batch_dims
+    c.model.scan_layers = True         # the trunk as one lax.scan (layer buffers reused; one compiled block)
+    c.model.attention = "chunked"      # xla | chunked (exact, bounded memory, any backend) | cudnn (NVIDIA flash)
+    c.model.attention_chunk = 512      # queries per chunk for "chunked"
     c.model.build_micro = False        # build the micro checkpoints if missing (":micro")
 
     # several processes (hosts): JAX's multi-controller runtime; all empty = one process, or the environment's
@@ -48,6 +51,8 @@ def common(preset: str = "") -> ml_collections.ConfigDict:
         c.model.build_micro = True
         c.model.dtype = "float32"
         c.model.remat = "none"
+        c.model.scan_layers = False
+        c.model.attention = "xla"
     return c
 
 

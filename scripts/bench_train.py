@@ -187,9 +187,11 @@ def memory(args) -> None:
 
     mesh = sharding.make_mesh(fsdp=args.devices, devices=jax.devices()[: args.devices])
     policy_cfg = ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, multiple_of=256, n_future_tokens=4,
-                             dtype="bfloat16", param_dtype="float32", remat="full")
+                             dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=args.scan_layers,
+                             attention=args.attention)
     ref_cfg = ModelConfig(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912, vocab_size=32000,
-                          dtype="bfloat16", param_dtype=args.reference_dtype)
+                          dtype="bfloat16", param_dtype=args.reference_dtype, scan_layers=args.scan_layers,
+                          attention=args.attention)
 
     def with_shardings(abstract_state):
         shardings = sharding.state_shardings(abstract_state, mesh)
@@ -254,6 +256,10 @@ def main() -> int:
     m.add_argument("--ce-chunk", type=int, default=256)
     m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     m.add_argument("--show-largest", type=int, default=0, help="list the N largest buffers of the compiled step")
+    m.add_argument("--no-scan-layers", dest="scan_layers", action="store_false",
+                   help="unrolled Python loop over the trunk blocks instead of one lax.scan")
+    m.add_argument("--attention", default="chunked", choices=["xla", "chunked", "cudnn"],
+                   help="attention implementation (cudnn: NVIDIA GPUs only)")
     args = parser.parse_args()
     if args.what == "memory" and "XLA_FLAGS" not in os.environ:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"

@@ -132,6 +132,33 @@ def test_bf16_compute_and_remat_stay_close_to_float32():
     np.testing.assert_allclose(out, ref, atol=5e-2)
 
 
+@pytest.mark.parametrize("layout", [dict(scan_layers=True), dict(attention="chunked", attention_chunk=8),
+                                    dict(scan_layers=True, attention="chunked", attention_chunk=8, remat="full")],
+                         ids=["scan", "chunked", "scan_chunked_remat"])
+def test_memory_layouts_equal_the_plain_model(layout):
+    """lax.scan over the trunk and query-chunked attention give the plain model's logits and gradients."""
+    cfg = GQA_MTP
+    tokens = jnp.asarray(_tokens(cfg.vocab_size, (2, 32)), jnp.int32)
+    segments = jnp.asarray(np.array([[1] * 32, [1] * 20 + [2] * 8 + [0] * 4]), jnp.int32)
+
+    def loss_and_grads(model):
+        graphdef, state = nnx.split(model)
+
+        def loss(state):
+            logits = nnx.merge(graphdef, state)(tokens, segment_ids=segments)
+            return jnp.mean(jax.nn.log_softmax(logits)[..., 3]), logits
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(state)
+        return logits, grads
+
+    plain, changed = _random_model(cfg, seed=4), _random_model(cfg.replace(**layout), seed=4)
+    np.testing.assert_allclose(np.asarray(changed(tokens)), np.asarray(plain(tokens)), atol=1e-5)  # causal only
+    ref_logits, ref_grads = loss_and_grads(plain)
+    logits, grads = loss_and_grads(changed)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
 def test_ffn_hidden_dim_follows_meta_rule():
     assert ModelConfig(dim=4096, multiple_of=256).hidden_dim == 11008  # 7B
     assert ModelConfig(dim=4096, multiple_of=256, ffn_dim_multiplier=1.3, n_kv_heads=8).hidden_dim == 14336

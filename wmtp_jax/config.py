@@ -9,7 +9,7 @@ import jax
 import ml_collections
 
 from wmtp_jax import sharding
-from wmtp_jax.model.config import _DTYPES, _REMAT_POLICIES
+from wmtp_jax.model.config import _DTYPES, _REMAT_POLICIES, ATTENTION_IMPLS
 
 EXPERIMENTS = ("forward", "baseline", "critic", "verifiable", "rho1", "ref_tuning", "eval", "rollout")
 GENERATION_JOBS = ("eval", "rollout")
@@ -118,6 +118,10 @@ def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_proce
     one_of("model.dtype", sorted(_DTYPES))
     one_of("model.param_dtype", sorted(_DTYPES))
     one_of("model.remat", _REMAT_POLICIES)
+    if "scan_layers" in c.model:  # training and evaluation configs
+        check("model.scan_layers", lambda v: isinstance(v, bool), "true or false")
+        one_of("model.attention", ATTENTION_IMPLS)
+        positive("model.attention_chunk")
     check("model.vocab_size", lambda v: isinstance(v, int) and v >= 0, "0 (keep) or a positive integer")
     if c.experiment in GENERATION_JOBS:
         if not c.model.build_micro:

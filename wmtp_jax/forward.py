@@ -21,7 +21,8 @@ def run(c) -> dict:
         write_micro_models(c.model.checkpoint.rsplit("/", 1)[0])
     model_dir = ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    model = load_model(model_dir, mesh, dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat)
+    model = load_model(model_dir, mesh, dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
+                       scan_layers=c.model.scan_layers, attention=c.model.attention)
     tok = Tokenizer(c.tokenizer) if c.tokenizer else Tokenizer()
 
     prompts = list(c.forward.prompts)

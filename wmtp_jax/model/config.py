@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 _REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+ATTENTION_IMPLS = ("xla", "chunked", "cudnn")
 
 # params.json keys that carry no information for the forward pass (Meta's inference settings).
 _IGNORED_META_KEYS = frozenset({"max_batch_size"})
@@ -60,6 +61,11 @@ class ModelConfig:
       param_dtype: storage dtype of the parameters (master weights).
       remat: rematerialisation policy per block: "none", "full", "dots",
         "dots_with_no_batch_dims" (``jax.checkpoint_policies``).
+      attention: "xla" (plain), "chunked" (exact, ``attention_chunk`` queries at a time: no ``[S, S]``
+        score matrix per head for the whole sequence) or "cudnn" (flash attention on NVIDIA GPUs).
+      attention_chunk: queries per chunk for "chunked".
+      scan_layers: run the trunk blocks as one ``lax.scan`` over their stacked parameters (one compiled
+        block; buffers reused from layer to layer, which bounds activation memory on any backend).
     """
 
     dim: int = 4096
@@ -77,6 +83,9 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_layers: bool = False
+    attention: str = "xla"
+    attention_chunk: int = 512
 
     def __post_init__(self):
         self.validate()
@@ -154,6 +163,12 @@ class ModelConfig:
                 out.append(f"{name}={getattr(self, name)!r}: expected one of {sorted(_DTYPES)}")
         if self.remat not in _REMAT_POLICIES:
             out.append(f"remat={self.remat!r}: expected one of {list(_REMAT_POLICIES)}")
+        if self.attention not in ATTENTION_IMPLS:
+            out.append(f"attention={self.attention!r}: expected one of {list(ATTENTION_IMPLS)}")
+        if not isinstance(self.attention_chunk, int) or self.attention_chunk < 1:
+            out.append(f"attention_chunk={self.attention_chunk!r}: expected a positive integer")
+        if not isinstance(self.scan_layers, bool):
+            out.append(f"scan_layers={self.scan_layers!r}: expected true or false")
         return out
 
     def validate(self) -> None:
@@ -215,7 +230,7 @@ class ModelConfig:
 
     def to_params_json(self) -> dict[str, Any]:
         """The Meta ``params.json`` view (architecture only, no dtypes)."""
-        skip = {"dtype", "param_dtype", "remat"}
+        skip = {"dtype", "param_dtype", "remat", "scan_layers", "attention", "attention_chunk"}
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

@@ -65,6 +65,40 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.reshape(x.shape).astype(x.dtype)
 
 
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str = "xla",
+              chunk: int = 512) -> jax.Array:
+    """Softmax attention ``softmax(q k^T / sqrt(head_dim) + mask) v`` (Vaswani et al. 2017, eq. 1) with GQA.
+
+    Args:
+      q: ``[B, S, n_heads, head_dim]``; k, v: ``[B, S, kv_heads, head_dim]``.
+      mask: bool ``[B, 1, S, S]`` (True = may attend) or None for plain causal attention.
+      impl: "xla" (one ``jax.nn.dot_product_attention``: ``[B, n_heads, S, S]`` float32 scores), "chunked"
+        (the same exact softmax for ``chunk`` queries at a time under ``jax.checkpoint``: scores of one chunk
+        live at once, in the forward and the backward pass) or "cudnn" (fused flash attention on NVIDIA GPUs).
+    Returns:
+      ``[B, S, n_heads, head_dim]``.
+    """
+    if impl == "cudnn":
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None, implementation="cudnn")
+    b, s = q.shape[:2]
+    if impl == "xla" or s <= chunk or s % chunk:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
+    n = s // chunk
+    if mask is None:
+        mask = jnp.tril(jnp.ones((s, s), dtype=bool))[None, None]
+    mask = jnp.broadcast_to(mask, (b, 1, s, s))
+    q_chunks = q.reshape(b, n, chunk, *q.shape[2:]).swapaxes(0, 1)        # [n, B, chunk, N, h]
+    m_chunks = mask.reshape(b, 1, n, chunk, s).transpose(2, 0, 1, 3, 4)   # [n, B, 1, chunk, S]
+
+    @jax.checkpoint
+    def one(args):
+        qi, mi = args
+        return jax.nn.dot_product_attention(qi, k, v, mask=mi)
+
+    out = jax.lax.map(one, (q_chunks, m_chunks))                            # [n, B, chunk, N, h]
+    return out.swapaxes(0, 1).reshape(q.shape)
+
+
 class KVCache(NamedTuple):
     """One attention layer's keys and values, ``[B, T, kv_heads, head_dim]`` each (T cache slots)."""
 
@@ -96,7 +130,7 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
         """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal)."""
         q, k, v = self._qkv(x, positions)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
+        out = attention(q, k, v, mask, self.cfg.attention, self.cfg.attention_chunk)
         return out.reshape(*x.shape[:2], -1) @ self.wo[...].astype(self.cfg.compute_dtype)
 
     def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,

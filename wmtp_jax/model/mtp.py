@@ -93,8 +93,11 @@ class MTPTransformer(nnx.Module):
 
         policy = _REMAT_POLICIES.get(cfg.remat)
         call = _call_block if policy is None else functools.partial(_remat_block, policy=policy)
-        for block in self.layers:
-            h = constrain_batch(call(block, h, positions, mask))
+        if cfg.scan_layers and len(self.layers) > 1:
+            h = _scan_blocks(list(self.layers), h, positions, mask, policy)
+        else:
+            for block in self.layers:
+                h = constrain_batch(call(block, h, positions, mask))
         trunk_state = self.norm(h)
         values = (trunk_state.astype(jnp.float32) @ self.value_head["kernel"][...].astype(jnp.float32)
                   + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
@@ -160,6 +163,22 @@ class MTPTransformer(nnx.Module):
 
 def _call_block(block: Block, h, positions, mask):
     return block(h, positions, mask)
+
+
+def _scan_blocks(blocks: list[Block], h, positions, mask, policy):
+    """The blocks as one ``lax.scan`` over their parameters stacked on a new leading axis (same result as the
+    loop; the scan makes XLA reuse one block's buffers for every layer). ``policy``: remat of each step."""
+    graphdef, first = nnx.split(blocks[0])
+    dt = blocks[0].attention.cfg.compute_dtype  # the blocks cast every weight to it anyway: stack the cast
+    stacked = jax.tree.map(lambda *xs: jnp.stack([x.astype(dt) for x in xs]), first,
+                           *(nnx.split(b)[1] for b in blocks[1:]))
+
+    def body(h, state):
+        return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask)), None
+
+    if policy is not None:
+        body = jax.checkpoint(body, policy=policy)
+    return jax.lax.scan(body, h, stacked)[0]
 
 
 def _remat_block(block: Block, h, positions, mask, *, policy):
