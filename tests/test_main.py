@@ -44,3 +44,10 @@ def test_training_config_problems_are_reported_together():
                      "data.train='': expected a prepared .jsonl", "reference.checkpoint='': expected the Rho-1",
                      "train.batch_size=6: must split into"):
         assert expected in out.stderr, expected
+
+
+def test_help_lists_configs_and_exits_0():
+    """The Docker image's default command."""
+    out = run_main("--help", devices=1)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "rho1.py" in out.stdout and "eval.py" in out.stdout and "--config" in out.stdout

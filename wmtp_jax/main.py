@@ -6,6 +6,7 @@ then hand the config to the job for its experiment.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -60,7 +61,21 @@ def main(argv) -> None:
         print(f"done: {result['steps']} steps; final model in {result['final_dir']}")
 
 
+def _print_help() -> None:
+    import glob
+
+    configs = sorted(os.path.basename(p) for p in glob.glob("configs/*.py") if not p.endswith(("__init__.py", "base.py")))
+    print(__doc__)
+    print("configs (run from the repository root):", ", ".join(configs) or "none found in ./configs")
+    print("presets: append ':micro' for the local stand-in (micro models, shipped data, a few minutes on a laptop)")
+    print("every config value can be overridden: --config.KEY=VALUE (e.g. --config.train.num_steps=100)\n")
+    print(flags.FLAGS.main_module_help())
+
+
 def run() -> None:
+    if len(sys.argv) == 1 or any(a in ("-h", "--help", "--helpfull", "-?") for a in sys.argv[1:]):
+        _print_help()
+        return
     sys.path.insert(0, ".")  # config files import `configs.base` from the working directory
     argv = []
     for arg in sys.argv:  # --config.KEY=VALUE overrides are applied (and checked, all together) in main
