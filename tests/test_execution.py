@@ -1,7 +1,7 @@
 """The sandbox (wmtp_jax.eval.execution): statuses, limits, stdin, truncation, and hostile programs contained."""
 
+import os
 import socket
-import subprocess
 import time
 
 import pytest
@@ -33,8 +33,8 @@ def test_statuses_stdin_and_limits(tmp_path):
     assert results[5].stdout.startswith("x" * 800) and "bytes truncated" in results[5].stdout
     assert results[5].stdout.rstrip().endswith("x" * 100)  # head and tail kept
     assert "wmtp_exec_" in results[7].stdout  # its own temporary working directory
-    time.sleep(1)
-    assert not marker.exists()  # the grandchild died with the process group
+    assert not _sandbox_leftovers()  # the grandchild that outlived the timeout was killed
+    assert not marker.exists()
 
 
 def test_closed_stdin_by_default_and_per_program_stdin():
@@ -46,8 +46,54 @@ def test_closed_stdin_by_default_and_per_program_stdin():
         execute(["pass", "pass"], stdin=["a"])
 
 
-def _alive(pattern: str) -> bool:
-    return subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _sandbox_leftovers() -> list[str]:
+    """Processes under the sandbox worker that are neither a per-slot server (``_zygote.py``) nor one of the
+    wrappers on the way to one (bwrap / unshare): anything a program left running."""
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parent[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    children = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    def mine(pid):  # started by this test process (not, e.g., another test run on the machine)
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    workers = [pid for pid in parent if "_serve()" in _cmdline(pid) and mine(pid)]
+    def zygote_python(pid):  # a server or a fork of one (wrappers also name _zygote.py in their arguments)
+        cmd = _cmdline(pid)
+        return "_zygote.py" in cmd and not cmd.split(" ", 1)[0].endswith(("bwrap", "unshare"))
+
+    servers = {pid for pid in parent if zygote_python(pid) and not zygote_python(parent[pid])}
+    on_the_way, stack = set(), list(servers)
+    while stack:  # the wrappers above each server
+        pid = parent.get(stack.pop())
+        if pid is not None and pid not in workers and pid not in on_the_way:
+            on_the_way.add(pid)
+            stack.append(pid)
+    found, stack = [], [c for w in workers for c in children.get(w, [])]
+    while stack:
+        pid = stack.pop()
+        if pid not in servers and pid not in on_the_way:
+            found.append(f"{pid}: {_cmdline(pid)[:120]}")
+        stack.extend(children.get(pid, []))
+    return found
 
 
 def test_hostile_programs_are_contained(tmp_path):
@@ -86,12 +132,13 @@ def test_hostile_programs_are_contained(tmp_path):
     assert statuses["huge_output"] == "failed" and len(results["huge_output"].stdout) < 4200
     assert statuses["deep_recursion"] in ("failed", "timeout")  # C stack overflow, memory limit or clock
     assert statuses["kill_parents"] in ("failed", "error")
+    assert not _sandbox_leftovers()
     assert statuses["ignore_signals"] == "timeout"
     assert statuses["escape_session"] == "timeout"
     assert statuses["write_outside"] == "failed" and not outside.exists()
     server.close()
     time.sleep(0.5)
-    assert not _alive("wmtp-escapee") and not _alive("os.fork()")
+    assert not _sandbox_leftovers()  # the fork bomb's children and the setsid escapee are gone
     assert results["after"].status == "passed" and results["after"].stdout == "fine\n"
     if isolation_level() != "rlimits":
         assert statuses["socket"] == "failed"
@@ -119,3 +166,17 @@ def test_bubblewrap_isolation_when_available():
     assert results[0].status == "failed"
     assert results[1].status == "passed" and int(results[1].stdout) < 10
     assert results[2].stdout.count("wmtp_exec_") <= 1
+
+
+def test_leftover_check_sees_running_programs():
+    """The process-tree check used above does see a program's processes while they run."""
+    import threading
+
+    program = "import os, time\nif os.fork() == 0:\n    time.sleep(4)\nelse:\n    time.sleep(4)\n"
+    thread = threading.Thread(target=execute, args=([program],), kwargs={"timeout_s": 3})
+    thread.start()
+    time.sleep(1.5)
+    seen = _sandbox_leftovers()
+    thread.join()
+    assert len(seen) >= 2, seen  # the program and its child, while running
+    assert not _sandbox_leftovers()

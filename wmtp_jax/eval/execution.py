@@ -83,8 +83,9 @@ def _works(args: list[str], slot: int | None) -> bool:
 
 def _bwrap_args() -> list[str] | None:
     bwrap = shutil.which("bwrap")
-    return bwrap and [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all",
-                      "--die-with-parent"]
+    # no --die-with-parent: it fires when the *thread* that started bwrap ends, and servers outlive the batch
+    # thread that starts them; a server exits when the worker's pipe closes, and bwrap with it
+    return bwrap and [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all"]
 
 
 def _unshare_args(drop_uid: bool) -> list[str] | None:
