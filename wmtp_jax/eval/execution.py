@@ -29,8 +29,8 @@ import atexit
 import concurrent.futures
 import dataclasses
 import functools
-import os
 import json
+import os
 import pickle
 import queue
 import select
