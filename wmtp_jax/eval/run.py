@@ -58,16 +58,57 @@ def _generate(generator, prompts, config, n_samples, seed, desc):
         return generator.generate(prompts, config, n_samples=n_samples, seed=seed, progress=bar.update)
 
 
+def _score(name: str, problems, completions, stats, outcomes, e, seed: int, isolation: str,
+           exec_seconds: float) -> dict:
+    """One benchmark's entry of results.json: pass@k (Chen et al. 2021, per problem then averaged, bootstrap
+    95% interval over problems), the settings, counts by outcome and generation figures."""
+    passed = defaultdict(int)
+    for problem, outcome in zip((p for p, row in zip(problems, completions) for _ in row), outcomes):
+        passed[problem.task_id] += outcome.status == "passed"
+    n, correct = [e.n_samples] * len(problems), [passed[p.task_id] for p in problems]
+    pass_at = {}
+    for k in e.k:
+        mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=seed)
+        pass_at[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+    return {
+        "problems": len(problems), "limit": e.limit or None,
+        "n_samples": e.n_samples, "temperature": e.temperature, "top_p": e.top_p,
+        "max_new_tokens": e.max_new_tokens, "speculative": e.speculative,
+        "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
+        **pass_at, "outcomes": benchmarks.outcome_counts(outcomes),
+        "generation": {"tokens": stats.tokens, "seconds": round(stats.seconds, 3),
+                       "tokens_per_s": round(stats.tokens_per_second, 1),
+                       "tokens_per_forward": round(stats.tokens_per_forward, 3),
+                       "draft_acceptance_rate": round(stats.acceptance_rate, 4) if e.speculative else None,
+                       "truncated_prompts": stats.truncated_prompts},
+        "execution_seconds": round(exec_seconds, 3), "sandbox_isolation": isolation}
+
+
+def _sample_rows(name: str, problems, completions, outcomes, isolation: str):
+    """samples.jsonl rows: every completion with its outcome."""
+    outcomes = iter(outcomes)
+    for problem, row in zip(problems, completions):
+        for j, comp in enumerate(row):
+            outcome = next(outcomes)
+            yield {"benchmark": name, "task_id": problem.task_id, "sample": j, "completion": comp.text,
+                   "finish": comp.finish, "status": outcome.status, "detail": outcome.detail,
+                   "sandbox_isolation": isolation}
+
+
 def evaluate(c) -> dict:
-    """Runs every benchmark of ``c.eval.benchmarks``; returns the results dict written to results.json."""
+    """Runs every benchmark of ``c.eval.benchmarks``; returns the results dict written to results.json.
+
+    Every process generates (the batch is sharded over all devices); process 0 alone executes the
+    completions and writes ``{workdir}/eval/results.json``, ``samples.jsonl`` and the MLflow run.
+    """
     e = c.eval
     workdir = Path(c.workdir)
     out_dir = workdir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
-    # results and samples are written by process 0 only (a temporary file per process keeps them apart)
     isolation, mesh, model, source, tok = _setup(c)
     generator = Generator(model, mesh, tok, e.batch_size)
     tracker = Tracker(c, workdir, resume=False)
+    is_main = jax.process_index() == 0
     results = {"checkpoint": str(c.checkpoint), "model": source, "sandbox_isolation": isolation,
                "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "mesh": dict(mesh.shape),
                "benchmarks": {}}
@@ -78,56 +119,29 @@ def evaluate(c) -> dict:
         with open(tmp_samples, "w") as samples:
             for name in e.benchmarks:
                 problems = benchmarks.load(name, mbpp_format=e.mbpp_format, codecontests_paths=tuple(e.codecontests))
-                n_total = len(problems)
-                if e.limit:
-                    problems = problems[:e.limit]
+                n_available = len(problems)
+                problems = problems[:e.limit] if e.limit else problems
                 config = GenerationConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
                                           stop=problems[0].stop, speculative=e.speculative,
                                           prompt_buckets=tuple(e.prompt_buckets))
                 completions, stats = _generate(generator, [p.prompt for p in problems], config, e.n_samples,
                                                c.seed, f"generate {name}")
-                if jax.process_index() != 0:  # every process generates (collectively); process 0 executes
+                if not is_main:
                     continue
-                pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
                 t0 = time.perf_counter()
-                outcomes = benchmarks.check(pairs, timeout_s=e.timeout_s, memory_mb=e.memory_mb)
-                exec_seconds = time.perf_counter() - t0
-                passed = defaultdict(int)
-                for (problem, _), outcome in zip(pairs, outcomes):
-                    passed[problem.task_id] += outcome.status == "passed"
-                n = [e.n_samples] * len(problems)
-                correct = [passed[p.task_id] for p in problems]
-                pass_at = {}
-                for k in e.k:
-                    mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=c.seed)
-                    pass_at[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
-                results["benchmarks"][name] = {
-                    "problems": len(problems), "problems_available": n_total, "limit": e.limit or None,
-                    "n_samples": e.n_samples, "temperature": e.temperature, "top_p": e.top_p,
-                    "max_new_tokens": e.max_new_tokens, "speculative": e.speculative,
-                    "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
-                    **pass_at, "outcomes": benchmarks.outcome_counts(outcomes),
-                    "generation": {"tokens": stats.tokens, "seconds": round(stats.seconds, 3),
-                                   "tokens_per_s": round(stats.tokens_per_second, 1),
-                                   "tokens_per_forward": round(stats.tokens_per_forward, 3),
-                                   "draft_acceptance_rate": round(stats.acceptance_rate, 4) if e.speculative else None,
-                                   "truncated_prompts": stats.truncated_prompts},
-                    "execution_seconds": round(exec_seconds, 3), "sandbox_isolation": isolation}
-                index = 0
-                for problem, row in zip(problems, completions):
-                    for j, comp in enumerate(row):
-                        outcome = outcomes[index]
-                        index += 1
-                        samples.write(json.dumps({
-                            "benchmark": name, "task_id": problem.task_id, "sample": j, "completion": comp.text,
-                            "finish": comp.finish, "status": outcome.status, "detail": outcome.detail,
-                            "sandbox_isolation": isolation}) + "\n")
-                tracker.log_metrics({f"{name}/pass_at_{k}": pass_at[f"pass@{k}"]["mean"] for k in e.k}
+                outcomes = benchmarks.check([(p, comp.text) for p, row in zip(problems, completions) for comp in row],
+                                            timeout_s=e.timeout_s, memory_mb=e.memory_mb)
+                result = _score(name, problems, completions, stats, outcomes, e, c.seed, isolation,
+                                time.perf_counter() - t0)
+                results["benchmarks"][name] = {"problems_available": n_available, **result}
+                for row in _sample_rows(name, problems, completions, outcomes, isolation):
+                    samples.write(json.dumps(row) + "\n")
+                tracker.log_metrics({f"{name}/pass_at_{k}": result[f"pass@{k}"]["mean"] for k in e.k}
                                     | {f"{name}/tokens_per_s": stats.tokens_per_second}, 0)
-                summary = ", ".join(f"pass@{k} {pass_at[f'pass@{k}']['mean']:.3f}" for k in e.k)
+                summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)
                 print(f"{name}: {len(problems)} problems x {e.n_samples} samples: {summary}; "
-                      f"outcomes {benchmarks.outcome_counts(outcomes)}")
-        if jax.process_index() == 0:
+                      f"outcomes {result['outcomes']}")
+        if is_main:
             os.replace(tmp_samples, samples_path)
             _atomic_write(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
             tracker.log_artifact(out_dir / "results.json")
