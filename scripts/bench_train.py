@@ -188,10 +188,10 @@ def memory(args) -> None:
     mesh = sharding.make_mesh(fsdp=args.devices, devices=jax.devices()[: args.devices])
     policy_cfg = ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, multiple_of=256, n_future_tokens=4,
                              dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=args.scan_layers,
-                             attention=args.attention)
+                             attention=args.attention, attention_chunk=args.attention_chunk)
     ref_cfg = ModelConfig(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912, vocab_size=32000,
                           dtype="bfloat16", param_dtype=args.reference_dtype, scan_layers=args.scan_layers,
-                          attention=args.attention)
+                          attention=args.attention, attention_chunk=args.attention_chunk)
 
     def with_shardings(abstract_state):
         shardings = sharding.state_shardings(abstract_state, mesh)
@@ -260,6 +260,7 @@ def main() -> int:
                    help="unrolled Python loop over the trunk blocks instead of one lax.scan")
     m.add_argument("--attention", default="chunked", choices=["xla", "chunked", "cudnn"],
                    help="attention implementation (cudnn: NVIDIA GPUs only)")
+    m.add_argument("--attention-chunk", type=int, default=512, help="queries per chunk for --attention chunked")
     args = parser.parse_args()
     if args.what == "memory" and "XLA_FLAGS" not in os.environ:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"

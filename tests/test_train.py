@@ -267,10 +267,14 @@ def test_precomputed_reference_ce_gives_the_same_rho1_step(stage_one, shared, tm
 
 
 def test_remat_step_matches_no_remat():
+    """Remat policies, and the production memory layout (scanned trunk and heads, chunked attention), give the
+    same sharded train step."""
     mesh = sharding.make_mesh()
     results = []
-    for remat in ("none", "full", "dots"):
-        cfg = MICRO_MTP.replace(remat=remat)
+    layouts = [dict(remat="none"), dict(remat="full"), dict(remat="dots"),
+               dict(remat="full", scan_layers=True, attention="chunked", attention_chunk=8)]
+    for layout in layouts:
+        cfg = MICRO_MTP.replace(**layout)
         model = sharding.create_model(cfg, mesh, seed=0)
         graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("baseline"), ...)
         tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)

@@ -101,7 +101,10 @@ class MTPTransformer(nnx.Module):
         trunk_state = self.norm(h)
         values = (trunk_state.astype(jnp.float32) @ self.value_head["kernel"][...].astype(jnp.float32)
                   + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
-        head_out = jnp.stack([constrain_batch(call(head, h, positions, mask)) for head in self.heads], axis=2)
+        if cfg.scan_layers and len(self.heads) > 1:  # one head's weights (and their gradients) at a time
+            head_out = jnp.moveaxis(_map_blocks(list(self.heads), h, positions, mask, policy), 0, 2)
+        else:
+            head_out = jnp.stack([constrain_batch(call(head, h, positions, mask)) for head in self.heads], axis=2)
         return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=constrain_batch(values))
 
     def init_cache(self, batch: int, slots: int, n_heads: int) -> list[KVCache]:
@@ -165,13 +168,31 @@ def _call_block(block: Block, h, positions, mask):
     return block(h, positions, mask)
 
 
-def _scan_blocks(blocks: list[Block], h, positions, mask, policy):
-    """The blocks as one ``lax.scan`` over their parameters stacked on a new leading axis (same result as the
-    loop; the scan makes XLA reuse one block's buffers for every layer). ``policy``: remat of each step."""
+def _stacked(blocks: list[Block]):
+    """(graphdef, the blocks' states stacked on a new leading axis, cast to the compute dtype — the blocks cast
+    every weight to it anyway)."""
     graphdef, first = nnx.split(blocks[0])
-    dt = blocks[0].attention.cfg.compute_dtype  # the blocks cast every weight to it anyway: stack the cast
-    stacked = jax.tree.map(lambda *xs: jnp.stack([x.astype(dt) for x in xs]), first,
-                           *(nnx.split(b)[1] for b in blocks[1:]))
+    dt = blocks[0].attention.cfg.compute_dtype
+    return graphdef, jax.tree.map(lambda *xs: jnp.stack([x.astype(dt) for x in xs]), first,
+                                  *(nnx.split(b)[1] for b in blocks[1:]))
+
+
+def _map_blocks(blocks: list[Block], h, positions, mask, policy):
+    """The blocks applied to the same input (the parallel MTP heads) one at a time: ``[n_blocks, *h.shape]``."""
+    graphdef, stacked = _stacked(blocks)
+
+    def one(state):
+        return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask))
+
+    if policy is not None:
+        one = jax.checkpoint(one, policy=policy)
+    return jax.lax.map(one, stacked)
+
+
+def _scan_blocks(blocks: list[Block], h, positions, mask, policy):
+    """The blocks applied one after another as one ``lax.scan`` over their stacked parameters (same result as
+    the loop; the scan makes XLA reuse one block's buffers for every layer). ``policy``: remat of each step."""
+    graphdef, stacked = _stacked(blocks)
 
     def body(h, state):
         return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask)), None
