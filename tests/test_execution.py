@@ -180,3 +180,31 @@ def test_leftover_check_sees_running_programs():
     thread.join()
     assert len(seen) >= 2, seen  # the program and its child, while running
     assert not _sandbox_leftovers()
+
+
+@pytest.mark.parametrize("level", ["unshare", "rlimits"])
+def test_weaker_isolation_levels_warn_and_are_recorded(level, tmp_path):
+    """Without bubblewrap the sandbox falls back (here forced with WMTP_SANDBOX) and says so."""
+    import json
+    import subprocess
+    import sys
+
+    script = ("import json, warnings\nwarnings.simplefilter('always')\n"
+              "from wmtp_jax.eval.execution import execute, start_worker_pool\n"
+              "with warnings.catch_warnings(record=True) as w:\n    level = start_worker_pool()\n"
+              "r = execute(['import os; print(os.getpid())', "
+              "'import socket; socket.create_connection((\"127.0.0.1\", 9), timeout=1)', 'print(input())'], "
+              "timeout_s=5, stdin='x')\n"
+              "print(json.dumps({'level': level, 'warned': [str(x.message) for x in w], "
+              "'results': [[x.status, x.stdout] for x in r]}))\n")
+    out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, WMTP_SANDBOX=level),
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    if level == "unshare" and report["level"] == "rlimits":
+        pytest.skip("unshare cannot create namespaces here")
+    assert report["level"] == level and any(level in m for m in report["warned"])
+    statuses = [s for s, _ in report["results"]]
+    assert statuses[0] == "passed" and report["results"][2] == ["passed", "x\n"]
+    if level == "unshare":  # own PID namespace and no network
+        assert int(report["results"][0][1]) < 10 and statuses[1] == "failed"
