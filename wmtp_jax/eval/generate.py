@@ -170,10 +170,11 @@ def _to_device(x: np.ndarray, sharding_: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(x.shape, sharding_, lambda index: x[index])
 
 
-def completion_text(tok: Tokenizer, prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
+def completion_text(tok: Tokenizer, prompt_ids: Sequence[int], ids: Sequence[int], head: str | None = None) -> str:
     """Text of ``ids`` as a continuation of the prompt (SentencePiece drops a leading space when decoding a
-    piece on its own, so the continuation is the full decode minus the prompt's decode)."""
-    head = tok.decode(prompt_ids)
+    piece on its own, so the continuation is the full decode minus the prompt's decode). ``head``: the
+    prompt's decode, when the caller already has it."""
+    head = tok.decode(prompt_ids) if head is None else head
     full = tok.decode(list(prompt_ids) + list(ids))
     return full[len(head):] if full.startswith(head) else tok.decode(ids)
 
@@ -253,13 +254,15 @@ class Generator:
             self.state, tokens, start, jax.random.fold_in(key, 0))
         decode = self._compiled("decode", steps=config.chunk_steps, **common)
         texts: list[tuple[str, str] | None] = [None] * self.batch_size
+        prompt_texts = [self.tok.decode(row) for row in ids]  # each prompt's text, decoded once per batch
         step = 1
         while True:
             done = _to_host(carry["done"]).copy()
             if config.stop:  # rows whose text already holds a stop string are finished
                 out, n_out = _to_host(carry["out"]), _to_host(carry["n_out"])
                 for r in np.flatnonzero(~done):
-                    text, hit = _cut(completion_text(self.tok, ids[r], out[r, :n_out[r]]), config.stop)
+                    text = completion_text(self.tok, ids[r], out[r, :n_out[r]], prompt_texts[r])
+                    text, hit = _cut(text, config.stop)
                     if hit:
                         texts[r], done[r] = (text, "stop"), True
                 carry["done"] = _to_device(done, carry["done"].sharding)
@@ -274,7 +277,8 @@ class Generator:
             gen = [int(t) for t in out[r, :n_out[r]]]
             if texts[r] is None:
                 eos = bool(gen) and gen[-1] == self.tok.eos_id
-                text, hit = _cut(completion_text(self.tok, ids[r], gen[:-1] if eos else gen), config.stop)
+                text = completion_text(self.tok, ids[r], gen[:-1] if eos else gen, prompt_texts[r])
+                text, hit = _cut(text, config.stop)
                 texts[r] = (text, "stop" if hit else "eos" if eos else "length")
             completions.append(Completion(texts[r][0], tuple(gen), texts[r][1]))
             stats.tokens += len(gen)
