@@ -235,6 +235,16 @@ def _index_of(jsonl: str) -> str:
     return jsonl.removesuffix(".jsonl") + ".index.npz"
 
 
+def layout_options(c: ml_collections.ConfigDict) -> dict:
+    """``load_model`` overrides for how blocks run (scan, attention kernel) — shared by policy and reference."""
+    return dict(scan_layers=c.model.scan_layers, attention=c.model.attention, attention_chunk=c.model.attention_chunk)
+
+
+def model_options(c: ml_collections.ConfigDict) -> dict:
+    """``load_model`` overrides of the policy: dtypes, remat and layout from ``c.model``."""
+    return dict(dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat, **layout_options(c))
+
+
 def validate(c: ml_collections.ConfigDict, n_devices: int | None = None) -> None:
     found = problems(c, n_devices)
     if found:

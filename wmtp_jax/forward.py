@@ -10,6 +10,7 @@ import numpy as np
 from flax import nnx
 
 from wmtp_jax import sharding
+from wmtp_jax.config import model_options
 from wmtp_jax.checkpoint import ensure_orbax, load_model
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data.tokenizer import Tokenizer
@@ -21,8 +22,7 @@ def run(c) -> dict:
         write_micro_models(c.model.checkpoint.rsplit("/", 1)[0])
     model_dir = ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    model = load_model(model_dir, mesh, dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
-                       scan_layers=c.model.scan_layers, attention=c.model.attention)
+    model = load_model(model_dir, mesh, **model_options(c))
     tok = Tokenizer(c.tokenizer) if c.tokenizer else Tokenizer()
 
     prompts = list(c.forward.prompts)

@@ -20,6 +20,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from wmtp_jax import distributed, sharding
+from wmtp_jax.config import layout_options, model_options
 from wmtp_jax.checkpoint import ensure_orbax, load_model, save_model
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
@@ -116,14 +117,11 @@ class Run:
 def build(c, mesh) -> Run:
     model_dir = c.model.init_from or ensure_orbax(c.model.checkpoint, c.model.cache_dir,
                                                   vocab_size=c.model.vocab_size or None)
-    layout = dict(scan_layers=c.model.scan_layers, attention=c.model.attention,
-                  attention_chunk=c.model.attention_chunk)
-    model = load_model(model_dir, mesh, dtype=c.model.dtype, param_dtype=c.model.param_dtype, remat=c.model.remat,
-                       **layout)
+    model = load_model(model_dir, mesh, **model_options(c))
     reference = ref_graphdef = reference_state = None
     if c.experiment == "rho1" and not c.weighting.rho1_reference_ce:
         ref_dir = ensure_orbax(c.reference.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
-        reference = load_model(ref_dir, mesh, dtype=c.reference.dtype, **layout)
+        reference = load_model(ref_dir, mesh, dtype=c.reference.dtype, **layout_options(c))
         if reference.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(f"reference vocab {reference.cfg.vocab_size} != policy vocab {model.cfg.vocab_size}; "
                              "set model.vocab_size to slice the larger one")
