@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 from wmtp_jax.data import assets
 from wmtp_jax.data.prepare import MBPP_SPLITS
 from wmtp_jax.data.records import format_prompt
-from wmtp_jax.eval.execution import ExecutionResult, execute
+from wmtp_jax.eval.execution import STATUSES, ExecutionResult, execute
 
 BENCHMARKS = ("mbpp", "humaneval", "codecontests")
 MBPP_FORMATS = ("3shot", "zeroshot")
@@ -35,7 +35,7 @@ MBPP_FEWSHOT_IDS = (2, 3, 4)
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
 MBPP_ZEROSHOT_STOP = ("\nclass", "\nassert", '\n"""', "\nprint", "\nif", "\n```")
 CODECONTESTS_STOP = ("\n```",)
-OUTCOMES = ("passed", "failed", "timeout", "error")
+OUTCOMES = STATUSES  # a completion's outcome is its (first failing) program's status
 
 
 class BenchmarkError(ValueError):
