@@ -153,6 +153,31 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
     assert (tmp_path / "nan" / "checkpoints" / "2").is_dir()
 
 
+def test_a_non_finite_step_leaves_parameters_and_optimizer_state_untouched():
+    """The skip is exact (bit for bit) in the production step: jitted with donated state."""
+    mesh = sharding.make_mesh()
+    model = sharding.create_model(MICRO_MTP, mesh, seed=0)
+    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("verifiable"), ...)
+    tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
+    state = step_lib.init_state(params, tx, 0, mesh)
+    batch = jax.device_put(_batch(), sharding.batch_sharding(mesh))
+
+    def step_fn(value_coef):
+        cfg = step_lib.StepConfig(experiment="verifiable", head_weights=(1.0,) * 4, ce_chunk=16, value_coef=value_coef)
+        return step_lib.jit_train_step(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh),
+                                       state, frozen, None, mesh)
+
+    state, metrics = step_fn(0.5)(state, frozen, None, batch)  # a real update first: non-zero Adam moments
+    assert bool(metrics["finite"])
+    before = jax.device_get({"params": state["params"], "opt_state": state["opt_state"]})
+    state, metrics = step_fn(float("nan"))(state, frozen, None, batch)
+    assert not bool(metrics["finite"]) and int(state["step"]) == 2
+    after = jax.device_get({"params": state["params"], "opt_state": state["opt_state"]})
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(after["opt_state"]))
+
+
 def test_exact_resume_after_sigkill(shared, tmp_path):
     args = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/baseline.py:micro", "--config.train.num_steps=6",
             "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False"]

@@ -242,12 +242,17 @@ def make_train_step(cfg: StepConfig, graphdef, tx, schedule, mesh: Mesh | None =
         else:
             (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state["ema"]), (micro, jnp.arange(n)))
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_state = {"step": state["step"] + 1, "params": keep(params, state["params"]),
-                     "opt_state": keep(opt_state, state["opt_state"]), "ema": keep(ema, state["ema"]),
+
+        def update(params, opt_state):
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        # a non-finite step leaves parameters and optimizer state untouched; lax.cond (not a select between
+        # old and new) lets XLA update them in place, without copies of the optimizer state
+        params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state["params"], state["opt_state"])
+        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+                     "ema": jax.tree.map(lambda a, b: jnp.where(finite, a, b), ema, state["ema"]),
                      "rng": state["rng"]}
         metrics.update(grad_norm=grad_norm, learning_rate=schedule(state["step"]), finite=finite,
                        target_tokens=denom["ce"].max() if cfg.trains_policy else denom["value"],
