@@ -126,7 +126,7 @@ def test_bf16_compute_and_remat_stay_close_to_float32():
     remat = np.asarray(_random_model(cfg.replace(remat="full"))(tokens))
     np.testing.assert_allclose(remat, ref, atol=1e-6)
     bf16 = _random_model(cfg.replace(dtype="bfloat16"))
-    assert bf16.layers[0].attention.wq[...].dtype == jnp.float32  # master weights stay float32
+    assert bf16.layers.attention.wq[...].dtype == jnp.float32  # master weights stay float32
     out = np.asarray(bf16(tokens))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, ref, atol=5e-2)
@@ -199,7 +199,7 @@ def test_config_from_params_json_and_hf_config(tmp_path):
 def test_create_model_initialises_directly_into_shardings():
     mesh = sharding.make_mesh(fsdp=2, tensor=2)
     model = sharding.create_model(GQA_MTP, mesh, seed=0)
-    w1 = model.layers[0].feed_forward.w1[...]
-    assert w1.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert w1.addressable_shards[0].data.shape == (GQA_MTP.dim // 2, GQA_MTP.hidden_dim // 2)
-    np.testing.assert_allclose(np.asarray(w1), np.asarray(_random_model(GQA_MTP).layers[0].feed_forward.w1[...]), atol=1e-7)
+    w1 = model.layers.feed_forward.w1[...]  # [n_trunk_layers, dim, hidden]: the layer axis is never split
+    assert w1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert w1.addressable_shards[0].data.shape == (GQA_MTP.n_trunk_layers, GQA_MTP.dim // 2, GQA_MTP.hidden_dim // 2)
+    np.testing.assert_allclose(np.asarray(w1), np.asarray(_random_model(GQA_MTP).layers.feed_forward.w1[...]), atol=1e-7)

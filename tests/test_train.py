@@ -79,8 +79,8 @@ def test_critic_trains_only_the_value_head(stage_one, shared):
     trained = load_model(stage_one["critic"]["final_dir"], sharding.make_mesh())
     start = load_model(next(Path(shared["model.cache_dir"]).glob("mtp_meta-*")), sharding.make_mesh())
     assert np.abs(np.asarray(trained.value_head["kernel"][...])).sum() > 0  # moved from its zero init
-    np.testing.assert_array_equal(np.asarray(trained.layers[0].attention.wq[...]),
-                                  np.asarray(start.layers[0].attention.wq[...]))  # trunk frozen
+    np.testing.assert_array_equal(np.asarray(trained.layers.attention.wq[...]),
+                                  np.asarray(start.layers.attention.wq[...]))  # trunk frozen
     np.testing.assert_array_equal(np.asarray(trained.output[...]), np.asarray(start.output[...]))
 
 

@@ -29,6 +29,7 @@ LOGICAL_AXIS_RULES: dict[str, Any] = {
     "kv_heads": "tensor",
     "mlp": "tensor",
     "norm": None,
+    "layers": None,  # the stacking axis of scanned blocks: each device holds its shard of every layer
 }
 
 

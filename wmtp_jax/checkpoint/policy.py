@@ -19,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
-from wmtp_jax.checkpoint.store import CheckpointError, _int_keys, flatten, load_model, param_tree, unflatten
+from wmtp_jax.checkpoint.store import CheckpointError, flatten, load_model, param_tree, unflatten
 
 
 def _training_step(path: Path) -> tuple[Path, Path] | None:
@@ -81,6 +81,6 @@ def load_policy(path: str | Path, mesh: Mesh | None = None, *, cache_dir: str | 
         partial_restore=True))
     merged = dict(current)
     merged.update({n: v for n, v in ((k.removesuffix("/value"), v) for k, v in flatten(restored["params"]).items())})
-    nnx.replace_by_pure_dict(state, _int_keys(unflatten(merged)))
+    nnx.replace_by_pure_dict(state, unflatten(merged))
     nnx.update(model, state)
     return model, f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"

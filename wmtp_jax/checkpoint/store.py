@@ -2,8 +2,12 @@
 
 A converted (or exported) model directory holds:
   ``model_config.json``  the ``ModelConfig`` (Meta ``params.json`` names) plus provenance
-  ``params/``            an Orbax PyTree checkpoint of the parameters, keyed like ``MTPTransformer``'s
-                         state (``layers/3/attention/wq``, ``heads/0/...``, ``output``, ``value_head/kernel``)
+  ``params/``            an Orbax PyTree checkpoint of the parameters with one entry per block, Meta's layout
+                         (``layers/3/attention/wq``, ``heads/0/...``, ``output``, ``value_head/kernel``)
+
+In memory the model keeps its blocks stacked (``layers/attention/wq`` is ``[n_trunk_layers, d, d]``; see
+``wmtp_jax.model.mtp``); ``to_disk_layout`` / ``from_disk_layout`` map between the two. Train-state
+checkpoints (``wmtp_jax.train.loop``) store the stacked layout as it is.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import orbax.checkpoint.experimental.v1 as ocp
 
@@ -24,6 +29,7 @@ from wmtp_jax.model import ModelConfig, MTPTransformer
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+STACKED_GROUPS = ("layers", "heads")  # MTPTransformer's stacked blocks: one entry per block on disk
 
 
 class CheckpointError(ValueError):
@@ -41,9 +47,52 @@ def param_tree(state: nnx.State) -> dict[str, Any]:
 
 
 def flat_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """``{"layers/0/attention/wq": shape, ...}`` for every parameter of ``MTPTransformer(cfg)``."""
+    """``{"layers/0/attention/wq": shape, ...}``: every parameter of ``MTPTransformer(cfg)`` in the on-disk
+    (per-block) layout."""
     _, state = abstract_model(cfg)
-    return {name: tuple(leaf.shape) for name, leaf in flatten(param_tree(state)).items()}
+    disk = to_disk_layout(flatten(param_tree(state)), _block_struct)
+    return {name: tuple(leaf.shape) for name, leaf in disk.items()}
+
+
+def to_disk_layout(flat: dict[str, Any], take=lambda x, i: x[i]) -> dict[str, Any]:
+    """Model layout -> on-disk layout: a stacked ``layers/attention/wq`` ``[L, ...]`` becomes
+    ``layers/0/attention/wq`` ... ``layers/{L-1}/attention/wq``; other names are kept. ``take(x, i)``: block
+    ``i`` of a stacked leaf (default: ``x[i]``)."""
+    out = {}
+    for name, x in flat.items():
+        group, _, rest = name.partition("/")
+        if group in STACKED_GROUPS:
+            out.update({f"{group}/{i}/{rest}": take(x, i) for i in range(x.shape[0])})
+        else:
+            out[name] = x
+    return out
+
+
+def from_disk_layout(disk: dict[str, Any], target: dict[str, jax.ShapeDtypeStruct]) -> dict[str, Any]:
+    """On-disk layout -> model layout: the blocks of each stacked leaf of ``target`` (flat model names,
+    with shardings) are stacked into that sharding, one leaf at a time (``disk`` entries are consumed)."""
+    out = {}
+    for name, leaf in target.items():
+        group, _, rest = name.partition("/")
+        if group in STACKED_GROUPS:
+            blocks = [disk.pop(f"{group}/{i}/{rest}") for i in range(leaf.shape[0])]
+            out[name] = jax.jit(_stack, out_shardings=leaf.sharding)(*blocks)
+            del blocks
+        else:
+            out[name] = disk.pop(name)
+    return out
+
+
+def _stack(*blocks):
+    return jnp.stack(blocks)
+
+
+def _block_struct(leaf, i: int) -> jax.ShapeDtypeStruct:
+    """Shape, dtype and sharding of block ``i`` of a stacked (abstract) leaf."""
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        sharding = NamedSharding(sharding.mesh, P(*tuple(sharding.spec)[1:]))
+    return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,7 +141,8 @@ def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance)
     """Writes ``model``'s parameters and config under ``ckpt_dir`` (all processes must call it)."""
     ckpt_dir = Path(ckpt_dir).absolute()  # Orbax requires absolute paths
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ocp.save(ckpt_dir / PARAMS_DIR, param_tree(nnx.state(model, nnx.Param)), overwrite=True)
+    disk = to_disk_layout(flatten(param_tree(nnx.state(model, nnx.Param))))
+    ocp.save(ckpt_dir / PARAMS_DIR, unflatten(disk), overwrite=True)
     if jax.process_index() == 0:
         write_config(ckpt_dir, model.cfg, **provenance)
 
@@ -128,13 +178,13 @@ def load_model(ckpt_dir: str | os.PathLike, mesh: Mesh | None = None, **config_o
     mesh = mesh or sharding.make_mesh()
     graphdef, abstract_state = abstract_model(cfg)
     params_dir = ckpt_dir / PARAMS_DIR
-    expected = {k: tuple(v.shape) for k, v in flatten(param_tree(abstract_state)).items()}
-    check_stored_shapes(params_dir, expected)
     shardings = sharding.state_shardings(abstract_state, mesh)
     target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                           param_tree(abstract_state), param_tree(shardings))
-    restored = ocp.load(params_dir, target)
-    nnx.replace_by_pure_dict(abstract_state, _int_keys(restored))
+    disk_target = to_disk_layout(flatten(target), _block_struct)
+    check_stored_shapes(params_dir, {k: tuple(v.shape) for k, v in disk_target.items()})
+    restored = flatten(ocp.load(params_dir, unflatten(disk_target)))
+    nnx.replace_by_pure_dict(abstract_state, unflatten(from_disk_layout(restored, flatten(target))))
     return nnx.merge(graphdef, abstract_state)
 
 
@@ -142,10 +192,3 @@ def _str_keys(tree):
     if isinstance(tree, dict):
         return {str(k): _str_keys(v) for k, v in tree.items()}
     return tree
-
-
-def _int_keys(tree):
-    if isinstance(tree, dict):
-        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
-    return tree
-

@@ -64,8 +64,9 @@ class ModelConfig:
       attention: "xla" (plain), "chunked" (exact, ``attention_chunk`` queries at a time: no ``[S, S]``
         score matrix per head for the whole sequence) or "cudnn" (flash attention on NVIDIA GPUs).
       attention_chunk: queries per chunk for "chunked".
-      scan_layers: run the trunk blocks as one ``lax.scan`` over their stacked parameters (one compiled
-        block; buffers reused from layer to layer, which bounds activation memory on any backend).
+      scan_layers: run the (always stacked) trunk blocks as one ``lax.scan`` and the heads as one ``lax.map``
+        (one compiled block; buffers reused from layer to layer, which bounds activation memory on any
+        backend); False unrolls them in Python (same result).
     """
 
     dim: int = 4096

@@ -11,6 +11,7 @@ Logical axes used by parameters:
   "kv_heads" flattened key/value heads (n_kv_heads * head_dim)
   "mlp"      the SwiGLU hidden width
   "norm"     RMSNorm scales (never sharded)
+  "layers"   the leading axis of stacked blocks (``mtp.stacked_blocks``; never sharded)
 """
 
 from __future__ import annotations

@@ -6,11 +6,16 @@ Large Language Models via Multi-token Prediction", section 2: a shared trunk of
 trunk output, a shared final RMSNorm and a shared, untied output projection. Head k (0-based) at
 position t predicts token t+k+1. A value head ``Linear(d -> 1)`` (zero-initialised) reads the normalised
 trunk state for the TD-weighted experiments (DESIGN.md section 4).
+
+The trunk blocks are stored as one stacked ``Block`` (every parameter has a leading ``layers`` axis, the
+Flax NNX / MaxText "scanned layers" layout), and so are the heads. The forward pass runs them as one
+``lax.scan`` (``lax.map`` for the parallel heads) over those stacks, so only one block's weights are cast,
+gathered and differentiated at a time, and the gradient lands directly in the stacked float32 buffer.
+On disk, model directories keep Meta's per-layer names (``wmtp_jax.checkpoint.store``).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -55,16 +60,17 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 class MTPTransformer(nnx.Module):
     """LLaMA trunk + ``n_future_tokens`` parallel heads + value head.
 
-    Parameters follow Meta's state-dict names: ``tok_embeddings``, ``layers`` (trunk blocks),
-    ``heads`` (Meta's ``layers[-1]`` followed by ``extra_heads``), ``norm``, ``output``, plus ``value_head``.
+    Parameters follow Meta's state-dict names: ``tok_embeddings``, ``layers`` (the trunk blocks, stacked:
+    ``layers.attention.wq`` is ``[n_trunk_layers, d, d]``), ``heads`` (Meta's ``layers[-1]`` followed by
+    ``extra_heads``, stacked: ``[n_future_tokens, ...]``), ``norm``, ``output``, plus ``value_head``.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         pd = cfg.weight_dtype
         self.tok_embeddings = _param(rngs, (cfg.vocab_size, cfg.dim), ("vocab", "embed"), pd)
-        self.layers = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_trunk_layers)])
-        self.heads = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_future_tokens)])
+        self.layers = stacked_blocks(cfg, cfg.n_trunk_layers, rngs)
+        self.heads = stacked_blocks(cfg, cfg.n_future_tokens, rngs)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
         self.output = _param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), pd)
         zeros = nnx.initializers.zeros
@@ -92,19 +98,11 @@ class MTPTransformer(nnx.Module):
         h = constrain_batch(jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype))
 
         policy = _REMAT_POLICIES.get(cfg.remat)
-        call = _call_block if policy is None else functools.partial(_remat_block, policy=policy)
-        if cfg.scan_layers and len(self.layers) > 1:
-            h = _scan_blocks(list(self.layers), h, positions, mask, policy)
-        else:
-            for block in self.layers:
-                h = constrain_batch(call(block, h, positions, mask))
+        h = _chain_blocks(self.layers, h, positions, mask, policy, scan=cfg.scan_layers)
         trunk_state = self.norm(h)
         values = (trunk_state.astype(jnp.float32) @ self.value_head["kernel"][...].astype(jnp.float32)
                   + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
-        if cfg.scan_layers and len(self.heads) > 1:  # one head's weights (and their gradients) at a time
-            head_out = jnp.moveaxis(_map_blocks(list(self.heads), h, positions, mask, policy), 0, 2)
-        else:
-            head_out = jnp.stack([constrain_batch(call(head, h, positions, mask)) for head in self.heads], axis=2)
+        head_out = _parallel_blocks(self.heads, h, positions, mask, policy, scan=cfg.scan_layers)
         return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=constrain_batch(values))
 
     def init_cache(self, batch: int, slots: int, n_heads: int) -> list[KVCache]:
@@ -142,11 +140,11 @@ class MTPTransformer(nnx.Module):
         positions = jnp.maximum(query - start[:, None], 0)
         h = jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype)
         new_cache = []
-        for block, layer_cache in zip(self.layers, cache[:n_trunk]):
+        for block, layer_cache in zip(unstack(self.layers), cache[:n_trunk]):
             h, layer_cache = block.extend(h, positions, mask, layer_cache, fill)
             new_cache.append(layer_cache)
         outs = []
-        for head, layer_cache in zip(self.heads, cache[n_trunk:]):
+        for head, layer_cache in zip(unstack(self.heads, len(cache) - n_trunk), cache[n_trunk:]):
             out, layer_cache = head.extend(h, positions, mask, layer_cache, fill)
             outs.append(out)
             new_cache.append(layer_cache)
@@ -164,47 +162,62 @@ class MTPTransformer(nnx.Module):
         return self.logits(self.forward(tokens, positions, segment_ids).head_hidden)
 
 
-def _call_block(block: Block, h, positions, mask):
-    return block(h, positions, mask)
+def stacked_blocks(cfg: ModelConfig, n: int, rngs: nnx.Rngs) -> Block:
+    """``n`` independently initialised blocks as one ``Block`` whose parameters have a leading ``layers``
+    axis of size ``n`` (``nnx.vmap`` over the constructor; the axis is added to the logical sharding names)."""
+
+    @nnx.split_rngs(splits=n)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs: nnx.Rngs) -> Block:
+        return Block(cfg, rngs=rngs)
+
+    return make(rngs)
 
 
-def _stacked(blocks: list[Block]):
-    """(graphdef, the blocks' states stacked on a new leading axis, cast to the compute dtype — the blocks cast
-    every weight to it anyway)."""
-    graphdef, first = nnx.split(blocks[0])
-    dt = blocks[0].attention.cfg.compute_dtype
-    return graphdef, jax.tree.map(lambda *xs: jnp.stack([x.astype(dt) for x in xs]), first,
-                                  *(nnx.split(b)[1] for b in blocks[1:]))
+def unstack(stack: Block, n: int | None = None) -> list[Block]:
+    """The first ``n`` (default: all) blocks of a stacked ``Block``, as plain blocks (slices of its parameters)."""
+    graphdef, state = nnx.split(stack)
+    n = _stack_size(state) if n is None else n
+    return [nnx.merge(graphdef, _block_state(state, i)) for i in range(n)]
 
 
-def _map_blocks(blocks: list[Block], h, positions, mask, policy):
-    """The blocks applied to the same input (the parallel MTP heads) one at a time: ``[n_blocks, *h.shape]``."""
-    graphdef, stacked = _stacked(blocks)
+def _stack_size(state) -> int:
+    return jax.tree.leaves(state)[0].shape[0]
 
-    def one(state):
+
+def _block_state(state, i: int):
+    """Block ``i``'s parameters from a stacked state."""
+    return jax.tree.map(lambda x: x[i], state)
+
+
+def _block_fn(stack: Block, positions, mask, policy):
+    """``apply(one_block_state, h) -> block output`` for the blocks of ``stack``, under ``jax.checkpoint``
+    with ``policy`` (None: no rematerialisation)."""
+    graphdef, _ = nnx.split(stack)
+
+    def apply(state, h):
         return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask))
 
-    if policy is not None:
-        one = jax.checkpoint(one, policy=policy)
-    return jax.lax.map(one, stacked)
+    return apply if policy is None else jax.checkpoint(apply, policy=policy)
 
 
-def _scan_blocks(blocks: list[Block], h, positions, mask, policy):
-    """The blocks applied one after another as one ``lax.scan`` over their stacked parameters (same result as
-    the loop; the scan makes XLA reuse one block's buffers for every layer). ``policy``: remat of each step."""
-    graphdef, stacked = _stacked(blocks)
+def _chain_blocks(stack: Block, h, positions, mask, policy, *, scan: bool):
+    """The stacked blocks applied one after another (the trunk). ``scan``: one ``lax.scan`` over the stack
+    (one compiled block, buffers reused from layer to layer); else an unrolled Python loop (same result)."""
+    state = nnx.state(stack)
+    apply = _block_fn(stack, positions, mask, policy)
+    if scan:
+        return jax.lax.scan(lambda h, layer: (apply(layer, h), None), h, state)[0]
+    for i in range(_stack_size(state)):
+        h = apply(_block_state(state, i), h)
+    return h
 
-    def body(h, state):
-        return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask)), None
 
-    if policy is not None:
-        body = jax.checkpoint(body, policy=policy)
-    return jax.lax.scan(body, h, stacked)[0]
-
-
-def _remat_block(block: Block, h, positions, mask, *, policy):
-    """The block under ``jax.checkpoint`` as a pure function of its state (safe inside jit / grad / scan):
-    its activations are recomputed in the backward pass except what ``policy`` saves."""
-    graphdef, state = nnx.split(block)
-    fn = jax.checkpoint(lambda st, h, p, m: nnx.merge(graphdef, st)(h, p, m), policy=policy)
-    return fn(state, h, positions, mask)
+def _parallel_blocks(stack: Block, h, positions, mask, policy, *, scan: bool):
+    """The stacked blocks applied to the same input (the parallel MTP heads): ``[B, S, n_blocks, d]``.
+    ``scan``: one ``lax.map`` over the stack (one head's weights and gradients at a time); else unrolled."""
+    state = nnx.state(stack)
+    apply = _block_fn(stack, positions, mask, policy)
+    if scan:
+        return jnp.moveaxis(jax.lax.map(lambda head: apply(head, h), state), 0, 2)
+    return jnp.stack([apply(_block_state(state, i), h) for i in range(_stack_size(state))], axis=2)
