@@ -2,6 +2,7 @@
 
     uv run python scripts/bench_train.py throughput [--batch 4 --seq 256 --steps 5]
     uv run python scripts/bench_train.py memory [--per-device-batch 2 --seq 2048 --devices 4]
+    uv run python scripts/bench_train.py mfu [--model 7b|1b|micro --experiment baseline|rho1 --steps 10]
 
 throughput: for every experiment, tokens/s of one train step on the micro model (2 trunk blocks + 4 heads,
   dim 64, vocab 32000) with this project's jitted step on one device, beside the same model and loss written
@@ -10,6 +11,10 @@ memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-
   float32 master weights and AdamW state, full remat) for a 4-device FSDP mesh from abstract shapes only, and
   prints the per-device sizes XLA reports (arguments, outputs, temporaries; aliased donations counted once).
   Runs on virtual CPU devices when no accelerator is present (XLA's CPU buffer assignment, not a GPU's).
+mfu: real train steps of a randomly initialised model on all local devices (FSDP), production layout and
+  bf16 compute; prints tokens/s and MFU = tokens/s x FLOPs per token / (devices x peak FLOP/s), with the
+  FLOPs and peaks the training loop logs (``wmtp_jax.train.loop.flops_per_token`` / ``peak_flops``). The 7b
+  shape needs the memory of 4 x 40 GB (see memory); 1b (~1.3B parameters) fits one 80 GB GPU.
 """
 
 import argparse
@@ -209,11 +214,12 @@ def memory(args) -> None:
     state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt_state,
              "ema": {k: jax.ShapeDtypeStruct((), jnp.float32) for k in ("mean", "var", "count")},
              "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
-    b = args.per_device_batch * args.devices
+    b = args.per_device_batch * args.devices * args.grad_accum
     batch_sharding = sharding.batch_sharding(mesh)
     batch = {k: jax.ShapeDtypeStruct((b, args.seq), jnp.float32 if k == "rewards" else jnp.int32, sharding=batch_sharding)
              for k in step_lib.BATCH_KEYS}
-    cfg = step_lib.StepConfig(experiment="rho1", head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk)
+    cfg = step_lib.StepConfig(experiment="rho1", head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk,
+                              grad_accum_steps=args.grad_accum)
     fn = jax.jit(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
     t = time.perf_counter()
     compiled = fn.lower(state, frozen, ref_state, batch).compile()
@@ -221,7 +227,8 @@ def memory(args) -> None:
     gib = 2**30
     total = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
     print(f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}), {args.devices}-device FSDP mesh, "
-          f"per-device batch {args.per_device_batch} x {args.seq}, compiled for {jax.devices()[0].platform} "
+          f"per-device batch {args.per_device_batch} x {args.seq}"
+          f"{f' x {args.grad_accum} accumulated micro-batches' if args.grad_accum > 1 else ''}, compiled for {jax.devices()[0].platform} "
           f"in {time.perf_counter() - t:.0f} s")
     print(f"  arguments {stats.argument_size_in_bytes / gib:.2f} GiB, outputs {stats.output_size_in_bytes / gib:.2f} GiB, "
           f"aliased (donated) {stats.alias_size_in_bytes / gib:.2f} GiB, temporaries {stats.temp_size_in_bytes / gib:.2f} GiB")
@@ -242,6 +249,70 @@ def memory(args) -> None:
             print(f"  {size / gib:7.2f} GiB  {line}")
 
 
+MFU_SHAPES = {  # policy shape, reference shape (Rho-1)
+    "7b": (dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256),
+           dict(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912)),
+    "1b": (dict(dim=2048, n_layers=22, n_heads=16, multiple_of=256),
+           dict(dim=2048, n_layers=18, n_heads=16, multiple_of=256)),
+    "micro": (dict(dim=64, n_layers=6, n_heads=4, multiple_of=32), dict(dim=64, n_layers=3, n_heads=4, multiple_of=32)),
+}
+
+
+def mfu(args) -> None:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from wmtp_jax import sharding
+    from wmtp_jax.model import ModelConfig
+    from wmtp_jax.train import loop
+    from wmtp_jax.train import step as step_lib
+
+    mesh = sharding.make_mesh()
+    attention = args.attention or ("cudnn" if jax.devices()[0].platform == "gpu" else "chunked")
+    common = dict(vocab_size=32000, dtype="bfloat16", scan_layers=True, attention=attention)
+    policy_shape, reference_shape = MFU_SHAPES[args.model]
+    cfg = ModelConfig(**policy_shape, **common, n_future_tokens=4, param_dtype="float32", remat=args.remat)
+    model = sharding.create_model(cfg, mesh)
+    ref_graphdef = ref_state = None
+    if args.experiment == "rho1":
+        ref_cfg = ModelConfig(**reference_shape, **common, param_dtype="bfloat16")
+        ref_graphdef, ref_state = nnx.split(sharding.create_model(ref_cfg, mesh, seed=1))
+    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(args.experiment), ...)
+    tx, schedule = step_lib.make_optimizer(1e-5, 0, 1000)
+    state = step_lib.init_state(params, tx, 0, mesh)
+    scfg = step_lib.StepConfig(experiment=args.experiment, head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk)
+    fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh, ref_graphdef),
+                                 state, frozen, ref_state, mesh)
+    rows, seq = args.per_device_batch * jax.device_count(), args.seq
+    rng = np.random.RandomState(0)
+    batch = {"tokens": rng.randint(3, cfg.vocab_size, (rows, seq)).astype(np.int32),
+             "loss_mask": np.tile((np.arange(seq) >= seq // 4).astype(np.int32), (rows, 1)),
+             "rewards": np.ones((rows, seq), np.float32), "segment_ids": np.ones((rows, seq), np.int32),
+             "positions": np.tile(np.arange(seq, dtype=np.int32), (rows, 1))}
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+    for _ in range(2):  # compile and warm up
+        state, metrics = fn(state, frozen, ref_state, batch)
+    jax.block_until_ready(metrics)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = fn(state, frozen, ref_state, batch)
+    jax.block_until_ready(metrics)
+    seconds = (time.perf_counter() - t) / args.steps
+    tokens_per_s = rows * seq / seconds
+    flops = loop.flops_per_token(model, params, ref_state)
+    peak = loop.peak_flops(args.peak_flops)
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    print(f"{args.experiment}, {args.model} shape ({n_params:,} parameters, 4 heads"
+          f"{', + reference' if ref_state is not None else ''}), {jax.device_count()} x {jax.devices()[0].device_kind}, "
+          f"batch {rows} x {seq}, attention {attention}, remat {args.remat}")
+    print(f"  {seconds * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, {flops / 1e9:.3g} GFLOP/token")
+    if peak:
+        print(f"  MFU {tokens_per_s * flops / (peak * jax.device_count()):.1%} (peak {peak / 1e12:.3g} TFLOP/s per device)")
+    else:
+        print(f"  MFU: no known peak for {jax.devices()[0].device_kind!r}; pass --peak-flops")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -250,7 +321,8 @@ def main() -> int:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
     m = sub.add_parser("memory")
-    m.add_argument("--per-device-batch", type=int, default=2)
+    m.add_argument("--per-device-batch", type=int, default=2, help="rows per device in each micro-batch")
+    m.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per step")
     m.add_argument("--seq", type=int, default=2048)
     m.add_argument("--devices", type=int, default=4)
     m.add_argument("--ce-chunk", type=int, default=256)
@@ -261,10 +333,21 @@ def main() -> int:
     m.add_argument("--attention", default="chunked", choices=["xla", "chunked", "cudnn"],
                    help="attention implementation (cudnn: NVIDIA GPUs only)")
     m.add_argument("--attention-chunk", type=int, default=512, help="queries per chunk for --attention chunked")
+    f = sub.add_parser("mfu")
+    f.add_argument("--model", default="1b", choices=list(MFU_SHAPES))
+    f.add_argument("--experiment", default="baseline", choices=["baseline", "rho1"])
+    f.add_argument("--per-device-batch", type=int, default=2)
+    f.add_argument("--seq", type=int, default=2048)
+    f.add_argument("--steps", type=int, default=10)
+    f.add_argument("--ce-chunk", type=int, default=256)
+    f.add_argument("--remat", default="full", choices=["none", "full", "dots", "dots_with_no_batch_dims"])
+    f.add_argument("--attention", default="", choices=["", "xla", "chunked", "cudnn"],
+                   help="default: cudnn on GPUs, chunked elsewhere")
+    f.add_argument("--peak-flops", type=float, default=0.0, help="bf16 peak FLOP/s per device (default: by kind)")
     args = parser.parse_args()
     if args.what == "memory" and "XLA_FLAGS" not in os.environ:
         os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
-    throughput(args) if args.what == "throughput" else memory(args)
+    {"throughput": throughput, "memory": memory, "mfu": mfu}[args.what](args)
     return 0
 
 

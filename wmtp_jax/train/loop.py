@@ -144,11 +144,24 @@ def build(c, mesh) -> Run:
         ce = token_ce(m.output[...], out.head_hidden, targets, chunk=cfg.ce_chunk, dtype=m.cfg.compute_dtype)
         return jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)), valid.sum(axis=(0, 1))
 
-    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
-    n_train = sum(x.size for x in jax.tree.leaves(params))
-    n_ref = sum(x.size for x in jax.tree.leaves(reference_state)) if reference_state is not None else 0
-    flops_per_token = 2.0 * (n_params + n_ref) + 4.0 * n_train  # forward everything, backward the trained part
-    return Run(mesh, graphdef, frozen, reference_state, state, step_fn, eval_fn, flops_per_token)
+    return Run(mesh, graphdef, frozen, reference_state, state, step_fn, eval_fn,
+               flops_per_token(model, params, reference_state))
+
+
+def flops_per_token(model, params, reference_state=None) -> float:
+    """Matmul FLOPs of one train step per token, the "6N" rule (Kaplan et al. 2020, section 2.1) split by
+    part: 2 per parameter for the forward of the model and of the reference, 4 more per trained parameter
+    for the backward. The attention-score FLOPs (Chowdhery et al. 2022, PaLM, appendix B) are left out, so
+    the MFU derived from it is a slight under-estimate at long sequences."""
+    def count(tree):
+        return 0 if tree is None else sum(x.size for x in jax.tree.leaves(tree))
+
+    return 2.0 * (count(nnx.state(model)) + count(reference_state)) + 4.0 * count(params)
+
+
+def peak_flops(override: float = 0.0) -> float:
+    """bf16 dense peak FLOP/s of one local device: ``override`` if set, else from its kind; 0 if unknown."""
+    return override or next((v for k, v in PEAK_FLOPS.items() if k in jax.devices()[0].device_kind), 0.0)
 
 
 def make_checkpoint_manager(c, workdir: Path) -> ocp.CheckpointManager:
@@ -242,8 +255,7 @@ def train(c) -> dict:
     tracker = Tracker(c, workdir)
     if start == 0:
         tracker.log_artifact(workdir / "config.json")
-    peak = c.train.peak_flops_per_device or next(
-        (v for k, v in PEAK_FLOPS.items() if k in jax.devices()[0].device_kind), 0.0)
+    peak = peak_flops(c.train.peak_flops_per_device)
     metrics_file = open(workdir / "metrics.jsonl", "a") if is_main else None
     bar = tqdm(total=c.train.num_steps, initial=start, desc=c.experiment, unit="step", disable=not is_main)
     hist = np.zeros(step_lib.WEIGHT_HIST_BINS)
