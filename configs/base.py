@@ -61,7 +61,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
 
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""        # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
-    c.reference.dtype = "bfloat16"
+    c.reference.dtype = "bfloat16"     # compute and storage dtype of the frozen reference
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""                  # prepared {split}.jsonl (its {split}.index.npz beside it)

@@ -121,7 +121,9 @@ def build(c, mesh) -> Run:
     reference = ref_graphdef = reference_state = None
     if c.experiment == "rho1" and not c.weighting.rho1_reference_ce:
         ref_dir = ensure_orbax(c.reference.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
-        reference = load_model(ref_dir, mesh, dtype=c.reference.dtype, **layout_options(c))
+        # frozen: stored in its compute dtype (every weight is cast to it anyway, so results are unchanged)
+        reference = load_model(ref_dir, mesh, dtype=c.reference.dtype, param_dtype=c.reference.dtype,
+                               **layout_options(c))
         if reference.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(f"reference vocab {reference.cfg.vocab_size} != policy vocab {model.cfg.vocab_size}; "
                              "set model.vocab_size to slice the larger one")

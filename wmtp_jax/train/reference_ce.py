@@ -36,7 +36,7 @@ def precompute_reference_ce(reference_dir, jsonl, *, mesh=None, batch_size: int 
     """
     mesh = mesh or sharding.make_mesh()
     batch_size = -(-batch_size // mesh.size) * mesh.size
-    model = load_model(reference_dir, mesh, dtype=dtype)
+    model = load_model(reference_dir, mesh, dtype=dtype, param_dtype=dtype)  # frozen: no float32 master copy
     graphdef, state = nnx.split(model)
     index = RecordIndex.load(Path(table_prefix(jsonl) + ".index.npz"))
     n = len(index)
