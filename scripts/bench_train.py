@@ -134,7 +134,6 @@ def torch_throughput(experiment: str, batch: int, seq: int, steps: int) -> float
 
 def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
     import jax
-    import numpy as np
     from flax import nnx
 
     from wmtp_jax import sharding
@@ -153,22 +152,34 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
     scfg = step_lib.StepConfig(experiment=experiment, head_weights=(1.0,) * cfg.n_future_tokens, ce_chunk=64)
     fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh, ref_graphdef),
                                  state, frozen, ref_state, mesh)
+    b = jax.device_put(random_batch(batch, seq, cfg.vocab_size), sharding.batch_sharding(mesh))
+    return batch * seq / seconds_per_step(fn, state, frozen, ref_state, b, steps)
+
+
+def random_batch(rows: int, seq: int, vocab_size: int) -> dict:
+    """Random tokens, one sequence per row, the last 2/3 of each row as output tokens, 0/1 rewards (numpy)."""
+    import numpy as np
+
     rng = np.random.RandomState(0)
-    lm = np.zeros((batch, seq), np.int32)
-    lm[:, seq // 3:] = 1
-    b = {"tokens": rng.randint(3, cfg.vocab_size, (batch, seq)).astype(np.int32), "loss_mask": lm,
-         "rewards": np.repeat(rng.randint(0, 2, (batch, 1)).astype(np.float32), seq, 1),
-         "segment_ids": np.ones((batch, seq), np.int32), "positions": np.tile(np.arange(seq, dtype=np.int32), (batch, 1))}
-    b = jax.device_put(b, sharding.batch_sharding(mesh))
-    for _ in range(2):  # compile, and make sure the steady state does not compile again
-        state, m = fn(state, frozen, ref_state, b)
+    return {"tokens": rng.randint(3, vocab_size, (rows, seq)).astype(np.int32),
+            "loss_mask": np.tile((np.arange(seq) >= seq // 3).astype(np.int32), (rows, 1)),
+            "rewards": np.repeat(rng.randint(0, 2, (rows, 1)).astype(np.float32), seq, 1),
+            "segment_ids": np.ones((rows, seq), np.int32), "positions": np.tile(np.arange(seq, dtype=np.int32), (rows, 1))}
+
+
+def seconds_per_step(fn, state, frozen, ref_state, batch, steps: int) -> float:
+    """Mean wall time of ``steps`` train steps after two warm-up steps (which must compile only once)."""
+    import jax
+
+    for _ in range(2):
+        state, m = fn(state, frozen, ref_state, batch)
     jax.block_until_ready(m)
     assert fn._cache_size() == 1, "the train step recompiled after its first call"
     t = time.perf_counter()
     for _ in range(steps):
-        state, m = fn(state, frozen, ref_state, b)
+        state, m = fn(state, frozen, ref_state, batch)
     jax.block_until_ready(m)
-    return batch * seq * steps / (time.perf_counter() - t)
+    return (time.perf_counter() - t) / steps
 
 
 def throughput(args) -> None:
@@ -260,7 +271,6 @@ MFU_SHAPES = {  # policy shape, reference shape (Rho-1)
 
 def mfu(args) -> None:
     import jax
-    import numpy as np
     from flax import nnx
 
     from wmtp_jax import sharding
@@ -285,20 +295,8 @@ def mfu(args) -> None:
     fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh, ref_graphdef),
                                  state, frozen, ref_state, mesh)
     rows, seq = args.per_device_batch * jax.device_count(), args.seq
-    rng = np.random.RandomState(0)
-    batch = {"tokens": rng.randint(3, cfg.vocab_size, (rows, seq)).astype(np.int32),
-             "loss_mask": np.tile((np.arange(seq) >= seq // 4).astype(np.int32), (rows, 1)),
-             "rewards": np.ones((rows, seq), np.float32), "segment_ids": np.ones((rows, seq), np.int32),
-             "positions": np.tile(np.arange(seq, dtype=np.int32), (rows, 1))}
-    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
-    for _ in range(2):  # compile and warm up
-        state, metrics = fn(state, frozen, ref_state, batch)
-    jax.block_until_ready(metrics)
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = fn(state, frozen, ref_state, batch)
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - t) / args.steps
+    batch = jax.device_put(random_batch(rows, seq, cfg.vocab_size), sharding.batch_sharding(mesh))
+    seconds = seconds_per_step(fn, state, frozen, ref_state, batch, args.steps)
     tokens_per_s = rows * seq / seconds
     flops = loop.flops_per_token(model, params, ref_state)
     peak = loop.peak_flops(args.peak_flops)

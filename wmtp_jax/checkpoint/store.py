@@ -26,10 +26,10 @@ import orbax.checkpoint.experimental.v1 as ocp
 
 from wmtp_jax import sharding
 from wmtp_jax.model import ModelConfig, MTPTransformer
+from wmtp_jax.model.mtp import STACKED_GROUPS
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
-STACKED_GROUPS = ("layers", "heads")  # MTPTransformer's stacked blocks: one entry per block on disk
 
 
 class CheckpointError(ValueError):
@@ -43,7 +43,7 @@ def abstract_model(cfg: ModelConfig) -> tuple[nnx.GraphDef, nnx.State]:
 
 def param_tree(state: nnx.State) -> dict[str, Any]:
     """nnx state -> nested dict with string keys (the layout stored by Orbax)."""
-    return _str_keys(nnx.to_pure_dict(state))
+    return nnx.to_pure_dict(state)
 
 
 def flat_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -187,8 +187,3 @@ def load_model(ckpt_dir: str | os.PathLike, mesh: Mesh | None = None, **config_o
     nnx.replace_by_pure_dict(abstract_state, unflatten(from_disk_layout(restored, flatten(target))))
     return nnx.merge(graphdef, abstract_state)
 
-
-def _str_keys(tree):
-    if isinstance(tree, dict):
-        return {str(k): _str_keys(v) for k, v in tree.items()}
-    return tree

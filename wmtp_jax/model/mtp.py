@@ -26,6 +26,8 @@ from wmtp_jax.model.config import ModelConfig
 from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param
 from wmtp_jax.sharding import constrain_batch
 
+STACKED_GROUPS = ("layers", "heads")  # attributes of MTPTransformer holding stacked blocks (leading "layers" axis)
+
 _REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
