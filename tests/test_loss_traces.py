@@ -1,0 +1,88 @@
+"""Per-step loss traces of the five ``:micro`` experiments (20 steps, seed 0, float32, 4-device CPU mesh) equal
+the traces recorded before the trainer redesign (``tests/data/loss_traces.json``).
+
+The trace was recorded by running this file as a script on the commit before the redesign:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 uv run python tests/test_loss_traces.py --record
+
+Every experiment runs through the user-facing entry point's code path (config file + overrides -> training job),
+so the test holds whatever the internals look like. Losses must be bit-identical where the computation did not
+change; ``RTOL`` is the bound allowed where a library function reorders floating-point operations (named in the
+commit that needed it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TRACES = REPO / "tests" / "data" / "loss_traces.json"
+EXPERIMENTS = ("baseline", "critic", "verifiable", "rho1", "ref_tuning")
+STEPS = 20
+RTOL = 1e-6
+
+
+def micro_job(experiment: str, root: Path):
+    """The ``configs/{experiment}.py:micro`` config with its artifacts under ``root`` and 20 steps."""
+    sys.path.insert(0, str(REPO))
+    c = importlib.import_module(f"configs.{experiment}").get_config("micro")
+    micro = root / "micro"
+    c.model.checkpoint = str(micro / ("reference_hf" if experiment == "ref_tuning" else "mtp_meta"))
+    c.reference.checkpoint = str(micro / "reference_hf")
+    c.model.cache_dir = str(root / "converted")
+    c.data.cache_dir = str(root / "data")
+    c.workdir = str(root / experiment)
+    c.train.num_steps = STEPS
+    c.checkpoint.every_steps = STEPS
+    c.checkpoint.async_save = False
+    c.seed = 0
+    return c
+
+
+def losses(workdir: Path) -> list[float]:
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return [r["loss"] for r in sorted(rows, key=lambda r: r["step"])]
+
+
+def trace(experiment: str, root: Path) -> list[float]:
+    import jax
+
+    from wmtp_jax.train import loop
+
+    c = micro_job(experiment, root)
+    with jax.default_matmul_precision("highest"):
+        loop.train(c)
+    return losses(Path(c.workdir))
+
+
+def test_loss_traces_match_the_recording(tmp_path_factory):
+    want = json.loads(TRACES.read_text())
+    root = tmp_path_factory.mktemp("traces")
+    for experiment in EXPERIMENTS:
+        got = trace(experiment, root)
+        assert len(got) == STEPS == len(want[experiment])
+        for step, (a, b) in enumerate(zip(got, want[experiment]), start=1):
+            assert abs(a - b) <= RTOL * abs(b), (experiment, step, a, b)
+
+
+if __name__ == "__main__":
+    import os
+    import tempfile
+
+    assert "--xla_force_host_platform_device_count=4" in os.environ.get("XLA_FLAGS", ""), "set XLA_FLAGS first"
+    import jax
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for experiment in EXPERIMENTS:
+            out[experiment] = trace(experiment, Path(tmp))
+            print(experiment, out[experiment][0], out[experiment][-1], flush=True)
+    if "--record" in sys.argv:
+        TRACES.parent.mkdir(parents=True, exist_ok=True)
+        TRACES.write_text(json.dumps(out, indent=1) + "\n")
+    else:
+        print(json.dumps(out))
