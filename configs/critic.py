@@ -9,7 +9,7 @@ from configs import base
 
 def get_config(preset: str = ""):
     c = base.get_config(preset)
-    c.experiment = "critic"
+    c.objective = "critic"
     c.workdir = "workdir/critic"
     c.data.strategy = "balanced"
     c.data.correct_ratio = 0.5

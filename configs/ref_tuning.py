@@ -1,6 +1,6 @@
 """Reference tuning: next-token SFT of the Rho-1 reference (n_future_tokens = 1) on correct solutions.
 
-    uv run python -m wmtp_jax.main --config=configs/ref_tuning.py:micro
+uv run python -m wmtp_jax.main --config=configs/ref_tuning.py:micro
 """
 
 from configs import base
@@ -8,8 +8,8 @@ from configs import base
 
 def get_config(preset: str = ""):
     c = base.get_config(preset)
-    c.experiment = "ref_tuning"
+    c.objective = "ref_tuning"
     c.workdir = "workdir/ref_tuning"
     c.data.strategy = "correct"
-    c.model.checkpoint = c.reference.checkpoint  # the reference model is the one trained
+    c.model.checkpoint = c.reference.get_ref("checkpoint")  # the reference model is the one trained (one value)
     return c

@@ -1,6 +1,7 @@
-"""Verifiable critic stage 2: TD-error exp weights from the value head (DESIGN.md section 4); policy + value head.
+"""Verifiable critic stage 2: TD-error exp weights from the value head (docs/formulas.md, "TD-exp weights");
+trains the policy and the value head.
 
-    uv run python -m wmtp_jax.main --config=configs/verifiable.py:micro --config.model.init_from=workdir/critic/final
+uv run python -m wmtp_jax.main --config=configs/verifiable.py:micro --config.model.init_from=workdir/critic/final
 """
 
 from configs import base
@@ -8,7 +9,7 @@ from configs import base
 
 def get_config(preset: str = ""):
     c = base.get_config(preset)
-    c.experiment = "verifiable"
+    c.objective = "verifiable"
     c.workdir = "workdir/verifiable"
     c.data.strategy = "curriculum"
     if preset == "micro":

@@ -54,20 +54,29 @@ def main() -> int:
 
     work = Path(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
-    cfg = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.dim // 128, vocab_size=32000,
-                      multiple_of=256, n_future_tokens=4)
+    cfg = ModelConfig(
+        dim=args.dim,
+        n_layers=args.layers,
+        n_heads=args.dim // 128,
+        vocab_size=32000,
+        multiple_of=256,
+        n_future_tokens=4,
+    )
     write_meta_checkpoint(work / "src", cfg, seed=0, dtype=torch.bfloat16)
     size = sum(p.stat().st_size for p in (work / "src").iterdir())
     idle = run_child("idle")
     res = run_child("convert", str(work / "src"), str(work / "dst"))
     peak, base = res["peak_kib"] * 1024, idle["peak_kib"] * 1024
-    print(f"checkpoint         : {size / 1e9:.2f} GB (Meta layout, bf16, dim {cfg.dim}, {cfg.n_layers} layers, "
-          f"vocab {cfg.vocab_size})")
+    print(
+        f"checkpoint         : {size / 1e9:.2f} GB (Meta layout, bf16, dim {cfg.dim}, {cfg.n_layers} layers, "
+        f"vocab {cfg.vocab_size})"
+    )
     print(f"conversion         : {res['seconds']:.1f} s, {size / 1e6 / res['seconds']:.0f} MB/s")
     print(f"peak RSS           : {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint")
     print(f"RSS after imports  : {base / 1e9:.2f} GB")
-    print(f"peak RSS - imports : {(peak - base) / 1e9:.2f} GB = {(peak - base) / size:.2f} x checkpoint "
-          "(target <= 0.3 x)")
+    print(
+        f"peak RSS - imports : {(peak - base) / 1e9:.2f} GB = {(peak - base) / size:.2f} x checkpoint (target <= 0.3 x)"
+    )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

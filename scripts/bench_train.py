@@ -2,7 +2,7 @@
 
     uv run python scripts/bench_train.py throughput [--batch 4 --seq 256 --steps 5]
     uv run python scripts/bench_train.py memory [--per-device-batch 2 --seq 2048 --devices 4]
-    uv run python scripts/bench_train.py mfu [--model 7b|1b|micro --experiment baseline|rho1 --steps 10]
+    uv run python scripts/bench_train.py mfu [--model 7b|1b|micro --objective baseline|rho1 --steps 10]
 
 throughput: for every experiment, tokens/s of one train step on the micro model (2 trunk blocks + 4 heads,
   dim 64, vocab 32000) with this project's jitted step on one device, beside the same model and loss written
@@ -13,7 +13,7 @@ memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-
   Runs on virtual CPU devices when no accelerator is present (XLA's CPU buffer assignment, not a GPU's).
 mfu: real train steps of a randomly initialised model on all local devices (FSDP), production layout and
   bf16 compute; prints tokens/s and MFU = tokens/s x FLOPs per token / (devices x peak FLOP/s), with the
-  FLOPs and peaks the training loop logs (``wmtp_jax.train.loop.flops_per_token`` / ``peak_flops``). The 7b
+  FLOPs and peaks the training loop logs (``wmtp_jax.train.trainer.flops_per_token`` / ``peak_flops``). The 7b
   shape needs the memory of 4 x 40 GB (see memory); 1b (~1.3B parameters) fits one 80 GB GPU.
 """
 
@@ -38,9 +38,19 @@ def torch_throughput(experiment: str, batch: int, seq: int, steps: int) -> float
         return torch.nn.Parameter(0.02 * torch.randn(o, i))
 
     def block():
-        return torch.nn.ParameterDict(dict(wq=lin(d, nh * hd), wk=lin(d, nkv * hd), wv=lin(d, nkv * hd),
-                                           wo=lin(nh * hd, d), w1=lin(d, ff), w3=lin(d, ff), w2=lin(ff, d),
-                                           an=torch.nn.Parameter(torch.ones(d)), fn=torch.nn.Parameter(torch.ones(d))))
+        return torch.nn.ParameterDict(
+            dict(
+                wq=lin(d, nh * hd),
+                wk=lin(d, nkv * hd),
+                wv=lin(d, nkv * hd),
+                wo=lin(nh * hd, d),
+                w1=lin(d, ff),
+                w3=lin(d, ff),
+                w2=lin(ff, d),
+                an=torch.nn.Parameter(torch.ones(d)),
+                fn=torch.nn.Parameter(torch.ones(d)),
+            )
+        )
 
     def rms(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * w
@@ -93,34 +103,39 @@ def torch_throughput(experiment: str, batch: int, seq: int, steps: int) -> float
                 with torch.no_grad():
                     trunk_h, _ = forward(tokens)
                 v = (rms(trunk_h, norm) @ value.T)[..., 0]
-                loss = 0.5 * (v[:, start_out - 1:-1] - rewards).pow(2).mean()
+                loss = 0.5 * (v[:, start_out - 1 : -1] - rewards).pow(2).mean()
             else:
                 trunk_h, head_h = forward(tokens)
                 logits = rms(head_h, norm) @ out.T  # [B, S, H, V]
                 losses = []
                 for k in range(cfg.n_future_tokens):
-                    lg = logits[:, start_out - 1:seq - k - 1, k]
-                    tg = tokens[:, start_out + k:]
-                    ce = F.cross_entropy(lg.reshape(-1, cfg.vocab_size), tg.reshape(-1), reduction="none").view(tg.shape)
+                    lg = logits[:, start_out - 1 : seq - k - 1, k]
+                    tg = tokens[:, start_out + k :]
+                    ce = F.cross_entropy(lg.reshape(-1, cfg.vocab_size), tg.reshape(-1), reduction="none").view(
+                        tg.shape
+                    )
                     w = torch.ones_like(ce)
                     if experiment == "verifiable":
                         v = (rms(trunk_h, norm) @ value.T)[..., 0]
-                        delta = (v[:, start_out:] - v[:, start_out - 1:-1]).detach()
+                        delta = (v[:, start_out:] - v[:, start_out - 1 : -1]).detach()
                         w = torch.clamp(torch.exp(delta / 0.9), 0.1, 5.0)[:, : ce.shape[1]]
                     if experiment == "rho1":
                         with torch.no_grad():
                             hr = model["emb"](tokens)
                             for b in ref_blocks:
                                 hr = run_block(b, hr)
-                            ref_ce = F.cross_entropy((rms(hr, norm) @ ref_out.T)[:, start_out + k - 1:-1].reshape(
-                                -1, cfg.vocab_size), tg.reshape(-1), reduction="none").view(tg.shape)
+                            ref_ce = F.cross_entropy(
+                                (rms(hr, norm) @ ref_out.T)[:, start_out + k - 1 : -1].reshape(-1, cfg.vocab_size),
+                                tg.reshape(-1),
+                                reduction="none",
+                            ).view(tg.shape)
                         score = (ce - ref_ce).detach()
                         w = (score >= torch.quantile(score.flatten(), 0.4)).float()
                     losses.append((w * ce).sum() / w.numel())
                 loss = sum(losses)
                 if experiment == "verifiable":
                     v = (rms(trunk_h, norm) @ value.T)[..., 0]
-                    loss = loss + 0.5 * 0.5 * (v[:, start_out - 1:-1] - rewards).pow(2).mean()
+                    loss = loss + 0.5 * 0.5 * (v[:, start_out - 1 : -1] - rewards).pow(2).mean()
             loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
@@ -132,28 +147,37 @@ def torch_throughput(experiment: str, batch: int, seq: int, steps: int) -> float
     return batch * seq * steps / (time.perf_counter() - t)
 
 
+def make_trainer(
+    objective: str, model, mesh, reference=None, *, ce_chunk: int, learning_rate: float = 1e-5, grad_accum: int = 1
+):
+    """The project's Trainer for ``objective`` (default weighting settings), as the training job builds it."""
+    from wmtp_jax.train.objectives import make_objective
+    from wmtp_jax.train.step import OptimizerConfig, StepConfig
+    from wmtp_jax.train.trainer import Trainer
+
+    return Trainer(
+        make_objective(objective),
+        model,
+        mesh=mesh,
+        reference=reference,
+        step_config=StepConfig(ce_chunk=ce_chunk, grad_accum_steps=grad_accum),
+        optimizer=OptimizerConfig(learning_rate=learning_rate, warmup_steps=10, num_steps=1000),
+    )
+
+
 def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
     import jax
-    from flax import nnx
 
     from wmtp_jax import sharding
     from wmtp_jax.checkpoint.micro import MICRO_MTP
-    from wmtp_jax.train import step as step_lib
+    from wmtp_jax.model import create_model
 
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     cfg = MICRO_MTP if experiment != "ref_tuning" else MICRO_MTP.replace(n_future_tokens=1)
-    model = sharding.create_model(cfg, mesh)
-    ref_graphdef = ref_state = None
-    if experiment == "rho1":
-        ref_graphdef, ref_state = nnx.split(sharding.create_model(cfg.replace(n_future_tokens=1, n_layers=3), mesh, 1))
-    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(experiment), ...)
-    tx, schedule = step_lib.make_optimizer(1e-4, 0, 100)
-    state = step_lib.init_state(params, tx, 0, mesh)
-    scfg = step_lib.StepConfig(experiment=experiment, head_weights=(1.0,) * cfg.n_future_tokens, ce_chunk=64)
-    fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh, ref_graphdef),
-                                 state, frozen, ref_state, mesh)
+    reference = create_model(cfg.replace(n_future_tokens=1, n_layers=3), mesh, 1) if experiment == "rho1" else None
+    trainer = make_trainer(experiment, create_model(cfg, mesh), mesh, reference, ce_chunk=64, learning_rate=1e-4)
     b = jax.device_put(random_batch(batch, seq, cfg.vocab_size), sharding.batch_sharding(mesh))
-    return batch * seq / seconds_per_step(fn, state, frozen, ref_state, b, steps)
+    return batch * seq / seconds_per_step(trainer, b, steps)
 
 
 def random_batch(rows: int, seq: int, vocab_size: int) -> dict:
@@ -161,23 +185,27 @@ def random_batch(rows: int, seq: int, vocab_size: int) -> dict:
     import numpy as np
 
     rng = np.random.RandomState(0)
-    return {"tokens": rng.randint(3, vocab_size, (rows, seq)).astype(np.int32),
-            "loss_mask": np.tile((np.arange(seq) >= seq // 3).astype(np.int32), (rows, 1)),
-            "rewards": np.repeat(rng.randint(0, 2, (rows, 1)).astype(np.float32), seq, 1),
-            "segment_ids": np.ones((rows, seq), np.int32), "positions": np.tile(np.arange(seq, dtype=np.int32), (rows, 1))}
+    return {
+        "tokens": rng.randint(3, vocab_size, (rows, seq)).astype(np.int32),
+        "loss_mask": np.tile((np.arange(seq) >= seq // 3).astype(np.int32), (rows, 1)),
+        "rewards": np.repeat(rng.randint(0, 2, (rows, 1)).astype(np.float32), seq, 1),
+        "segment_ids": np.ones((rows, seq), np.int32),
+        "positions": np.tile(np.arange(seq, dtype=np.int32), (rows, 1)),
+    }
 
 
-def seconds_per_step(fn, state, frozen, ref_state, batch, steps: int) -> float:
+def seconds_per_step(trainer, batch, steps: int) -> float:
     """Mean wall time of ``steps`` train steps after two warm-up steps (which must compile only once)."""
     import jax
 
+    state = trainer.initial_state()
     for _ in range(2):
-        state, m = fn(state, frozen, ref_state, batch)
+        state, m = trainer.step(state, batch)
     jax.block_until_ready(m)
-    assert fn._cache_size() == 1, "the train step recompiled after its first call"
+    assert trainer._jitted._cache_size() == 1, "the train step recompiled after its first call"
     t = time.perf_counter()
     for _ in range(steps):
-        state, m = fn(state, frozen, ref_state, batch)
+        state, m = trainer.step(state, batch)
     jax.block_until_ready(m)
     return (time.perf_counter() - t) / steps
 
@@ -199,50 +227,78 @@ def memory(args) -> None:
     from wmtp_jax import sharding
     from wmtp_jax.checkpoint.store import abstract_model
     from wmtp_jax.model import ModelConfig
-    from wmtp_jax.train import step as step_lib
+    from wmtp_jax.train.step import BATCH_KEYS
 
     mesh = sharding.make_mesh(fsdp=args.devices, devices=jax.devices()[: args.devices])
-    policy_cfg = ModelConfig(dim=4096, n_layers=32, n_heads=32, vocab_size=32000, multiple_of=256, n_future_tokens=4,
-                             dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=args.scan_layers,
-                             attention=args.attention, attention_chunk=args.attention_chunk)
-    ref_cfg = ModelConfig(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912, vocab_size=32000,
-                          dtype="bfloat16", param_dtype=args.reference_dtype, scan_layers=args.scan_layers,
-                          attention=args.attention, attention_chunk=args.attention_chunk)
+    policy_cfg = ModelConfig(
+        dim=4096,
+        n_layers=32,
+        n_heads=32,
+        vocab_size=32000,
+        multiple_of=256,
+        n_future_tokens=4,
+        dtype="bfloat16",
+        param_dtype="float32",
+        remat="full",
+        scan_layers=args.scan_layers,
+        attention=args.attention,
+        attention_chunk=args.attention_chunk,
+    )
+    ref_cfg = ModelConfig(
+        dim=2560,
+        n_layers=32,
+        n_heads=20,
+        ffn_hidden_dim=6912,
+        vocab_size=32000,
+        dtype="bfloat16",
+        param_dtype=args.reference_dtype,
+        scan_layers=args.scan_layers,
+        attention=args.attention,
+        attention_chunk=args.attention_chunk,
+    )
 
     def with_shardings(abstract_state):
         shardings = sharding.state_shardings(abstract_state, mesh)
-        return jax.tree.map(lambda v, s: v.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
-                            abstract_state, shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        return jax.tree.map(
+            lambda v, s: v.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
+            abstract_state,
+            shardings,
+            is_leaf=lambda x: isinstance(x, nnx.Variable),
+        )
 
-    graphdef, abstract = abstract_model(policy_cfg)
-    abstract = with_shardings(abstract)
-    model = nnx.merge(graphdef, abstract)
-    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("rho1"), ...)
-    ref_graphdef, ref_state = abstract_model(ref_cfg)
-    ref_state = with_shardings(ref_state)
-    tx, schedule = step_lib.make_optimizer(1e-5, 10, 1000)
-    opt_state = jax.eval_shape(jax.jit(tx.init), params)
-    state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": params, "opt_state": opt_state,
-             "ema": {k: jax.ShapeDtypeStruct((), jnp.float32) for k in ("mean", "var", "count")},
-             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32)}
+    def abstract(cfg):  # the model with ShapeDtypeStruct parameters in their shardings: nothing is allocated
+        graphdef, state = abstract_model(cfg)
+        return nnx.merge(graphdef, with_shardings(state))
+
+    trainer = make_trainer(
+        "rho1", abstract(policy_cfg), mesh, abstract(ref_cfg), ce_chunk=args.ce_chunk, grad_accum=args.grad_accum
+    )
     b = args.per_device_batch * args.devices * args.grad_accum
     batch_sharding = sharding.batch_sharding(mesh)
-    batch = {k: jax.ShapeDtypeStruct((b, args.seq), jnp.float32 if k == "rewards" else jnp.int32, sharding=batch_sharding)
-             for k in step_lib.BATCH_KEYS}
-    cfg = step_lib.StepConfig(experiment="rho1", head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk,
-                              grad_accum_steps=args.grad_accum)
-    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh, ref_graphdef), donate_argnums=(0,))
+    batch = {
+        k: jax.ShapeDtypeStruct((b, args.seq), jnp.float32 if k == "rewards" else jnp.int32, sharding=batch_sharding)
+        for k in BATCH_KEYS
+    }
     t = time.perf_counter()
-    compiled = fn.lower(state, frozen, ref_state, batch).compile()
+    compiled = trainer.compile(batch)
     stats = compiled.memory_analysis()
     gib = 2**30
-    total = stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-    print(f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}), {args.devices}-device FSDP mesh, "
-          f"per-device batch {args.per_device_batch} x {args.seq}"
-          f"{f' x {args.grad_accum} accumulated micro-batches' if args.grad_accum > 1 else ''}, compiled for {jax.devices()[0].platform} "
-          f"in {time.perf_counter() - t:.0f} s")
-    print(f"  arguments {stats.argument_size_in_bytes / gib:.2f} GiB, outputs {stats.output_size_in_bytes / gib:.2f} GiB, "
-          f"aliased (donated) {stats.alias_size_in_bytes / gib:.2f} GiB, temporaries {stats.temp_size_in_bytes / gib:.2f} GiB")
+    total = (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
+    )
+    print(
+        f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}), {args.devices}-device FSDP mesh, "
+        f"per-device batch {args.per_device_batch} x {args.seq}"
+        f"{f' x {args.grad_accum} accumulated micro-batches' if args.grad_accum > 1 else ''}, "
+        f"compiled for {jax.devices()[0].platform} "
+        f"in {time.perf_counter() - t:.0f} s"
+    )
+    print(
+        f"  arguments {stats.argument_size_in_bytes / gib:.2f} GiB, "
+        f"outputs {stats.output_size_in_bytes / gib:.2f} GiB, "
+        f"aliased (donated) {stats.alias_size_in_bytes / gib:.2f} GiB, "
+        f"temporaries {stats.temp_size_in_bytes / gib:.2f} GiB"
+    )
     print(f"  per-device total {total / gib:.2f} GiB (target <= 36 GiB for 4 x A100-40GB)")
     if args.show_largest:
         import re
@@ -261,10 +317,14 @@ def memory(args) -> None:
 
 
 MFU_SHAPES = {  # policy shape, reference shape (Rho-1)
-    "7b": (dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256),
-           dict(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912)),
-    "1b": (dict(dim=2048, n_layers=22, n_heads=16, multiple_of=256),
-           dict(dim=2048, n_layers=18, n_heads=16, multiple_of=256)),
+    "7b": (
+        dict(dim=4096, n_layers=32, n_heads=32, multiple_of=256),
+        dict(dim=2560, n_layers=32, n_heads=20, ffn_hidden_dim=6912),
+    ),
+    "1b": (
+        dict(dim=2048, n_layers=22, n_heads=16, multiple_of=256),
+        dict(dim=2048, n_layers=18, n_heads=16, multiple_of=256),
+    ),
     "micro": (dict(dim=64, n_layers=6, n_heads=4, multiple_of=32), dict(dim=64, n_layers=3, n_heads=4, multiple_of=32)),
 }
 
@@ -274,39 +334,37 @@ def mfu(args) -> None:
     from flax import nnx
 
     from wmtp_jax import sharding
-    from wmtp_jax.model import ModelConfig
-    from wmtp_jax.train import loop
-    from wmtp_jax.train import step as step_lib
+    from wmtp_jax.model import ModelConfig, create_model
+    from wmtp_jax.train.trainer import peak_flops
 
     mesh = sharding.make_mesh()
     attention = args.attention or ("cudnn" if jax.devices()[0].platform == "gpu" else "chunked")
     common = dict(vocab_size=32000, dtype="bfloat16", scan_layers=True, attention=attention)
     policy_shape, reference_shape = MFU_SHAPES[args.model]
     cfg = ModelConfig(**policy_shape, **common, n_future_tokens=4, param_dtype="float32", remat=args.remat)
-    model = sharding.create_model(cfg, mesh)
-    ref_graphdef = ref_state = None
-    if args.experiment == "rho1":
-        ref_cfg = ModelConfig(**reference_shape, **common, param_dtype="bfloat16")
-        ref_graphdef, ref_state = nnx.split(sharding.create_model(ref_cfg, mesh, seed=1))
-    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(args.experiment), ...)
-    tx, schedule = step_lib.make_optimizer(1e-5, 0, 1000)
-    state = step_lib.init_state(params, tx, 0, mesh)
-    scfg = step_lib.StepConfig(experiment=args.experiment, head_weights=(1.0,) * 4, ce_chunk=args.ce_chunk)
-    fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh, ref_graphdef),
-                                 state, frozen, ref_state, mesh)
+    model = create_model(cfg, mesh)
+    reference = None
+    if args.objective == "rho1":
+        reference = create_model(ModelConfig(**reference_shape, **common, param_dtype="bfloat16"), mesh, seed=1)
+    trainer = make_trainer(args.objective, model, mesh, reference, ce_chunk=args.ce_chunk)
     rows, seq = args.per_device_batch * jax.device_count(), args.seq
     batch = jax.device_put(random_batch(rows, seq, cfg.vocab_size), sharding.batch_sharding(mesh))
-    seconds = seconds_per_step(fn, state, frozen, ref_state, batch, args.steps)
+    seconds = seconds_per_step(trainer, batch, args.steps)
     tokens_per_s = rows * seq / seconds
-    flops = loop.flops_per_token(model, params, ref_state)
-    peak = loop.peak_flops(args.peak_flops)
+    flops = trainer.flops_per_token
+    peak = peak_flops(args.peak_flops)
     n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
-    print(f"{args.experiment}, {args.model} shape ({n_params:,} parameters, 4 heads"
-          f"{', + reference' if ref_state is not None else ''}), {jax.device_count()} x {jax.devices()[0].device_kind}, "
-          f"batch {rows} x {seq}, attention {attention}, remat {args.remat}")
+    print(
+        f"{args.objective}, {args.model} shape ({n_params:,} parameters, 4 heads"
+        f"{', + reference' if reference is not None else ''}), {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"batch {rows} x {seq}, attention {attention}, remat {args.remat}"
+    )
     print(f"  {seconds * 1e3:.1f} ms/step, {tokens_per_s:,.0f} tokens/s, {flops / 1e9:.3g} GFLOP/token")
     if peak:
-        print(f"  MFU {tokens_per_s * flops / (peak * jax.device_count()):.1%} (peak {peak / 1e12:.3g} TFLOP/s per device)")
+        print(
+            f"  MFU {tokens_per_s * flops / (peak * jax.device_count()):.1%} "
+            f"(peak {peak / 1e12:.3g} TFLOP/s per device)"
+        )
     else:
         print(f"  MFU: no known peak for {jax.devices()[0].device_kind!r}; pass --peak-flops")
 
@@ -326,21 +384,33 @@ def main() -> int:
     m.add_argument("--ce-chunk", type=int, default=256)
     m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
     m.add_argument("--show-largest", type=int, default=0, help="list the N largest buffers of the compiled step")
-    m.add_argument("--no-scan-layers", dest="scan_layers", action="store_false",
-                   help="unrolled Python loop over the trunk blocks instead of one lax.scan")
-    m.add_argument("--attention", default="chunked", choices=["xla", "chunked", "cudnn"],
-                   help="attention implementation (cudnn: NVIDIA GPUs only)")
+    m.add_argument(
+        "--no-scan-layers",
+        dest="scan_layers",
+        action="store_false",
+        help="unrolled Python loop over the trunk blocks instead of one lax.scan",
+    )
+    m.add_argument(
+        "--attention",
+        default="chunked",
+        choices=["xla", "chunked", "cudnn"],
+        help="attention implementation (cudnn: NVIDIA GPUs only)",
+    )
     m.add_argument("--attention-chunk", type=int, default=512, help="queries per chunk for --attention chunked")
     f = sub.add_parser("mfu")
     f.add_argument("--model", default="1b", choices=list(MFU_SHAPES))
-    f.add_argument("--experiment", default="baseline", choices=["baseline", "rho1"])
+    f.add_argument("--objective", default="baseline", choices=["baseline", "rho1"])
     f.add_argument("--per-device-batch", type=int, default=2)
     f.add_argument("--seq", type=int, default=2048)
     f.add_argument("--steps", type=int, default=10)
     f.add_argument("--ce-chunk", type=int, default=256)
     f.add_argument("--remat", default="full", choices=["none", "full", "dots", "dots_with_no_batch_dims"])
-    f.add_argument("--attention", default="", choices=["", "xla", "chunked", "cudnn"],
-                   help="default: cudnn on GPUs, chunked elsewhere")
+    f.add_argument(
+        "--attention",
+        default="",
+        choices=["", "xla", "chunked", "cudnn"],
+        help="default: cudnn on GPUs, chunked elsewhere",
+    )
     f.add_argument("--peak-flops", type=float, default=0.0, help="bf16 peak FLOP/s per device (default: by kind)")
     args = parser.parse_args()
     if args.what == "memory" and "XLA_FLAGS" not in os.environ:

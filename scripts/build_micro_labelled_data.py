@@ -1,6 +1,7 @@
 """Build the shipped critic / verifiable micro data: MBPP train solutions labelled by running their tests.
 
-    uv run python scripts/build_micro_labelled_data.py [OUT]   (default: wmtp_jax/assets/micro/mbpp_train_labelled.jsonl)
+    uv run python scripts/build_micro_labelled_data.py [OUT]
+    (default OUT: wmtp_jax/assets/micro/mbpp_train_labelled.jsonl)
 
 MBPP has only correct reference solutions. For every train task (601-974) this writes the reference code and
 up to two single-edit mutants of it (an operator, comparison, constant or boolean flipped), each labelled
@@ -16,10 +17,27 @@ from wmtp_jax.data import assets
 from wmtp_jax.data.prepare import MBPP_SPLITS
 from wmtp_jax.eval.execution import execute
 
-MUTATIONS = [(" + ", " - "), (" - ", " + "), (" < ", " <= "), (" > ", " >= "), (" <= ", " < "), (" >= ", " > "),
-             (" == ", " != "), (" != ", " == "), (" and ", " or "), (" or ", " and "), ("True", "False"),
-             ("False", "True"), ("[0]", "[1]"), ("return 0", "return 1"), (" * ", " + "), ("+ 1", "+ 2"),
-             ("- 1", "- 2"), ("max(", "min("), ("min(", "max(")]
+MUTATIONS = [
+    (" + ", " - "),
+    (" - ", " + "),
+    (" < ", " <= "),
+    (" > ", " >= "),
+    (" <= ", " < "),
+    (" >= ", " > "),
+    (" == ", " != "),
+    (" != ", " == "),
+    (" and ", " or "),
+    (" or ", " and "),
+    ("True", "False"),
+    ("False", "True"),
+    ("[0]", "[1]"),
+    ("return 0", "return 1"),
+    (" * ", " + "),
+    ("+ 1", "+ 2"),
+    ("- 1", "- 2"),
+    ("max(", "min("),
+    ("min(", "max("),
+]
 
 
 def mutants(code: str, limit: int = 2) -> list[str]:
@@ -56,13 +74,26 @@ def main(argv=None) -> int:
                 continue  # a reference that fails its own tests (environment-dependent) is not a label
             correct = r.status == "passed"
             counts["correct" if correct else "incorrect"] += 1
-            f.write(json.dumps({
-                "instruction": t["text"], "input": "\n".join(t["test_list"]), "output": code,
-                "task_id": f"mbpp/{t['task_id']}", "is_correct": correct,
-                "metadata": {"source": "mbpp-labelled", "difficulty": 0, "has_tests": True,
-                             "label": "reference" if is_reference else "mutant", "execution": r.status,
-                             "tests": {"test_list": t["test_list"], "test_setup_code": t.get("test_setup_code", "")}},
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "instruction": t["text"],
+                        "input": "\n".join(t["test_list"]),
+                        "output": code,
+                        "task_id": f"mbpp/{t['task_id']}",
+                        "is_correct": correct,
+                        "metadata": {
+                            "source": "mbpp-labelled",
+                            "difficulty": 0,
+                            "has_tests": True,
+                            "label": "reference" if is_reference else "mutant",
+                            "execution": r.status,
+                            "tests": {"test_list": t["test_list"], "test_setup_code": t.get("test_setup_code", "")},
+                        },
+                    }
+                )
+                + "\n"
+            )
     print(f"wrote {out}: {counts}")
     return 0
 

@@ -25,8 +25,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", default=None, help="SentencePiece model (default: shipped LLaMA tokenizer)")
     args = parser.parse_args(argv)
     try:
-        results = prepare(args.source, args.output, args.input, split=args.split, max_length=args.max_length,
-                          tokenizer=Tokenizer(args.tokenizer) if args.tokenizer else None, progress=True)
+        results = prepare(
+            args.source,
+            args.output,
+            args.input,
+            split=args.split,
+            max_length=args.max_length,
+            tokenizer=Tokenizer(args.tokenizer) if args.tokenizer else None,
+            progress=True,
+        )
     except NothingUsable as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -35,9 +42,11 @@ def main(argv=None) -> int:
         return 2
     for r in results:
         s, rep = r.stats, r.report
-        print(f"{r.split:>10}: {s['records']} records ({s['correct']} correct, {s['incorrect']} incorrect) "
-              f"from {s['problems']} problems; skipped {rep['skipped_total']} {rep['skipped_by_reason']}; "
-              f"filtered {rep['filtered_by_reason']}")
+        print(
+            f"{r.split:>10}: {s['records']} records ({s['correct']} correct, {s['incorrect']} incorrect) "
+            f"from {s['problems']} problems; skipped {rep['skipped_total']} {rep['skipped_by_reason']}; "
+            f"filtered {rep['filtered_by_reason']}"
+        )
     return 0
 
 

@@ -17,7 +17,10 @@ def problem(name, difficulty, correct, incorrect, description=None, tests=True):
         "difficulty": difficulty,
         "solutions": {"language": [c[0] for c in correct], "solution": [c[1] for c in correct]},
         "incorrect_solutions": {"language": [c[0] for c in incorrect], "solution": [c[1] for c in incorrect]},
-        "cf_contest_id": 1, "cf_index": "A", "cf_rating": 800, "cf_tags": ["math"],
+        "cf_contest_id": 1,
+        "cf_index": "A",
+        "cf_rating": 800,
+        "cf_tags": ["math"],
     }
 
 
@@ -30,10 +33,19 @@ def standard_problems():
     out = []
     for i in range(12):
         d = 1 + i % 11
-        out.append(problem(f"{1000 + i}_A. Problem {i}", d,
-                           correct=[(PY3, GOOD), (PY2, GOOD.replace("print(n * 2)", "print n * 2")),
-                                    (CPP, "int main(){}"), (JAVA, "class A{}")],
-                           incorrect=[(PY3, BAD), (CPP, "int main(){return 1;}")]))
+        out.append(
+            problem(
+                f"{1000 + i}_A. Problem {i}",
+                d,
+                correct=[
+                    (PY3, GOOD),
+                    (PY2, GOOD.replace("print(n * 2)", "print n * 2")),
+                    (CPP, "int main(){}"),
+                    (JAVA, "class A{}"),
+                ],
+                incorrect=[(PY3, BAD), (CPP, "int main(){return 1;}")],
+            )
+        )
     return out
 
 

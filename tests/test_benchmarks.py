@@ -37,9 +37,11 @@ def test_wrong_solutions_and_early_exits_fail(humaneval, mbpp):
     assert B.outcome_counts(B.check(shifted))["passed"] == 0
     wrong_body = [(p, "    return None\n") for p in humaneval[:40]]
     assert B.outcome_counts(B.check(wrong_body))["passed"] == 0
-    cheats = ["    import sys\n    sys.exit(0)\nimport sys\nsys.exit(0)\n",
-              "    pass\nimport os\nos._exit(0)\n",
-              "    pass\nraise SystemExit\n"]
+    cheats = [
+        "    import sys\n    sys.exit(0)\nimport sys\nsys.exit(0)\n",
+        "    pass\nimport os\nos._exit(0)\n",
+        "    pass\nraise SystemExit\n",
+    ]
     outcomes = B.check([(humaneval[0], c) for c in cheats] + [(mbpp[0], "import sys\nsys.exit(0)\n")])
     assert [o.status for o in outcomes] == ["failed"] * 4
     assert "before the tests finished" in outcomes[0].detail
@@ -48,8 +50,10 @@ def test_wrong_solutions_and_early_exits_fail(humaneval, mbpp):
 def test_stdio_problems_compare_normalised_output():
     problem = B.Problem("codecontests", "sum", "prompt", ("\n```",), stdio=(("1 2\n", "3\n"), ("5 5\n", "10\n")))
     good = "a, b = map(int, input().split())\nprint(a + b, '  ')\nprint()\n"
-    outcomes = B.check([(problem, good), (problem, "print(3)"), (problem, "import sys; sys.exit(1)"),
-                        (problem, "while True: pass")], timeout_s=2)
+    outcomes = B.check(
+        [(problem, good), (problem, "print(3)"), (problem, "import sys; sys.exit(1)"), (problem, "while True: pass")],
+        timeout_s=2,
+    )
     assert [o.status for o in outcomes] == ["passed", "failed", "failed", "timeout"]
     assert "wrong answer" in outcomes[1].detail
 

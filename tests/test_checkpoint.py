@@ -66,7 +66,9 @@ def _meta(tmp_path, mutate=None):
 
 def test_missing_weight_is_named(tmp_path):
     src = _meta(tmp_path, lambda sd: sd.pop("layers.1.feed_forward.w2.weight"))
-    with pytest.raises(CheckpointError, match=r"missing weight layers\.1\.feed_forward\.w2\.weight \(expected torch shape \(64, 192\)"):
+    with pytest.raises(
+        CheckpointError, match=r"missing weight layers\.1\.feed_forward\.w2\.weight \(expected torch shape \(64, 192\)"
+    ):
         convert_torch_checkpoint(src, tmp_path / "dst", progress=False)
     assert not (tmp_path / "dst").exists()  # nothing half-written
 
@@ -79,8 +81,11 @@ def test_unexpected_weight_is_named(tmp_path):
 
 def test_misshaped_weight_names_both_shapes(tmp_path):
     src = _meta(tmp_path, lambda sd: sd.__setitem__("layers.0.attention.wk.weight", torch.zeros(64, 64)))
-    with pytest.raises(CheckpointError, match=r"weight layers\.0\.attention\.wk\.weight: checkpoint gives shape "
-                                              r"\(64, 64\) for layers/0/attention/wk, model expects \(64, 32\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"weight layers\.0\.attention\.wk\.weight: checkpoint gives shape "
+        r"\(64, 64\) for layers/0/attention/wk, model expects \(64, 32\)",
+    ):
         convert_torch_checkpoint(src, tmp_path / "dst", progress=False)
 
 
@@ -125,7 +130,9 @@ def test_load_model_errors(tmp_path, converted):
     cfg = json.loads((converted / "orbax" / "model_config.json").read_text())
     cfg["model"]["vocab_size"] = 100
     (bad / "model_config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match=r"weight output: checkpoint shape \(64, 128\), model expects \(64, 100\)"):
+    with pytest.raises(
+        CheckpointError, match=r"weight output: checkpoint shape \(64, 128\), model expects \(64, 100\)"
+    ):
         load_model(bad, sharding.make_mesh())
     cfg["model"]["vocab_size"], cfg["model"]["n_layers"] = 128, 5
     (bad / "model_config.json").write_text(json.dumps(cfg))

@@ -36,7 +36,7 @@ def test_loss_mask_covers_output_and_eos_only(mbpp):
     tokens, mask = batch["tokens"][0], batch["loss_mask"][0]
     assert tokens[0] == TOK.bos_id and tokens[n - 1] == TOK.eos_id
     np.testing.assert_array_equal(tokens[:n], prompt + output + [TOK.eos_id])
-    assert mask[: len(prompt)].sum() == 0 and mask[len(prompt):n].all() and mask[n:].sum() == 0
+    assert mask[: len(prompt)].sum() == 0 and mask[len(prompt) : n].all() and mask[n:].sum() == 0
     assert batch["segment_ids"][0, :n].all() and not batch["segment_ids"][0, n:].any()
     assert batch["rewards"][0, 0] == 1.0
 

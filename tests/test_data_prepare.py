@@ -13,8 +13,17 @@ from wmtp_jax.data.records import RecordIndex, format_prompt
 def test_mbpp_splits_follow_task_ids(tmp_path):
     results = {r.split: r for r in prepare("mbpp", tmp_path)}
     assert {k: r.stats["problems"] + r.stats["filtered"].get("too_long", 0) for k, r in results.items()} == {
-        "prompt": 10, "test": 500, "validation": 90, "train": 374}
-    for split, (lo, hi) in {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}.items():
+        "prompt": 10,
+        "test": 500,
+        "validation": 90,
+        "train": 374,
+    }
+    for split, (lo, hi) in {
+        "prompt": (1, 10),
+        "test": (11, 510),
+        "validation": (511, 600),
+        "train": (601, 974),
+    }.items():
         ids = [int(json.loads(line)["task_id"].split("/")[1]) for line in open(tmp_path / f"{split}.jsonl")]
         assert min(ids) >= lo and max(ids) <= hi
     rec = json.loads(open(tmp_path / "train.jsonl").readline())
@@ -23,8 +32,10 @@ def test_mbpp_splits_follow_task_ids(tmp_path):
     index = RecordIndex.load(tmp_path / "train.index.npz")
     assert len(index) == 374 and index.is_correct.all()
     stats = json.loads((tmp_path / "train.stats.json").read_text())
-    assert stats["sha256"]["inputs"][str(assets.MBPP)] == \
-        "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"
+    assert (
+        stats["sha256"]["inputs"][str(assets.MBPP)]
+        == "ccf64ceae9c5403bf50a044cb6d505bfd2a2963ee58338ba268fd65beab92a9f"
+    )
     assert sum(stats["token_length"]["histogram"].values()) == 374
 
 
@@ -45,7 +56,7 @@ def test_codecontests_python_solutions_with_labels(tmp_path):
     index = RecordIndex.load(tmp_path / "out" / "train.index.npz")
     lines = open(tmp_path / "out" / "train.jsonl", "rb").read()
     for row in (0, 5, 35):  # the index offsets point at the right records
-        rec = json.loads(lines[index.offsets()[row]:].split(b"\n", 1)[0])
+        rec = json.loads(lines[index.offsets()[row] :].split(b"\n", 1)[0])
         assert rec["is_correct"] == bool(index.is_correct[row])
         assert rec["metadata"]["difficulty"] == index.difficulty()[row]
         assert rec["task_id"] == index.problem_id[index.problem_of([row])[0]]
@@ -58,8 +69,10 @@ def test_codecontests_parquet_layout(tmp_path):
 
     pq.write_table(pa.Table.from_pylist(standard_problems()[:3]), tmp_path / "train-00000-of-00001.parquet")
     pq.write_table(pa.Table.from_pylist(standard_problems()[3:5]), tmp_path / "valid-00000-of-00001.parquet")
-    results = {r.split: r for r in prepare("codecontests", tmp_path / "out",
-                                           [str(p) for p in sorted(tmp_path.glob("*.parquet"))])}
+    results = {
+        r.split: r
+        for r in prepare("codecontests", tmp_path / "out", [str(p) for p in sorted(tmp_path.glob("*.parquet"))])
+    }
     assert {k: r.n_records for k, r in results.items()} == {"train": 9, "valid": 6}
 
 
@@ -69,15 +82,26 @@ def test_every_bad_input_reason_is_counted_and_listed(tmp_path):
     del no_desc["description"]
     wrong_type = problem("wrong", 2, [(PY3, GOOD)], [])
     wrong_type["difficulty"] = "hard"
-    rows += [no_desc, wrong_type,
-             problem("empty", 2, [(PY3, "   \n")], []),
-             problem("unknown_lang", 2, [(0, GOOD), (9, GOOD)], [])]
-    src = write_jsonl(tmp_path / "cc_train.jsonl", rows, extra_lines=[b'{"name": "broken', b"\xff\xfe not utf8", b"[1, 2]"])
+    rows += [
+        no_desc,
+        wrong_type,
+        problem("empty", 2, [(PY3, "   \n")], []),
+        problem("unknown_lang", 2, [(0, GOOD), (9, GOOD)], []),
+    ]
+    src = write_jsonl(
+        tmp_path / "cc_train.jsonl", rows, extra_lines=[b'{"name": "broken', b"\xff\xfe not utf8", b"[1, 2]"]
+    )
     (result,) = prepare("codecontests", tmp_path / "out", [str(src)])
     assert result.n_records == 2
     report = json.loads((tmp_path / "out" / "train.report.json").read_text())
-    assert report["skipped_by_reason"] == {"empty_solution": 1, "malformed_json": 2, "missing_field": 1,
-                                           "non_utf8": 1, "unknown_language": 2, "wrong_type": 1}
+    assert report["skipped_by_reason"] == {
+        "empty_solution": 1,
+        "malformed_json": 2,
+        "missing_field": 1,
+        "non_utf8": 1,
+        "unknown_language": 2,
+        "wrong_type": 1,
+    }
     reasons = {(e["location"].split(":")[-1].split()[0], e["reason"].split(":")[0]) for e in report["skipped"]}
     assert ("2", "missing_field") in reasons and ("6", "malformed_json") in reasons and ("7", "non_utf8") in reasons
     assert any(e["reason"] == "wrong_type: difficulty is str" for e in report["skipped"])
@@ -107,9 +131,24 @@ def test_cli_exit_codes(tmp_path):
     import subprocess
     import sys
 
-    ok = subprocess.run([sys.executable, "scripts/prepare_data.py", "--source", "humaneval", "--output", str(tmp_path)],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "scripts/prepare_data.py", "--source", "humaneval", "--output", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and "164 records (164 correct, 0 incorrect)" in ok.stdout
-    bad = subprocess.run([sys.executable, "scripts/prepare_data.py", "--source", "codecontests", "--input",
-                          str(assets.CODECONTESTS_SAMPLE), "--output", str(tmp_path / "cc")], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "scripts/prepare_data.py",
+            "--source",
+            "codecontests",
+            "--input",
+            str(assets.CODECONTESTS_SAMPLE),
+            "--output",
+            str(tmp_path / "cc"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 1 and "no usable record" in bad.stderr

@@ -36,8 +36,8 @@ def test_index_roundtrip_and_size(tmp_path):
 def test_correct_strategy_covers_each_correct_record_once_per_epoch():
     correct = np.flatnonzero(INDEX.is_correct)
     plan = build_plan(INDEX, SamplingConfig("correct"), 2 * len(correct), seed=1)
-    assert sorted(plan[: len(correct)]) == sorted(correct) and sorted(plan[len(correct):]) == sorted(correct)
-    assert not np.array_equal(plan[: len(correct)], plan[len(correct):])  # reshuffled per epoch
+    assert sorted(plan[: len(correct)]) == sorted(correct) and sorted(plan[len(correct) :]) == sorted(correct)
+    assert not np.array_equal(plan[: len(correct)], plan[len(correct) :])  # reshuffled per epoch
 
 
 def test_balanced_ratio_and_no_repeats_within_epoch():
@@ -64,16 +64,22 @@ def test_curriculum_proportions_follow_the_schedule():
     plan = build_plan(INDEX, SamplingConfig("curriculum"), n, seed=0)
     d = INDEX.difficulty(plan)
     bins = np.select([d <= 3, d <= 7], [0, 1], 2)
-    for (lo, hi), expected in (((0, 3000), (0.7, 0.3, 0.0)), ((3000, 7000), (0.3, 0.6, 0.1)),
-                               ((7000, 10000), (0.1, 0.5, 0.4))):
+    for (lo, hi), expected in (
+        ((0, 3000), (0.7, 0.3, 0.0)),
+        ((3000, 7000), (0.3, 0.6, 0.1)),
+        ((7000, 10000), (0.1, 0.5, 0.4)),
+    ):
         got = np.bincount(bins[lo:hi], minlength=3) / (hi - lo)
         np.testing.assert_allclose(got, expected, atol=0.01)
 
 
 def test_curriculum_empty_bin_error_names_counts():
     easy_only = synthetic_index(n_problems=3)  # difficulties 1, 2, 3 only
-    with pytest.raises(SamplingError, match=r"difficulty bin \(4, 7\), but it is empty \(records per bin: "
-                                            r"\{'1-3': 30, '4-7': 0, '8-11': 0\}\)"):
+    with pytest.raises(
+        SamplingError,
+        match=r"difficulty bin \(4, 7\), but it is empty \(records per bin: "
+        r"\{'1-3': 30, '4-7': 0, '8-11': 0\}\)",
+    ):
         build_plan(easy_only, SamplingConfig("curriculum"), 100, seed=0)
 
 

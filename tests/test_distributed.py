@@ -28,13 +28,27 @@ def _free_port() -> int:
 def _main(args, *, processes: int, timeout=900):
     """Runs ``python -m wmtp_jax.main ARGS`` as ``processes`` processes sharing 4 CPU devices."""
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}",
-               JAX_PLATFORMS="cpu")
-    extra = lambda i: ([f"--config.distributed.coordinator_address=127.0.0.1:{port}",  # noqa: E731
-                        f"--config.distributed.num_processes={processes}", f"--config.distributed.process_id={i}"]
-                       if processes > 1 else [])
-    procs = [subprocess.Popen([sys.executable, "-m", "wmtp_jax.main", *args, *extra(i)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}", JAX_PLATFORMS="cpu")
+    extra = lambda i: (
+        [
+            f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+            f"--config.distributed.num_processes={processes}",
+            f"--config.distributed.process_id={i}",
+        ]
+        if processes > 1
+        else []
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "wmtp_jax.main", *args, *extra(i)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
     outs = [p.communicate(timeout=timeout) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-4000:]
@@ -53,8 +67,14 @@ def _losses(workdir):
 
 def test_two_processes_train_like_one_and_restore_in_one(common):
     root, shared = common
-    train = ["--config=configs/baseline.py:micro", "--config.train.num_steps=3", "--config.checkpoint.every_steps=3",
-             f"--config.model.checkpoint={root}/micro/mtp_meta", f"--config.data.cache_dir={root}/data", *shared]
+    train = [
+        "--config=configs/baseline.py:micro",
+        "--config.train.num_steps=3",
+        "--config.checkpoint.every_steps=3",
+        f"--config.model.checkpoint={root}/micro/mtp_meta",
+        f"--config.data.cache_dir={root}/data",
+        *shared,
+    ]
     _main(train + [f"--config.workdir={root}/one"], processes=1)
     (out0, _), (out1, _) = _main(train + [f"--config.workdir={root}/two"], processes=2)
     assert "done: 3 steps" in out0 and "done: 3 steps" in out1
@@ -71,11 +91,21 @@ def test_two_processes_train_like_one_and_restore_in_one(common):
 
 def test_two_processes_evaluate_like_one(common):
     root, shared = common
-    evaluate = ["--config=configs/eval.py:micro", f"--config.checkpoint={root}/micro/mtp_meta",
-                "--config.eval.benchmarks=('humaneval',)", "--config.eval.limit=2", "--config.eval.n_samples=1",
-                "--config.eval.k=(1,)", "--config.eval.temperature=0.0", "--config.eval.max_new_tokens=12", *shared]
+    evaluate = [
+        "--config=configs/eval.py:micro",
+        f"--config.model.checkpoint={root}/micro/mtp_meta",
+        "--config.eval.benchmarks=('humaneval',)",
+        "--config.eval.limit=2",
+        "--config.eval.n_samples=1",
+        "--config.eval.k=(1,)",
+        "--config.eval.temperature=0.0",
+        "--config.eval.max_new_tokens=12",
+        *shared,
+    ]
     _main(evaluate + [f"--config.workdir={root}/eval_one"], processes=1)
     _main(evaluate + [f"--config.workdir={root}/eval_two"], processes=2)
-    samples = {n: [json.loads(line)["completion"] for line in open(root / n / "eval" / "samples.jsonl")]
-               for n in ("eval_one", "eval_two")}
+    samples = {
+        n: [json.loads(line)["completion"] for line in open(root / n / "eval" / "samples.jsonl")]
+        for n in ("eval_one", "eval_two")
+    }
     assert len(samples["eval_two"]) == 2 and samples["eval_two"] == samples["eval_one"]

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from test_main import run_main
+
 from wmtp_jax import config as config_lib
 from wmtp_jax.data.records import RecordIndex
 from wmtp_jax.eval import benchmarks
@@ -13,9 +14,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
-    out = run_main("--config=configs/eval.py:micro", f"--config.checkpoint={tmp_path}/micro/mtp_meta",
-                   f"--config.model.cache_dir={tmp_path}/converted", f"--config.workdir={tmp_path}/run",
-                   "--config.eval.limit=2")
+    out = run_main(
+        "--config=configs/eval.py:micro",
+        f"--config.model.checkpoint={tmp_path}/micro/mtp_meta",
+        f"--config.model.cache_dir={tmp_path}/converted",
+        f"--config.workdir={tmp_path}/run",
+        "--config.eval.limit=2",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["sandbox_isolation"] in ("bwrap", "unshare", "rlimits") and results["mesh"]["fsdp"] == 4
@@ -40,14 +45,24 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
 
 
 def test_eval_config_problems_are_reported_together():
-    out = run_main("--config=configs/eval.py", "--config.eval.benchmarks=('mbpp', 'apps')", "--config.eval.k=(1, 5)",
-                   "--config.eval.speculative=true", "--config.eval.temperature=0.5", "--config.eval.batch_size=6",
-                   "--config.eval.mbpp_format=2shot")
+    out = run_main(
+        "--config=configs/eval.py",
+        "--config.eval.benchmarks=('mbpp', 'apps')",
+        "--config.eval.k=(1, 5)",
+        "--config.eval.speculative=true",
+        "--config.eval.temperature=0.5",
+        "--config.eval.batch_size=6",
+        "--config.eval.mbpp_format=2shot",
+    )
     assert out.returncode == 2
-    for expected in ("checkpoint='': expected an existing Orbax model directory", "eval.benchmarks=('mbpp', 'apps')",
-                     "eval.k=(1, 5): expected a non-empty tuple of integers in [1, eval.n_samples=1]",
-                     "eval.speculative=True: expected False unless eval.temperature=0",
-                     "eval.batch_size=6: must be a multiple of the 4", "eval.mbpp_format='2shot'"):
+    for expected in (
+        "checkpoint='': expected an existing Orbax model directory",
+        "eval.benchmarks=('mbpp', 'apps')",
+        "eval.k=(1, 5): expected a non-empty tuple of integers in [1, eval.n_samples=1]",
+        "eval.speculative=True: expected False unless eval.temperature=0",
+        "eval.batch_size=6: must be a multiple of the 4",
+        "eval.mbpp_format='2shot'",
+    ):
         assert expected in out.stderr, expected
 
 
@@ -57,7 +72,7 @@ def test_rollouts_are_labelled_by_execution_and_indexed(tmp_path):
     from wmtp_jax.eval import run as eval_run
 
     c = rollout_config.get_config("micro")
-    c.checkpoint, c.model.cache_dir = str(tmp_path / "micro" / "mtp_meta"), str(tmp_path / "converted")
+    c.model.checkpoint, c.model.cache_dir = str(tmp_path / "micro" / "mtp_meta"), str(tmp_path / "converted")
     c.workdir, c.rollout.limit = str(tmp_path / "rollout"), 2
     config_lib.validate(c)
     stats = eval_run.rollout(c)

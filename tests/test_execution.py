@@ -15,18 +15,26 @@ def test_statuses_stdin_and_limits(tmp_path):
         "print('ok')",
         "import sys; sys.exit(3)",
         "while True: pass",
-        "x = bytearray(2 * 1024 ** 3)",                      # over the 256 MB address-space limit
+        "x = bytearray(2 * 1024 ** 3)",  # over the 256 MB address-space limit
         "print(input()[::-1])",
-        "print('x' * 10_000_000)",                           # huge output: killed at the file-size limit
+        "print('x' * 10_000_000)",  # huge output: killed at the file-size limit
         f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30); "
-        f"open(r\"{marker}\", \"w\")'])\nwhile True: pass",  # a child that outlives the timeout unless killed
+        f'open(r"{marker}", "w")\'])\nwhile True: pass',  # a child that outlives the timeout unless killed
         "import os; print(os.getcwd())",
     ]
     start = time.monotonic()
     results = execute(programs, timeout_s=2, memory_mb=256, stdin="abc", max_output_bytes=1000)
     assert time.monotonic() - start < 30
-    assert [r.status for r in results] == ["passed", "failed", "timeout", "failed", "passed", "failed", "timeout",
-                                           "passed"]
+    assert [r.status for r in results] == [
+        "passed",
+        "failed",
+        "timeout",
+        "failed",
+        "passed",
+        "failed",
+        "timeout",
+        "passed",
+    ]
     assert results[0].stdout == "ok\n" and results[1].exit_code == 3
     assert "MemoryError" in results[3].stderr
     assert results[4].stdout == "cba\n"
@@ -68,6 +76,7 @@ def _sandbox_leftovers() -> list[str]:
     children = {}
     for pid, ppid in parent.items():
         children.setdefault(ppid, []).append(pid)
+
     def mine(pid):  # started by this test process (not, e.g., another test run on the machine)
         while pid > 1:
             pid = parent.get(pid, 0)
@@ -76,6 +85,7 @@ def _sandbox_leftovers() -> list[str]:
         return False
 
     workers = [pid for pid in parent if "_serve()" in _cmdline(pid) and mine(pid)]
+
     def zygote_python(pid):  # a server or a fork of one (wrappers also name _zygote.py in their arguments)
         cmd = _cmdline(pid)
         return "_zygote.py" in cmd and not cmd.split(" ", 1)[0].endswith(("bwrap", "unshare"))
@@ -110,20 +120,19 @@ def test_hostile_programs_are_contained(tmp_path):
         "huge_output": "import sys\nwhile True:\n    sys.stdout.write('y' * 65536)",
         "deep_recursion": "import sys\nsys.setrecursionlimit(10 ** 9)\ndef f(n):\n    return f(n + 1)\nf(0)",
         "kill_parents": "import os, signal, time\nppid = os.getppid()\n"
-                        "grand = int(open(f'/proc/{ppid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
-                        "for pid in (grand, ppid):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
-                        "    except OSError:\n        pass\ntime.sleep(1)",
+        "grand = int(open(f'/proc/{ppid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "for pid in (grand, ppid):\n    try:\n        os.kill(pid, signal.SIGKILL)\n"
+        "    except OSError:\n        pass\ntime.sleep(1)",
         "ignore_signals": "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):\n"
-                          "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
+        "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass",
         "escape_session": "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(20)  # wmtp-escapee\n"
-                          "    print('escaped')\nelse:\n    time.sleep(30)",
+        "    print('escaped')\nelse:\n    time.sleep(30)",
         "write_outside": f"open(r'{outside}', 'w').write('x')",
         "socket": f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=1)",
     }
     names = list(hostile)
     start = time.monotonic()
-    results = dict(zip(names, execute([hostile[n] for n in names], timeout_s=2,
-                                      memory_mb=512, max_output_bytes=4096)))
+    results = dict(zip(names, execute([hostile[n] for n in names], timeout_s=2, memory_mb=512, max_output_bytes=4096)))
     results["after"] = execute(["print('fine')"], timeout_s=5)[0]
     assert time.monotonic() - start < 60
     statuses = {n: results[n].status for n in names}
@@ -146,10 +155,12 @@ def test_hostile_programs_are_contained(tmp_path):
 
 def test_kill_parents_never_reaches_the_caller():
     """Killing its parent and grandparent leaves the other programs of the batch and this process intact."""
-    kill = ("import os, signal\nppid = os.getppid()\n"
-            "grand = int(open(f'/proc/{ppid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
-            "for pid in (grand, ppid):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n"
-            "        pass\n")
+    kill = (
+        "import os, signal\nppid = os.getppid()\n"
+        "grand = int(open(f'/proc/{ppid}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "for pid in (grand, ppid):\n    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n"
+        "        pass\n"
+    )
     results = execute(["print(1)", kill, "print(2)"], timeout_s=5)
     assert [r.stdout for r in (results[0], results[2])] == ["1\n", "2\n"]
     assert results[1].status in ("failed", "error")
@@ -159,9 +170,11 @@ def test_kill_parents_never_reaches_the_caller():
 def test_bubblewrap_isolation_when_available():
     if isolation_level() != "bwrap":
         pytest.skip("bubblewrap is not installed here (.ci/run installs it)")
-    programs = ["open('/etc/wmtp_probe', 'w')",                                # read-only root
-                "import os; print(os.getpid())",                               # own PID namespace
-                "import os; print(sorted(os.listdir('/tmp')))"]                # private /tmp
+    programs = [
+        "open('/etc/wmtp_probe', 'w')",  # read-only root
+        "import os; print(os.getpid())",  # own PID namespace
+        "import os; print(sorted(os.listdir('/tmp')))",
+    ]  # private /tmp
     results = execute(programs, timeout_s=5)
     assert results[0].status == "failed"
     assert results[1].status == "passed" and int(results[1].stdout) < 10
@@ -189,16 +202,24 @@ def test_weaker_isolation_levels_warn_and_are_recorded(level, tmp_path):
     import subprocess
     import sys
 
-    script = ("import json, warnings\nwarnings.simplefilter('always')\n"
-              "from wmtp_jax.eval.execution import execute, start_worker_pool\n"
-              "with warnings.catch_warnings(record=True) as w:\n    level = start_worker_pool()\n"
-              "r = execute(['import os; print(os.getpid())', "
-              "'import socket; socket.create_connection((\"127.0.0.1\", 9), timeout=1)', 'print(input())'], "
-              "timeout_s=5, stdin='x')\n"
-              "print(json.dumps({'level': level, 'warned': [str(x.message) for x in w], "
-              "'results': [[x.status, x.stdout] for x in r]}))\n")
-    out = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, WMTP_SANDBOX=level),
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    script = (
+        "import json, warnings\nwarnings.simplefilter('always')\n"
+        "from wmtp_jax.eval.execution import execute, start_worker_pool\n"
+        "with warnings.catch_warnings(record=True) as w:\n    level = start_worker_pool()\n"
+        "r = execute(['import os; print(os.getpid())', "
+        "'import socket; socket.create_connection((\"127.0.0.1\", 9), timeout=1)', 'print(input())'], "
+        "timeout_s=5, stdin='x')\n"
+        "print(json.dumps({'level': level, 'warned': [str(x.message) for x in w], "
+        "'results': [[x.status, x.stdout] for x in r]}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=dict(os.environ, WMTP_SANDBOX=level),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads(out.stdout.strip().splitlines()[-1])
     if level == "unshare" and report["level"] == "rlimits":

@@ -10,6 +10,7 @@ from wmtp_jax import sharding
 from wmtp_jax.checkpoint import load_model, micro, save_model
 from wmtp_jax.data.tokenizer import Tokenizer
 from wmtp_jax.eval.generate import GenerationConfig, Generator, sample
+from wmtp_jax.model import create_model
 
 PROMPTS = ["def add(a, b):", "Write a function to reverse a string.\n", "x = 1"]
 
@@ -22,7 +23,7 @@ def tok():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("gen") / "model"
-    save_model(sharding.create_model(micro.MICRO_MTP, sharding.make_mesh(), seed=1), path)
+    save_model(create_model(micro.MICRO_MTP, sharding.make_mesh(), seed=1), path)
     return path
 
 
@@ -77,7 +78,7 @@ def test_stop_strings_samples_and_batches(model_dir, tok):
     text = row[0].text
     stop = text[3:6]  # a string the greedy completion contains: it must end there
     (row,), _ = gen.generate(["x = 1"], GenerationConfig(max_new_tokens=12, stop=(stop,), chunk_steps=2))
-    assert row[0].finish == "stop" and row[0].text == text[:text.find(stop)]
+    assert row[0].finish == "stop" and row[0].text == text[: text.find(stop)]
     config = GenerationConfig(max_new_tokens=6, temperature=1.0, top_p=0.9)
     results, stats = gen.generate(PROMPTS, config, n_samples=3, seed=1)  # 9 rows: batches of 4, 4, 1
     assert [len(r) for r in results] == [3, 3, 3] and stats.completions == 9

@@ -12,11 +12,12 @@ from flax import nnx
 from torch_reference import meta_mtp_logits
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import convert_torch_checkpoint, load_model, micro
-from wmtp_jax.model import ModelConfig, ModelConfigError, MTPTransformer
+from wmtp_jax.model import ModelConfig, ModelConfigError, MTPTransformer, create_model
 
 GQA_MTP = ModelConfig(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=160, multiple_of=32, n_future_tokens=3)
-GQA_HF = dict(micro.MICRO_REFERENCE_HF, num_attention_heads=8, num_key_value_heads=2, vocab_size=300,
-              intermediate_size=96)
+GQA_HF = dict(
+    micro.MICRO_REFERENCE_HF, num_attention_heads=8, num_key_value_heads=2, vocab_size=300, intermediate_size=96
+)
 
 
 def _tokens(vocab, shape=(2, 24), seed=0):
@@ -132,9 +133,15 @@ def test_bf16_compute_and_remat_stay_close_to_float32():
     np.testing.assert_allclose(out, ref, atol=5e-2)
 
 
-@pytest.mark.parametrize("layout", [dict(scan_layers=True), dict(attention="chunked", attention_chunk=8),
-                                    dict(scan_layers=True, attention="chunked", attention_chunk=8, remat="full")],
-                         ids=["scan", "chunked", "scan_chunked_remat"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        dict(scan_layers=True),
+        dict(attention="chunked", attention_chunk=8),
+        dict(scan_layers=True, attention="chunked", attention_chunk=8, remat="full"),
+    ],
+    ids=["scan", "chunked", "scan_chunked_remat"],
+)
 def test_memory_layouts_equal_the_plain_model(layout):
     """lax.scan over the trunk and query-chunked attention give the plain model's logits and gradients."""
     cfg = GQA_MTP
@@ -147,6 +154,7 @@ def test_memory_layouts_equal_the_plain_model(layout):
         def loss(state):
             logits = nnx.merge(graphdef, state)(tokens, segment_ids=segments)
             return jnp.mean(jax.nn.log_softmax(logits)[..., 3]), logits
+
         (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(state)
         return logits, grads
 
@@ -165,29 +173,54 @@ def test_ffn_hidden_dim_follows_meta_rule():
     assert ModelConfig(dim=4096, n_layers=32, n_future_tokens=4).n_trunk_layers == 28
 
 
-@pytest.mark.parametrize("changes, field", [
-    (dict(dim=100, n_heads=32), "dim=100"),
-    (dict(n_future_tokens=0), "n_future_tokens=0"),
-    (dict(n_layers=3, n_future_tokens=4), "n_layers=3"),
-    (dict(n_kv_heads=5), "n_kv_heads=5"),
-    (dict(norm_eps=0.0), "norm_eps=0.0"),
-    (dict(dtype="fp8"), "dtype='fp8'"),
-    (dict(remat="sometimes"), "remat='sometimes'"),
-])
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        (dict(dim=100, n_heads=32), "dim=100"),
+        (dict(n_future_tokens=0), "n_future_tokens=0"),
+        (dict(n_layers=3, n_future_tokens=4), "n_layers=3"),
+        (dict(n_kv_heads=5), "n_kv_heads=5"),
+        (dict(norm_eps=0.0), "norm_eps=0.0"),
+        (dict(dtype="fp8"), "dtype='fp8'"),
+        (dict(remat="sometimes"), "remat='sometimes'"),
+    ],
+)
 def test_invalid_model_config_names_the_field(changes, field):
     with pytest.raises(ModelConfigError, match=field.replace("(", r"\(").replace(")", r"\)")):
         ModelConfig(**changes)
 
 
 def test_config_from_params_json_and_hf_config(tmp_path):
-    (tmp_path / "params.json").write_text(json.dumps({
-        "dim": 4096, "n_layers": 32, "n_heads": 32, "vocab_size": 32000, "multiple_of": 256, "norm_eps": 1e-5,
-        "rope_theta": 10000.0, "n_future_tokens": 4, "max_batch_size": 32}))
+    (tmp_path / "params.json").write_text(
+        json.dumps(
+            {
+                "dim": 4096,
+                "n_layers": 32,
+                "n_heads": 32,
+                "vocab_size": 32000,
+                "multiple_of": 256,
+                "norm_eps": 1e-5,
+                "rope_theta": 10000.0,
+                "n_future_tokens": 4,
+                "max_batch_size": 32,
+            }
+        )
+    )
     cfg = ModelConfig.from_params_json(tmp_path / "params.json")
     assert (cfg.n_trunk_layers, cfg.hidden_dim, cfg.kv_heads) == (28, 11008, 32)
-    hf = ModelConfig.from_hf_config({"model_type": "llama", "hidden_size": 2560, "num_hidden_layers": 32,
-                                     "num_attention_heads": 20, "num_key_value_heads": 20, "intermediate_size": 6912,
-                                     "vocab_size": 32000, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096})
+    hf = ModelConfig.from_hf_config(
+        {
+            "model_type": "llama",
+            "hidden_size": 2560,
+            "num_hidden_layers": 32,
+            "num_attention_heads": 20,
+            "num_key_value_heads": 20,
+            "intermediate_size": 6912,
+            "vocab_size": 32000,
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 4096,
+        }
+    )
     assert (hf.dim, hf.hidden_dim, hf.n_future_tokens, hf.max_seq_len) == (2560, 6912, 1, 4096)
     (tmp_path / "bad.json").write_text(json.dumps({"dim": 64, "n_layers": 2, "wat": 1}))
     with pytest.raises(ModelConfigError, match=r"unknown model config key\(s\) \['wat'\]"):
@@ -198,8 +231,10 @@ def test_config_from_params_json_and_hf_config(tmp_path):
 
 def test_create_model_initialises_directly_into_shardings():
     mesh = sharding.make_mesh(fsdp=2, tensor=2)
-    model = sharding.create_model(GQA_MTP, mesh, seed=0)
+    model = create_model(GQA_MTP, mesh, seed=0)
     w1 = model.layers.feed_forward.w1[...]  # [n_trunk_layers, dim, hidden]: the layer axis is never split
     assert w1.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
     assert w1.addressable_shards[0].data.shape == (GQA_MTP.n_trunk_layers, GQA_MTP.dim // 2, GQA_MTP.hidden_dim // 2)
-    np.testing.assert_allclose(np.asarray(w1), np.asarray(_random_model(GQA_MTP).layers.feed_forward.w1[...]), atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(w1), np.asarray(_random_model(GQA_MTP).layers.feed_forward.w1[...]), atol=1e-7
+    )

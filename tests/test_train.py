@@ -20,8 +20,11 @@ from wmtp_jax import config as config_lib
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import load_model
 from wmtp_jax.checkpoint.micro import MICRO_MTP
+from wmtp_jax.model import create_model
 from wmtp_jax.train import loop
-from wmtp_jax.train import step as step_lib
+from wmtp_jax.train.objectives import WeightingConfig, make_objective
+from wmtp_jax.train.step import OptimizerConfig, StepConfig
+from wmtp_jax.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,9 +33,12 @@ REPO = Path(__file__).resolve().parent.parent
 def shared(tmp_path_factory):
     """Micro checkpoints, conversions and prepared data shared by every training test."""
     root = tmp_path_factory.mktemp("train_shared")
-    return {"model.checkpoint": str(root / "micro" / "mtp_meta"),
-            "reference.checkpoint": str(root / "micro" / "reference_hf"),
-            "model.cache_dir": str(root / "converted"), "data.cache_dir": str(root / "data")}
+    return {
+        "model.checkpoint": str(root / "micro" / "mtp_meta"),
+        "reference.checkpoint": str(root / "micro" / "reference_hf"),
+        "model.cache_dir": str(root / "converted"),
+        "data.cache_dir": str(root / "data"),
+    }
 
 
 def micro_config(experiment, shared, workdir, **overrides):
@@ -79,8 +85,9 @@ def test_critic_trains_only_the_value_head(stage_one, shared):
     trained = load_model(stage_one["critic"]["final_dir"], sharding.make_mesh())
     start = load_model(next(Path(shared["model.cache_dir"]).glob("mtp_meta-*")), sharding.make_mesh())
     assert np.abs(np.asarray(trained.value_head["kernel"][...])).sum() > 0  # moved from its zero init
-    np.testing.assert_array_equal(np.asarray(trained.layers.attention.wq[...]),
-                                  np.asarray(start.layers.attention.wq[...]))  # trunk frozen
+    np.testing.assert_array_equal(
+        np.asarray(trained.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...])
+    )  # trunk frozen
     np.testing.assert_array_equal(np.asarray(trained.output[...]), np.asarray(start.output[...]))
 
 
@@ -127,8 +134,9 @@ def test_baseline_loss_decreases_and_logs_to_mlflow(shared, tmp_path):
     # evaluation restores the policy from the workdir's latest train state (params only) onto 1 device
     from wmtp_jax.checkpoint.policy import load_policy
 
-    restored, description = load_policy(tmp_path / "b", sharding.make_mesh(devices=jax.devices()[:1]),
-                                         cache_dir=shared["model.cache_dir"])
+    restored, description = load_policy(
+        tmp_path / "b", sharding.make_mesh(devices=jax.devices()[:1]), cache_dir=shared["model.cache_dir"]
+    )
     assert "step 12" in description
     final = load_model(result["final_dir"], sharding.make_mesh())
     for a, b in zip(jax.tree.leaves(nnx.state(restored)), jax.tree.leaves(nnx.state(final))):
@@ -146,8 +154,12 @@ def test_control_shuffles_weights_but_keeps_their_statistics(stage_one, shared, 
 
 def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
     with pytest.raises(loop.NonFiniteError, match="2 consecutive non-finite"):
-        run("verifiable", shared, tmp_path / "nan", **{"weighting.value_coef": float("nan"),
-                                                      "train.max_nonfinite_steps": 2})
+        run(
+            "verifiable",
+            shared,
+            tmp_path / "nan",
+            **{"weighting.value_coef": float("nan"), "train.max_nonfinite_steps": 2},
+        )
     m = read_metrics(tmp_path / "nan")
     assert m[1]["nonfinite_updates"] == 1 and m[2]["nonfinite_updates"] == 2
     assert (tmp_path / "nan" / "checkpoints" / "2").is_dir()
@@ -156,49 +168,61 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
 def test_a_non_finite_step_leaves_parameters_and_optimizer_state_untouched():
     """The skip is exact (bit for bit) in the production step: jitted with donated state."""
     mesh = sharding.make_mesh()
-    model = sharding.create_model(MICRO_MTP, mesh, seed=0)
-    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("verifiable"), ...)
-    tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
-    state = step_lib.init_state(params, tx, 0, mesh)
+    model = create_model(MICRO_MTP, mesh, seed=0)
     batch = jax.device_put(_batch(), sharding.batch_sharding(mesh))
 
-    def step_fn(value_coef):
-        cfg = step_lib.StepConfig(experiment="verifiable", head_weights=(1.0,) * 4, ce_chunk=16, value_coef=value_coef)
-        return step_lib.jit_train_step(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh),
-                                       state, frozen, None, mesh)
+    def trainer(value_coef):
+        return _trainer(model, "verifiable", mesh, StepConfig(ce_chunk=16), value_coef=value_coef)
 
-    state, metrics = step_fn(0.5)(state, frozen, None, batch)  # a real update first: non-zero Adam moments
+    state = trainer(0.5).initial_state()
+    state, metrics = trainer(0.5).step(state, batch)  # a real update first: non-zero Adam moments
     assert bool(metrics["finite"])
-    before = jax.device_get({"params": state["params"], "opt_state": state["opt_state"]})
-    state, metrics = step_fn(float("nan"))(state, frozen, None, batch)
-    assert not bool(metrics["finite"]) and int(state["step"]) == 2
-    after = jax.device_get({"params": state["params"], "opt_state": state["opt_state"]})
+    before = jax.device_get({"params": state.params, "opt_state": state.opt_state})
+    state, metrics = trainer(float("nan")).step(state, batch)
+    assert not bool(metrics["finite"]) and int(state.step) == 2
+    after = jax.device_get({"params": state.params, "opt_state": state.opt_state})
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(x, y)
     assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(after["opt_state"]))
 
 
 def test_exact_resume_after_sigkill(shared, tmp_path):
-    args = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/baseline.py:micro", "--config.train.num_steps=6",
-            "--config.checkpoint.every_steps=2", "--config.checkpoint.async_save=False"]
+    args = [
+        sys.executable,
+        "-m",
+        "wmtp_jax.main",
+        "--config=configs/baseline.py:micro",
+        "--config.train.num_steps=6",
+        "--config.checkpoint.every_steps=2",
+        "--config.checkpoint.async_save=False",
+    ]
     args += [f"--config.{k}={v}" for k, v in shared.items()]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    full = subprocess.run(args + [f"--config.workdir={tmp_path / 'full'}"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+    full = subprocess.run(
+        args + [f"--config.workdir={tmp_path / 'full'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert full.returncode == 0, full.stderr[-3000:]
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(args + [f"--config.workdir={killed_dir}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args + [f"--config.workdir={killed_dir}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while time.time() < deadline:  # kill once step 3 is done (a checkpoint exists at step 2)
-        if (killed_dir / "metrics.jsonl").exists() and len((killed_dir / "metrics.jsonl").read_text().splitlines()) >= 3:
+        if (killed_dir / "metrics.jsonl").exists() and len(
+            (killed_dir / "metrics.jsonl").read_text().splitlines()
+        ) >= 3:
             break
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (killed_dir / "checkpoints" / "2").is_dir() and not (killed_dir / "final").exists()
-    resumed = subprocess.run(args + [f"--config.workdir={killed_dir}"], cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(
+        args + [f"--config.workdir={killed_dir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     want, got = read_metrics(tmp_path / "full"), read_metrics(killed_dir)
     assert sorted(got) == list(range(1, 7))
@@ -213,24 +237,35 @@ def _batch(b=8, length=48, seed=0):
     lm[:, 12:40] = 1
     seg = np.zeros((b, length), np.int32)
     seg[:, :40] = 1
-    return {"tokens": rng.randint(3, MICRO_MTP.vocab_size, (b, length)).astype(np.int32), "loss_mask": lm,
-            "rewards": np.repeat(rng.randint(0, 2, (b, 1)).astype(np.float32), length, 1), "segment_ids": seg,
-            "positions": np.tile(np.arange(length, dtype=np.int32), (b, 1))}
+    return {
+        "tokens": rng.randint(3, MICRO_MTP.vocab_size, (b, length)).astype(np.int32),
+        "loss_mask": lm,
+        "rewards": np.repeat(rng.randint(0, 2, (b, 1)).astype(np.float32), length, 1),
+        "segment_ids": seg,
+        "positions": np.tile(np.arange(length, dtype=np.int32), (b, 1)),
+    }
+
+
+def _trainer(model, objective, mesh, step_config, **weighting):
+    return Trainer(
+        make_objective(objective, WeightingConfig(**weighting)),
+        model,
+        mesh=mesh,
+        step_config=step_config,
+        optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0, num_steps=10),
+    )
 
 
 def _one_step(mesh, experiment="verifiable", accum=1, batch=None):
-    model = sharding.create_model(MICRO_MTP, mesh, seed=0)
+    model = create_model(MICRO_MTP, mesh, seed=0)
     model.value_head["kernel"][...] = 0.05 * jnp.ones_like(model.value_head["kernel"][...])  # non-trivial TD weights
-    graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter(experiment), ...)
-    tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
-    state = step_lib.init_state(params, tx, 0)
-    cfg = step_lib.StepConfig(experiment=experiment, grad_accum_steps=accum, head_weights=(1.0, 0.5, 0.5, 0.25),
-                              ce_chunk=16)
-    fn = jax.jit(step_lib.make_train_step(cfg, graphdef, tx, schedule, mesh))
+    trainer = _trainer(
+        model, experiment, mesh, StepConfig(grad_accum_steps=accum, head_weights=(1.0, 0.5, 0.5, 0.25), ce_chunk=16)
+    )
     batch = jax.device_put(batch or _batch(), sharding.batch_sharding(mesh))
     with jax.default_matmul_precision("highest"):
-        state, metrics = fn(state, frozen, None, batch)
-    return jax.device_get(state["params"]), jax.device_get(metrics)
+        state, metrics = trainer.step(trainer.initial_state(), batch)
+    return jax.device_get(state.params), jax.device_get(metrics)
 
 
 def _assert_params_close(a, b, atol):
@@ -281,10 +316,15 @@ def test_precomputed_reference_ce_gives_the_same_rho1_step(stage_one, shared, tm
     run("rho1", shared, tmp_path / "in_step", **{"reference.checkpoint": ref_dir, "train.num_steps": 2})
     train_jsonl = str(Path(shared["data.cache_dir"]) / "mbpp" / "train.jsonl")
     with jax.default_matmul_precision("highest"):
-        prefix = precompute_reference_ce(ref_dir, train_jsonl, batch_size=8, buckets=(256, 512), dtype="float32",
-                                         progress=False)
-    run("rho1", shared, tmp_path / "table", **{"weighting.rho1_reference_ce": prefix, "train.num_steps": 2,
-                                               "reference.checkpoint": "/nonexistent"})
+        prefix = precompute_reference_ce(
+            ref_dir, train_jsonl, batch_size=8, buckets=(256, 512), dtype="float32", progress=False
+        )
+    run(
+        "rho1",
+        shared,
+        tmp_path / "table",
+        **{"weighting.rho1_reference_ce": prefix, "train.num_steps": 2, "reference.checkpoint": "/nonexistent"},
+    )
     a, b = read_metrics(tmp_path / "in_step"), read_metrics(tmp_path / "table")
     for s in (1, 2):
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5)
@@ -296,19 +336,19 @@ def test_remat_step_matches_no_remat():
     same sharded train step."""
     mesh = sharding.make_mesh()
     results = []
-    layouts = [dict(remat="none"), dict(remat="full"), dict(remat="dots"),
-               dict(remat="full", scan_layers=True, attention="chunked", attention_chunk=8)]
+    layouts = [
+        dict(remat="none"),
+        dict(remat="full"),
+        dict(remat="dots"),
+        dict(remat="full", scan_layers=True, attention="chunked", attention_chunk=8),
+    ]
     for layout in layouts:
         cfg = MICRO_MTP.replace(**layout)
-        model = sharding.create_model(cfg, mesh, seed=0)
-        graphdef, params, frozen = nnx.split(model, step_lib.trainable_filter("baseline"), ...)
-        tx, schedule = step_lib.make_optimizer(1e-2, 0, 10)
-        state = step_lib.init_state(params, tx, 0, mesh)
-        scfg = step_lib.StepConfig(experiment="baseline", head_weights=(1.0,) * 4, ce_chunk=16)
-        fn = step_lib.jit_train_step(step_lib.make_train_step(scfg, graphdef, tx, schedule, mesh),
-                                     state, frozen, None, mesh)
+        trainer = _trainer(create_model(cfg, mesh, seed=0), "baseline", mesh, StepConfig(ce_chunk=16))
         with jax.default_matmul_precision("highest"):
-            state, metrics = fn(state, frozen, None, jax.device_put(_batch(), sharding.batch_sharding(mesh)))
+            state, metrics = trainer.step(
+                trainer.initial_state(), jax.device_put(_batch(), sharding.batch_sharding(mesh))
+            )
         results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
     for loss, norm in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-6) and norm == pytest.approx(results[0][1], rel=1e-5)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from wmtp_jax import losses
+from wmtp_jax import alignment, losses
 from wmtp_jax.weighting import common, rho1, td
 
 # one row: positions 0-2 prompt, 3-5 output (5 = EOS), 6 padding
@@ -57,7 +57,7 @@ def test_whitening_uses_ema_statistics():
 
 def test_per_head_alignment():
     tok = jnp.array([[10, 11, 12, 13, 14]])
-    ph = np.asarray(common.per_head(tok, 3))
+    ph = np.asarray(alignment.per_head(tok, 3))
     np.testing.assert_array_equal(ph[0, 0], [11, 12, 13])  # head k at p gets token p+k+1
     np.testing.assert_array_equal(ph[0, 3], [14, 0, 0])
 
@@ -105,7 +105,7 @@ def test_mtp_targets_respect_loss_mask_and_segments():
     tokens = jnp.array([[1, 5, 6, 7, 1, 8, 9]])
     mask = jnp.array([[0, 0, 1, 1, 0, 1, 1]])
     seg = jnp.array([[1, 1, 1, 1, 2, 2, 2]])
-    targets, valid = losses.mtp_targets(tokens, mask, seg, 2)
+    targets, valid = alignment.mtp_targets(tokens, mask, seg, 2)
     np.testing.assert_array_equal(np.asarray(targets)[0, :, 0], [5, 6, 7, 1, 8, 9, 0])
     np.testing.assert_array_equal(np.asarray(valid)[0, :, 0], [0, 1, 1, 0, 1, 1, 0])
     np.testing.assert_array_equal(np.asarray(valid)[0, :, 1], [1, 1, 0, 0, 1, 0, 0])  # no crossing into seq 2
@@ -117,13 +117,20 @@ def test_chunked_ce_equals_full_softmax_ce(chunk):
     h = jnp.asarray(rng.randn(2, 10, 3, 16).astype(np.float32))
     w = jnp.asarray(rng.randn(16, 50).astype(np.float32))
     t = jnp.asarray(rng.randint(0, 50, (2, 10, 3)))
-    ce = losses.token_ce(w, h, t, chunk=chunk)
+
+    def project(w):  # the shared output projection [..., d] -> [..., V]
+        return lambda x: jnp.einsum("...d,dv->...v", x, w, preferred_element_type=jnp.float32)
+
+    ce = losses.token_ce(project(w), h, t, chunk=chunk)
     logits = np.einsum("bshd,dv->bshv", np.asarray(h), np.asarray(w))
     ref = -np.take_along_axis(jax.nn.log_softmax(logits, -1), np.asarray(t)[..., None], -1)[..., 0]
     np.testing.assert_allclose(np.asarray(ce), ref, rtol=1e-5, atol=1e-5)
-    g = jax.grad(lambda w: losses.token_ce(w, h, t, chunk=chunk).sum())(w)
-    g_ref = jax.grad(lambda w: -jnp.take_along_axis(jax.nn.log_softmax(jnp.einsum("bshd,dv->bshv", h, w), -1),
-                                                   t[..., None], -1).sum())(w)
+    g = jax.grad(lambda w: losses.token_ce(project(w), h, t, chunk=chunk).sum())(w)
+    g_ref = jax.grad(
+        lambda w: (
+            -jnp.take_along_axis(jax.nn.log_softmax(jnp.einsum("bshd,dv->bshv", h, w), -1), t[..., None], -1).sum()
+        )
+    )(w)
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-4)
 
 

@@ -1,5 +1,5 @@
 """A torch re-implementation of Meta's MTP forward (facebook/multi-token-prediction ``llama/model.py``),
-written from DESIGN.md section 2 and used only as the parity reference in tests.
+written from ``docs/formulas.md`` ("Model layout") and used only as the parity reference in tests.
 
 Complex-number RoPE over interleaved pairs, ``repeat_kv`` for grouped-query attention, trunk =
 ``layers[:-1]``, heads = ``[layers[-1]] + extra_heads`` applied in parallel to the trunk output.
@@ -40,8 +40,11 @@ def _block(sd, prefix, x, p):
     attn = torch.einsum("bnqk,bknh->bqnh", scores.softmax(-1), v).reshape(b, s, d)
     x = x + F.linear(attn, sd[f"{prefix}.attention.wo.weight"])
     h = _rms_norm(x, sd[f"{prefix}.ffn_norm.weight"], p["norm_eps"])
-    ff = F.linear(F.silu(F.linear(h, sd[f"{prefix}.feed_forward.w1.weight"])) * F.linear(h, sd[f"{prefix}.feed_forward.w3.weight"]),
-                  sd[f"{prefix}.feed_forward.w2.weight"])
+    ff = F.linear(
+        F.silu(F.linear(h, sd[f"{prefix}.feed_forward.w1.weight"]))
+        * F.linear(h, sd[f"{prefix}.feed_forward.w3.weight"]),
+        sd[f"{prefix}.feed_forward.w2.weight"],
+    )
     return x + ff
 
 

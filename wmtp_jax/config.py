@@ -7,11 +7,12 @@ import os
 
 import jax
 import ml_collections
+from ml_collections.config_flags import config_path
 
 from wmtp_jax import sharding
-from wmtp_jax.model.config import _DTYPES, _REMAT_POLICIES, ATTENTION_IMPLS
+from wmtp_jax.model.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
 
-EXPERIMENTS = ("forward", "baseline", "critic", "verifiable", "rho1", "ref_tuning", "eval", "rollout")
+JOBS = ("train", "eval", "rollout", "forward")  # what the run does; training configs also name an ``objective``
 GENERATION_JOBS = ("eval", "rollout")
 
 
@@ -52,187 +53,219 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> list[
         if not sep:
             out.append(f"--config.{key}: expected --config.{key}=VALUE")
             continue
-        node, parts = c, key.split(".")
         try:
-            for part in parts[:-1]:
-                node = node[part]
-            current = node[parts[-1]]
-        except (KeyError, AttributeError, TypeError):
+            current = config_path.get_value(key, c)
+        except (KeyError, AttributeError, IndexError, ValueError):
             out.append(f"{key}: unknown config key")
             continue
         if hasattr(current, "items"):
             out.append(f"{key}: is a group of keys, not a value")
             continue
         try:
-            node[parts[-1]] = _parse_value(text, current)
+            config_path.set_value(key, c, _parse_value(text, current))
         except (ValueError, SyntaxError) as e:
             out.append(f"{key}={text!r}: expected a {type(current).__name__} ({e})")
     return out
 
 
-def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_processes: int | None = None) -> list[str]:
-    """Every problem in ``c``, one line each, naming the key, the value and what is allowed."""
-    out = []
-    n_devices = jax.device_count() if n_devices is None else n_devices
-    n_processes = jax.process_count() if n_processes is None else n_processes
+class _Checks:
+    """``check`` / ``one_of`` over dotted keys of a config, collecting ``{key}={value!r}: expected ...`` lines."""
 
-    def get(key):
-        value = c
-        for part in key.split("."):
-            value = value[part]
-        return value
+    def __init__(self, c):
+        self.c, self.found = c, []
 
-    def check(key, ok, expected):
+    def check(self, key, ok, expected):
         try:
-            value = get(key)
+            value = config_path.get_value(key, self.c)
         except (KeyError, AttributeError):
-            out.append(f"{key}: missing from the config")
+            self.found.append(f"{key}: missing from the config")
             return
         try:
             good = ok(value)
         except TypeError:
             good = False
         if not good:
-            out.append(f"{key}={value!r}: expected {expected}")
+            self.found.append(f"{key}={value!r}: expected {expected}")
 
-    def one_of(key, allowed):
-        check(key, lambda v: v in allowed, f"one of {list(allowed)}")
+    def one_of(self, key, allowed):
+        self.check(key, lambda v: v in allowed, f"one of {list(allowed)}")
 
-    def positive(key, integer=True):
-        check(key, lambda v: (isinstance(v, int) if integer else isinstance(v, (int, float))) and v > 0,
-              "a positive " + ("integer" if integer else "number"))
+    def positive(self, key, integer=True):
+        self.check(
+            key,
+            lambda v: (isinstance(v, int) if integer else isinstance(v, (int, float))) and v > 0,
+            "a positive " + ("integer" if integer else "number"),
+        )
 
-    def fraction(key, lo=0.0, hi=1.0):
-        check(key, lambda v: lo <= v <= hi, f"a number in [{lo}, {hi}]")
 
-    one_of("experiment", EXPERIMENTS)
+def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_processes: int | None = None) -> list[str]:
+    """Every problem in ``c``, one line each, naming the key, the value and what is allowed.
+
+    Only collects: each typed section (``WeightingConfig``, ``StepConfig``, ``SamplingConfig``, ...) checks its
+    own values; what is checked here spans sections (paths that must exist, batch and mesh sizes).
+    """
+    n_devices = jax.device_count() if n_devices is None else n_devices
+    n_processes = jax.process_count() if n_processes is None else n_processes
+    k = _Checks(c)
+    k.one_of("job", JOBS)
     from wmtp_jax.distributed import CLUSTERS
 
-    one_of("distributed.cluster", tuple(CLUSTERS))
-    check("distributed.num_processes", lambda v: isinstance(v, int) and v >= 0, "0 (one process / from the "
-          "environment) or the number of processes")
-    check("distributed.process_id", lambda v: isinstance(v, int) and -1 <= v and
-          (c.distributed.num_processes == 0 or v < c.distributed.num_processes),
-          "-1 (from the environment) or an id in [0, distributed.num_processes)")
-    check("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
-    one_of("model.dtype", sorted(_DTYPES))
-    one_of("model.param_dtype", sorted(_DTYPES))
-    one_of("model.remat", _REMAT_POLICIES)
-    if "scan_layers" in c.model:  # training and evaluation configs
-        check("model.scan_layers", lambda v: isinstance(v, bool), "true or false")
-        one_of("model.attention", ATTENTION_IMPLS)
-        positive("model.attention_chunk")
-    check("model.vocab_size", lambda v: isinstance(v, int) and v >= 0, "0 (keep) or a positive integer")
-    if c.experiment in GENERATION_JOBS:
+    k.one_of("distributed.cluster", tuple(CLUSTERS))
+    k.check(
+        "distributed.num_processes",
+        lambda v: isinstance(v, int) and v >= 0,
+        "0 (one process / from the environment) or the number of processes",
+    )
+    k.check(
+        "distributed.process_id",
+        lambda v: (
+            isinstance(v, int) and v >= -1 and (c.distributed.num_processes == 0 or v < c.distributed.num_processes)
+        ),
+        "-1 (from the environment) or an id in [0, distributed.num_processes)",
+    )
+    k.check("seed", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
+    k.one_of("model.dtype", sorted(DTYPES))
+    k.one_of("model.param_dtype", sorted(DTYPES))
+    k.one_of("model.remat", REMAT_POLICIES)
+    k.check("model.scan_layers", lambda v: isinstance(v, bool), "true or false")
+    k.one_of("model.attention", ATTENTION_IMPLS)
+    k.positive("model.attention_chunk")
+    k.check("model.vocab_size", lambda v: isinstance(v, int) and v >= 0, "0 (keep) or a positive integer")
+    if c.job in GENERATION_JOBS:
         if not c.model.build_micro:
-            check("checkpoint", lambda v: bool(v) and os.path.exists(v),
-                  "an existing Orbax model directory, training workdir, workdir/checkpoints/STEP or torch "
-                  "checkpoint directory (set --config.checkpoint=PATH)")
+            k.check(
+                "model.checkpoint",
+                lambda v: bool(v) and os.path.exists(v),
+                "an existing Orbax model directory, training workdir, workdir/checkpoints/STEP or torch "
+                "checkpoint directory (set --config.model.checkpoint=PATH)",
+            )
     elif not c.model.build_micro and not c.model.get("init_from"):
-        check("model.checkpoint", lambda v: bool(v) and os.path.isdir(v),
-              "an existing torch or Orbax checkpoint directory (set --config.model.checkpoint=PATH)")
+        k.check(
+            "model.checkpoint",
+            lambda v: bool(v) and os.path.isdir(v),
+            "an existing torch or Orbax checkpoint directory (set --config.model.checkpoint=PATH)",
+        )
     if c.model.get("init_from"):
-        check("model.init_from", lambda v: os.path.isfile(os.path.join(v, "model_config.json")),
-              "an Orbax model directory with model_config.json (e.g. workdir/critic/final)")
+        k.check(
+            "model.init_from",
+            lambda v: os.path.isfile(os.path.join(v, "model_config.json")),
+            "an Orbax model directory with model_config.json (e.g. workdir/critic/final)",
+        )
     if c.tokenizer:
-        check("tokenizer", os.path.isfile, "an existing SentencePiece .model file")
+        k.check("tokenizer", os.path.isfile, "an existing SentencePiece .model file")
     try:
-        data, fsdp, tensor = sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, n_devices)
+        data, fsdp, _ = sharding.mesh_shape(c.mesh.data, c.mesh.fsdp, c.mesh.tensor, n_devices)
     except sharding.MeshError as e:
-        out.append(f"mesh=({c.mesh.data}, {c.mesh.fsdp}, {c.mesh.tensor}): {e}")
+        k.found.append(f"mesh=({c.mesh.data}, {c.mesh.fsdp}, {c.mesh.tensor}): {e}")
         data = fsdp = None
-    if c.experiment in GENERATION_JOBS:
-        out += _generation_problems(c, check, one_of, positive, fraction, data, fsdp)
-    elif c.experiment != "forward":
-        out += _training_problems(c, check, one_of, positive, fraction, data, fsdp, n_processes)
-    return out
+    if c.job in GENERATION_JOBS:
+        _generation_problems(c, k, data, fsdp)
+    elif c.job == "train":
+        _training_problems(c, k, data, fsdp, n_processes)
+    return k.found
 
 
-def _generation_problems(c, check, one_of, positive, fraction, data, fsdp) -> list[str]:
+def _generation_problems(c, k: _Checks, data, fsdp) -> None:
     from wmtp_jax.data.prepare import MBPP_SPLITS
     from wmtp_jax.eval.benchmarks import BENCHMARKS, MBPP_FORMATS
 
-    out = []
-    group = "eval" if c.experiment == "eval" else "rollout"
+    group = c.job
     if group == "eval":
-        check("eval.benchmarks", lambda v: len(v) > 0 and set(v) <= set(BENCHMARKS),
-              f"a non-empty tuple of {list(BENCHMARKS)}")
-        one_of("eval.mbpp_format", MBPP_FORMATS)
-        check("eval.k", lambda v: len(v) > 0 and all(isinstance(k, int) and 1 <= k <= c.eval.n_samples for k in v),
-              f"a non-empty tuple of integers in [1, eval.n_samples={c.eval.n_samples}]")
-        check("eval.speculative", lambda v: not v or c.eval.temperature == 0,
-              "False unless eval.temperature=0 (self-speculative decoding is greedy only)")
-        positive("eval.bootstrap")
+        k.check(
+            "eval.benchmarks",
+            lambda v: len(v) > 0 and set(v) <= set(BENCHMARKS),
+            f"a non-empty tuple of {list(BENCHMARKS)}",
+        )
+        k.one_of("eval.mbpp_format", MBPP_FORMATS)
+        k.check(
+            "eval.k",
+            lambda v: len(v) > 0 and all(isinstance(x, int) and 1 <= x <= c.eval.n_samples for x in v),
+            f"a non-empty tuple of integers in [1, eval.n_samples={c.eval.n_samples}]",
+        )
+        k.check(
+            "eval.speculative",
+            lambda v: not v or c.eval.temperature == 0,
+            "False unless eval.temperature=0 (self-speculative decoding is greedy only)",
+        )
+        k.positive("eval.bootstrap")
         paths = "eval.codecontests"
     else:
-        one_of("rollout.source", BENCHMARKS)
-        one_of("rollout.mbpp_split", tuple(MBPP_SPLITS))
-        positive("rollout.max_length")
+        k.one_of("rollout.source", BENCHMARKS)
+        k.one_of("rollout.mbpp_split", tuple(MBPP_SPLITS))
+        k.positive("rollout.max_length")
         paths = "rollout.codecontests"
-    check(paths, lambda v: all(os.path.isfile(p) for p in v), "a tuple of existing JSONL files")
+    k.check(paths, lambda v: all(os.path.isfile(p) for p in v), "a tuple of existing JSONL files")
     for key in ("n_samples", "max_new_tokens", "batch_size", "memory_mb"):
-        positive(f"{group}.{key}")
-    positive(f"{group}.timeout_s", integer=False)
-    check(f"{group}.limit", lambda v: isinstance(v, int) and v >= 0, "0 (all problems) or a positive integer")
-    check(f"{group}.temperature", lambda v: v >= 0, "a non-negative number (0 = greedy)")
-    check(f"{group}.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
-    check(f"{group}.prompt_buckets", lambda v: len(v) > 0 and all(isinstance(b, int) and b > 0 for b in v),
-          "a non-empty tuple of positive prompt lengths")
+        k.positive(f"{group}.{key}")
+    k.positive(f"{group}.timeout_s", integer=False)
+    k.check(f"{group}.limit", lambda v: isinstance(v, int) and v >= 0, "0 (all problems) or a positive integer")
+    k.check(f"{group}.temperature", lambda v: v >= 0, "a non-negative number (0 = greedy)")
+    k.check(f"{group}.top_p", lambda v: 0 < v <= 1, "a number in (0, 1]")
+    k.check(
+        f"{group}.prompt_buckets",
+        lambda v: len(v) > 0 and all(isinstance(b, int) and b > 0 for b in v),
+        "a non-empty tuple of positive prompt lengths",
+    )
     b = c[group].batch_size
     if data is not None and isinstance(b, int) and b % (data * fsdp):
-        out.append(f"{group}.batch_size={b}: must be a multiple of the {data * fsdp} data-parallel devices "
-                   "(mesh data x fsdp)")
-    return out
+        k.found.append(
+            f"{group}.batch_size={b}: must be a multiple of the {data * fsdp} data-parallel devices (mesh data x fsdp)"
+        )
 
 
-def _training_problems(c, check, one_of, positive, fraction, data, fsdp, n_processes) -> list[str]:
-    out = []
-    for key in ("train.num_steps", "train.batch_size", "train.grad_accum_steps", "train.ce_chunk",
-                "train.log_every", "train.eval_batches", "train.max_nonfinite_steps", "checkpoint.every_steps",
-                "checkpoint.keep"):
-        positive(key)
-    for key in ("train.learning_rate", "weighting.beta"):
-        positive(key, integer=False)
-    check("train.warmup_steps", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
-    for key in ("train.end_lr_fraction", "train.b1", "train.b2", "weighting.gamma", "weighting.gae_lambda",
-                "weighting.ema_decay", "weighting.rho1_ratio"):
-        fraction(key)
-    check("train.weight_decay", lambda v: v >= 0, "a non-negative number")
-    check("train.max_grad_norm", lambda v: v >= 0, "a non-negative number (0 = no clipping)")
-    check("weighting.w_min", lambda v: 0 <= v <= c.weighting.w_max, "0 <= w_min <= weighting.w_max")
-    one_of("weighting.value_loss", ("mse", "huber"))
-    one_of("weighting.value_target", ("mc", "lambda"))
-    one_of("weighting.rho1_mode", ("signed", "absolute"))
-    one_of("weighting.rho1_select", ("hard", "soft"))
-    one_of("weighting.rho1_normalize", ("selected", "valid"))
-    one_of("data.strategy", ("correct", "all", "balanced", "curriculum", "pairs"))
-    check("data.correct_ratio", lambda v: 0 < v < 1, "a number in (0, 1)")
-    check("data.buckets", lambda v: len(v) > 0 and all(isinstance(b, int) and b > 0 for b in v),
-          "a non-empty tuple of positive sequence lengths")
-    check("data.num_workers", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
+def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
+    from wmtp_jax.data.records import index_path
+    from wmtp_jax.data.sampling import SamplingConfig
+    from wmtp_jax.train.hooks import CheckpointConfig
+    from wmtp_jax.train.loop import LoopConfig
+    from wmtp_jax.train.objectives import OBJECTIVES, WeightingConfig
+    from wmtp_jax.train.step import OptimizerConfig, StepConfig
+
+    k.one_of("objective", tuple(OBJECTIVES))
+    for section, name in (
+        (StepConfig, "train"),
+        (OptimizerConfig, "train"),
+        (LoopConfig, "train"),
+        (CheckpointConfig, "checkpoint"),
+        (WeightingConfig, "weighting"),
+    ):
+        k.found += section.from_config(c[name]).problems(name)
+    k.found += [f"data.{p}" for p in SamplingConfig.from_config(c.data).problems()]
+    k.check(
+        "data.buckets",
+        lambda v: len(v) > 0 and all(isinstance(b, int) and b > 0 for b in v),
+        "a non-empty tuple of positive sequence lengths",
+    )
+    k.check("data.num_workers", lambda v: isinstance(v, int) and v >= 0, "a non-negative integer")
     if not c.data.prepare_micro:
         for key in ("data.train",) + (("data.validation",) if c.data.validation else ()):
-            check(key, lambda v: bool(v) and os.path.isfile(v) and os.path.isfile(_index_of(v)),
-                  "a prepared .jsonl with its .index.npz beside it (scripts/prepare_data.py)")
+            k.check(
+                key,
+                lambda v: bool(v) and os.path.isfile(v) and index_path(v).is_file(),
+                "a prepared .jsonl with its .index.npz beside it (scripts/prepare_data.py)",
+            )
     if c.weighting.rho1_reference_ce:
-        check("weighting.rho1_reference_ce", lambda v: os.path.isfile(v + ".ref_ce.npy"),
-              "the prefix of {prefix}.ref_ce.npy written by scripts/precompute_ref_ce.py")
-    elif c.experiment == "rho1" and not c.model.build_micro:
-        check("reference.checkpoint", lambda v: bool(v) and os.path.isdir(v),
-              "the Rho-1 reference checkpoint directory (torch or Orbax)")
+        k.check(
+            "weighting.rho1_reference_ce",
+            lambda v: os.path.isfile(v + ".ref_ce.npy"),
+            "the prefix of {prefix}.ref_ce.npy written by scripts/precompute_ref_ce.py",
+        )
+    elif c.objective == "rho1" and not c.model.build_micro:
+        k.check(
+            "reference.checkpoint",
+            lambda v: bool(v) and os.path.isdir(v),
+            "the Rho-1 reference checkpoint directory (torch or Orbax)",
+        )
     b, accum = c.train.batch_size, c.train.grad_accum_steps
     if data is not None and isinstance(b, int) and isinstance(accum, int) and accum > 0:
         shards = data * fsdp
         if b % accum or (b // accum) % shards:
-            out.append(f"train.batch_size={b}: must split into train.grad_accum_steps={accum} micro-batches "
-                       f"that each divide over the {shards} data-parallel devices (mesh data x fsdp)")
+            k.found.append(
+                f"train.batch_size={b}: must split into train.grad_accum_steps={accum} micro-batches "
+                f"that each divide over the {shards} data-parallel devices (mesh data x fsdp)"
+            )
         if b % n_processes:
-            out.append(f"train.batch_size={b}: must be divisible by the {n_processes} processes")
-    return out
-
-
-def _index_of(jsonl: str) -> str:
-    return jsonl.removesuffix(".jsonl") + ".index.npz"
+            k.found.append(f"train.batch_size={b}: must be divisible by the {n_processes} processes")
 
 
 def layout_options(c: ml_collections.ConfigDict) -> dict:

@@ -13,7 +13,8 @@ After it: ``jax.devices()`` lists every process's devices; each process feeds it
 from __future__ import annotations
 
 import os
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 
@@ -31,8 +32,11 @@ def settings(c) -> dict | None:
     cluster = d.cluster if d else ""
     if not cluster and num_processes <= 1 and not coordinator:
         return None
-    args = {"coordinator_address": coordinator or None, "num_processes": num_processes or None,
-            "process_id": process_id if process_id >= 0 else None}
+    args = {
+        "coordinator_address": coordinator or None,
+        "num_processes": num_processes or None,
+        "process_id": process_id if process_id >= 0 else None,
+    }
     if cluster not in ("", "auto"):
         args["cluster_detection_method"] = CLUSTERS[cluster]
     return args

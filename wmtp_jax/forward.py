@@ -10,10 +10,10 @@ import numpy as np
 from flax import nnx
 
 from wmtp_jax import sharding
-from wmtp_jax.config import model_options
 from wmtp_jax.checkpoint import ensure_orbax, load_model
 from wmtp_jax.checkpoint.micro import write_micro_models
-from wmtp_jax.data.tokenizer import Tokenizer
+from wmtp_jax.config import model_options
+from wmtp_jax.data.tokenizer import load_tokenizer
 
 
 def run(c) -> dict:
@@ -23,7 +23,7 @@ def run(c) -> dict:
     model_dir = ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     model = load_model(model_dir, mesh, **model_options(c))
-    tok = Tokenizer(c.tokenizer) if c.tokenizer else Tokenizer()
+    tok = load_tokenizer(c.tokenizer)
 
     prompts = list(c.forward.prompts)
     ids = [tok.encode(p, bos=True) for p in prompts]
@@ -49,8 +49,10 @@ def run(c) -> dict:
     out = np.asarray(out)
     seconds = time.perf_counter() - start
     predictions = [[tok.decode([int(t)]) for t in out[i].argmax(-1)] for i in range(len(prompts))]
-    print(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
-          f"model {model_dir} ({model.cfg.n_layers} layers, {model.cfg.n_future_tokens} heads)")
+    print(
+        f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s); "
+        f"model {model_dir} ({model.cfg.n_layers} layers, {model.cfg.n_future_tokens} heads)"
+    )
     print(f"logits {shape} (batch, seq, heads, vocab) in {seconds:.2f} s including compilation")
     for prompt, heads in zip(prompts, predictions):
         print(f"  {prompt!r} -> next tokens by head: {heads}")

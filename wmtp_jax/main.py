@@ -1,7 +1,7 @@
 """Entry point: ``python -m wmtp_jax.main --config=configs/EXPERIMENT.py[:micro] [--config.KEY=VALUE ...]``.
 
 Only wires things up: load the config, apply and validate every override (all problems reported at once),
-then hand the config to the job for its experiment.
+then hand the config to its job (``c.job``: train, eval, rollout or forward).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file, e.g. configs/rho1.py:micro",
-                                          lock_config=False)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "experiment config file, e.g. configs/rho1.py:micro", lock_config=False
+)
 flags.mark_flags_as_required(["config"])
 _OVERRIDES: list[str] = []
 
@@ -22,7 +23,7 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax / JAX info lines drown the progress output
     c = _CONFIG.value
-    if c.experiment in ("eval", "rollout"):  # the sandbox's worker starts before JAX initialises (never a fork of it)
+    if c.job in ("eval", "rollout"):  # the sandbox's worker starts before JAX initialises (never a fork of it)
         from wmtp_jax.eval.execution import start_worker_pool
 
         start_worker_pool()
@@ -33,24 +34,27 @@ def main(argv) -> None:
     if not found:
         try:  # before anything touches a device
             distributed.initialize(c)
-        except Exception as e:  # noqa: BLE001 - any failure to join the cluster ends the run here
-            print(f"error: could not start the multi-process runtime with {distributed.settings(c)}: "
-                  f"{type(e).__name__}: {e}", file=sys.stderr)
+        except Exception as e:
+            print(
+                f"error: could not start the multi-process runtime with {distributed.settings(c)}: "
+                f"{type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
             sys.exit(2)
     found += config_lib.problems(c)
     if found:
         print("error: " + str(config_lib.ConfigError(found)), file=sys.stderr)
         sys.exit(2)
-    if c.experiment == "forward":
+    if c.job == "forward":
         from wmtp_jax import forward
 
         forward.run(c)
-    elif c.experiment == "eval":
+    elif c.job == "eval":
         from wmtp_jax.eval import run as eval_run
 
         results = eval_run.evaluate(c)
         print(f"done: results in {c.workdir}/eval/results.json (sandbox isolation: {results['sandbox_isolation']})")
-    elif c.experiment == "rollout":
+    elif c.job == "rollout":
         from wmtp_jax.eval import run as eval_run
 
         eval_run.rollout(c)
@@ -64,7 +68,9 @@ def main(argv) -> None:
 def _print_help() -> None:
     import glob
 
-    configs = sorted(os.path.basename(p) for p in glob.glob("configs/*.py") if not p.endswith(("__init__.py", "base.py")))
+    configs = sorted(
+        os.path.basename(p) for p in glob.glob("configs/*.py") if not p.endswith(("__init__.py", "base.py"))
+    )
     print(__doc__)
     print("configs (run from the repository root):", ", ".join(configs) or "none found in ./configs")
     print("presets: append ':micro' for the local stand-in (micro models, shipped data, a few minutes on a laptop)")
@@ -80,7 +86,7 @@ def run() -> None:
     argv = []
     for arg in sys.argv:  # --config.KEY=VALUE overrides are applied (and checked, all together) in main
         if arg.startswith("--config."):
-            _OVERRIDES.append(arg[len("--config."):])
+            _OVERRIDES.append(arg[len("--config.") :])
         else:
             argv.append(arg)
     sys.argv = argv  # ml_collections also reads sys.argv for overrides

@@ -10,12 +10,14 @@ A batch is split over ("data", "fsdp"); parameters over "fsdp" (model width) and
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -68,8 +70,9 @@ def mesh_shape(data: int = 1, fsdp: int = -1, tensor: int = 1, n_devices: int | 
             raise MeshError(f"mesh sizes {sizes}: {n_devices} devices are not divisible by {fixed}")
         sizes[free[0]] = n_devices // fixed
     if int(np.prod(list(sizes.values()))) != n_devices:
-        raise MeshError(f"mesh sizes {sizes} multiply to {int(np.prod(list(sizes.values())))}, "
-                        f"but {n_devices} devices are in use")
+        raise MeshError(
+            f"mesh sizes {sizes} multiply to {int(np.prod(list(sizes.values())))}, but {n_devices} devices are in use"
+        )
     return sizes["data"], sizes["fsdp"], sizes["tensor"]
 
 
@@ -84,8 +87,7 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
     return jax.make_mesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_mesh_spec(logical: P, shape: Sequence[int], mesh: Mesh,
-                         rules: dict[str, Any] = LOGICAL_AXIS_RULES) -> P:
+def logical_to_mesh_spec(logical: P, shape: Sequence[int], mesh: Mesh, rules: dict[str, Any] = LOGICAL_AXIS_RULES) -> P:
     """Maps a PartitionSpec of logical names to mesh axes for an array of ``shape``.
 
     A dimension stays replicated when its size is not divisible by the mesh axes it maps to, or when
@@ -104,7 +106,7 @@ def logical_to_mesh_spec(logical: P, shape: Sequence[int], mesh: Mesh,
         used.update(axes)
         out.append(axes[0] if len(axes) == 1 else axes)
     while out and out[-1] is None:  # canonical form: P(None, None) and P() are the same sharding, but
-        out.pop()                   # jit caches compare specs literally
+        out.pop()  # jit caches compare specs literally
     return P(*out)
 
 
@@ -113,7 +115,10 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: dict[str, Any]
     specs = nnx.get_partition_spec(abstract_state)
     return jax.tree.map(
         lambda leaf, spec: NamedSharding(mesh, logical_to_mesh_spec(spec, leaf.shape, mesh, rules)),
-        abstract_state, specs, is_leaf=lambda x: isinstance(x, nnx.Variable))
+        abstract_state,
+        specs,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -123,17 +128,3 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
-
-
-def create_model(cfg, mesh: Mesh, seed: int = 0):
-    """A randomly initialised ``MTPTransformer`` whose parameters are created directly in their shardings.
-
-    Initialisation runs under ``jax.jit`` with ``out_shardings``, so each device only materialises its
-    shard. (Fine-tuning restores with ``wmtp_jax.checkpoint.load_model`` instead.)
-    """
-    from wmtp_jax.model import MTPTransformer
-
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: MTPTransformer(cfg, rngs=nnx.Rngs(seed))))
-    shardings = state_shardings(abstract_state, mesh)
-    state = jax.jit(lambda: nnx.state(MTPTransformer(cfg, rngs=nnx.Rngs(seed))), out_shardings=shardings)()
-    return nnx.merge(graphdef, state)

@@ -81,7 +81,7 @@ class Tracker:
                 run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
                 params = [Param(k, str(v)[:500]) for k, v in flatten_config(c).items()]
                 for i in range(0, len(params), 100):
-                    self.client.log_batch(self.run_id, params=params[i:i + 100])
+                    self.client.log_batch(self.run_id, params=params[i : i + 100])
         except Exception as e:  # unreachable server, bad URI, permissions: training goes on without tracking
             self._disable(f"MLflow tracking at {uri} unavailable ({type(e).__name__}: {e}); continuing without it")
 
@@ -93,8 +93,9 @@ class Tracker:
         if self.enabled:
             try:
                 now = int(time.time() * 1000)
-                self.client.log_batch(self.run_id, metrics=[self._metric(k, float(v), now, step)
-                                                            for k, v in metrics.items()])
+                self.client.log_batch(
+                    self.run_id, metrics=[self._metric(k, float(v), now, step) for k, v in metrics.items()]
+                )
             except Exception as e:
                 self._disable(f"MLflow log_metrics failed ({type(e).__name__}: {e}); tracking disabled")
 

@@ -1,6 +1,6 @@
 """torch checkpoints (Meta MTP layout or Hugging Face ``LlamaForCausalLM``) -> Orbax, one tensor at a time.
 
-Layouts (DESIGN.md section 2):
+Layouts (``docs/formulas.md``, "Model layout"):
   Meta: ``params.json`` + ``consolidated.pth`` or model-parallel ``consolidated.NN.pth`` shards
         (wq/wk/wv/w1/w3/output concatenated on dim 0, wo/w2/tok_embeddings on dim 1, norms replicated).
         ``layers`` has ``n_layers - n_future_tokens + 1`` blocks: all but the last form the trunk, the last
@@ -17,10 +17,9 @@ import dataclasses
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-import ml_dtypes
 import numpy as np
 from orbax.checkpoint.experimental.v1 import partial as ocp_partial
 from tqdm.auto import tqdm
@@ -28,22 +27,23 @@ from tqdm.auto import tqdm
 from wmtp_jax.checkpoint.sources import SourceError, open_file
 from wmtp_jax.checkpoint.store import PARAMS_DIR, CheckpointError, flat_param_shapes, unflatten, write_config
 from wmtp_jax.model import ModelConfig, ModelConfigError
+from wmtp_jax.model.config import DTYPES
 
 # Buffers some releases store that carry no weights (recomputed by the model).
 _IGNORED_SOURCE_KEYS = re.compile(r"(^rope\.freqs$|\.rotary_emb\.inv_freq$)")
-_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16), None: None}
+_STORAGE_DTYPES = {None: None, **{name: np.dtype(DTYPES[name]) for name in ("float32", "bfloat16")}}
 
 
 @dataclasses.dataclass(frozen=True)
 class _Rule:
     """How one model parameter is made from one source tensor."""
 
-    target: str                 # "layers/0/attention/wq"
-    source: str                 # "layers.0.attention.wq.weight"
+    target: str  # "layers/0/attention/wq"
+    source: str  # "layers.0.attention.wq.weight"
     shard_dim: int | None = None  # model-parallel concat dim (Meta shards); None = replicated
-    transpose: bool = False     # torch [out, in] -> [in, out]
+    transpose: bool = False  # torch [out, in] -> [in, out]
     rope_heads: int | None = None  # undo HF rotate-half permutation over this many heads
-    vocab_rows: bool = False    # dim 0 is the vocabulary (may be sliced)
+    vocab_rows: bool = False  # dim 0 is the vocabulary (may be sliced)
 
 
 _META_BLOCK = [  # (our sub-name, Meta sub-key, shard dim, transpose)
@@ -83,9 +83,13 @@ def meta_rules(cfg: ModelConfig) -> list[_Rule]:
     targets = [_block_target(cfg, i) for i in range(cfg.n_trunk_layers + 1)]
     targets += [f"heads/{j + 1}" for j in range(cfg.n_future_tokens - 1)]
     for src, dst in zip(sources, targets):
-        rules += [_Rule(f"{dst}/{name}", f"{src}.{key}", shard_dim=dim, transpose=t) for name, key, dim, t in _META_BLOCK]
-    rules += [_Rule("norm/weight", "norm.weight"),
-              _Rule("output", "output.weight", shard_dim=0, transpose=True, vocab_rows=True)]
+        rules += [
+            _Rule(f"{dst}/{name}", f"{src}.{key}", shard_dim=dim, transpose=t) for name, key, dim, t in _META_BLOCK
+        ]
+    rules += [
+        _Rule("norm/weight", "norm.weight"),
+        _Rule("output", "output.weight", shard_dim=0, transpose=True, vocab_rows=True),
+    ]
     return rules
 
 
@@ -93,22 +97,30 @@ def hf_rules(cfg: ModelConfig, tied: bool) -> list[_Rule]:
     rules = [_Rule("tok_embeddings", "model.embed_tokens.weight", vocab_rows=True)]
     heads = {"q": cfg.n_heads, "k": cfg.kv_heads, None: None}
     for i in range(cfg.n_layers):
-        rules += [_Rule(f"{_block_target(cfg, i)}/{name}", f"model.layers.{i}.{key}", transpose=not name.endswith("norm/weight"),
-                        rope_heads=heads[rope]) for name, key, rope in _HF_BLOCK]
-    rules += [_Rule("norm/weight", "model.norm.weight"),
-              _Rule("output", "model.embed_tokens.weight" if tied else "lm_head.weight", transpose=True,
-                    vocab_rows=True)]
+        rules += [
+            _Rule(
+                f"{_block_target(cfg, i)}/{name}",
+                f"model.layers.{i}.{key}",
+                transpose=not name.endswith("norm/weight"),
+                rope_heads=heads[rope],
+            )
+            for name, key, rope in _HF_BLOCK
+        ]
+    rules += [
+        _Rule("norm/weight", "model.norm.weight"),
+        _Rule("output", "model.embed_tokens.weight" if tied else "lm_head.weight", transpose=True, vocab_rows=True),
+    ]
     return rules
 
 
 @dataclasses.dataclass
 class _Layout:
     src: Path
-    kind: str                    # "meta" or "hf"
+    kind: str  # "meta" or "hf"
     cfg: ModelConfig
-    files: list                  # TorchFile / SafetensorsFile
+    files: list  # TorchFile / SafetensorsFile
     rules: list[_Rule]
-    key_files: dict[str, list]   # source key -> files holding it (several for Meta model-parallel shards)
+    key_files: dict[str, list]  # source key -> files holding it (several for Meta model-parallel shards)
 
 
 def _index_keys(files) -> dict[str, list]:
@@ -122,8 +134,10 @@ def _index_keys(files) -> dict[str, list]:
 def detect_layout(src: Path, vocab_size: int | None = None) -> _Layout:
     """Finds the checkpoint layout in ``src`` and the model config it implies."""
     if not src.is_dir():
-        raise CheckpointError(f"{src}: not a directory; expected a Meta (params.json + consolidated*.pth) or "
-                              "Hugging Face (config.json + *.safetensors / pytorch_model*.bin) checkpoint directory")
+        raise CheckpointError(
+            f"{src}: not a directory; expected a Meta (params.json + consolidated*.pth) or "
+            "Hugging Face (config.json + *.safetensors / pytorch_model*.bin) checkpoint directory"
+        )
     meta_files = sorted(src.glob("consolidated*.pth"))
     hf_files = sorted(src.glob("*.safetensors")) or sorted(src.glob("pytorch_model*.bin"))
     try:
@@ -137,8 +151,10 @@ def detect_layout(src: Path, vocab_size: int | None = None) -> _Layout:
                 inferred["vocab_size"] = files[0].shapes["tok_embeddings.weight"][0]
             cfg = ModelConfig.from_params_json(src / "params.json", **inferred)
             if cfg.n_future_tokens != n_extra + 1:
-                raise CheckpointError(f"{src / 'params.json'}: n_future_tokens={cfg.n_future_tokens} but the "
-                                      f"checkpoint has {n_extra} extra_heads (expected {cfg.n_future_tokens - 1})")
+                raise CheckpointError(
+                    f"{src / 'params.json'}: n_future_tokens={cfg.n_future_tokens} but the "
+                    f"checkpoint has {n_extra} extra_heads (expected {cfg.n_future_tokens - 1})"
+                )
             kind, rules = "meta", meta_rules(cfg)
         elif (src / "config.json").is_file() and hf_files:
             files = [open_file(p) for p in hf_files]
@@ -151,7 +167,8 @@ def detect_layout(src: Path, vocab_size: int | None = None) -> _Layout:
             found = sorted(p.name for p in src.iterdir())[:20]
             raise CheckpointError(
                 f"{src}: no checkpoint layout recognised (found {found}); expected params.json + consolidated*.pth "
-                "(Meta) or config.json + *.safetensors / pytorch_model*.bin (Hugging Face)")
+                "(Meta) or config.json + *.safetensors / pytorch_model*.bin (Hugging Face)"
+            )
     except (SourceError, ModelConfigError) as e:
         raise CheckpointError(str(e)) from None
     except json.JSONDecodeError as e:
@@ -181,21 +198,32 @@ def _target_shape(layout: _Layout, rule: _Rule) -> tuple[int, ...]:
 def check_layout(layout: _Layout, expected: dict[str, tuple[int, ...]]) -> None:
     """Every rule's source present, no unused source tensor, every shape as the model expects."""
     used = {r.source for r in layout.rules}
+
     def torch_shape(r):
         return tuple(reversed(expected[r.target])) if r.transpose else expected[r.target]
 
-    problems = [f"missing weight {r.source} (expected torch shape {torch_shape(r)}, for {r.target})"
-                for r in layout.rules if r.source not in layout.key_files]
-    problems += [f"unexpected weight {k} (shape {layout.key_files[k][0].shapes[k]})"
-                 for k in sorted(layout.key_files) if k not in used and not _IGNORED_SOURCE_KEYS.search(k)]
+    problems = [
+        f"missing weight {r.source} (expected torch shape {torch_shape(r)}, for {r.target})"
+        for r in layout.rules
+        if r.source not in layout.key_files
+    ]
+    problems += [
+        f"unexpected weight {k} (shape {layout.key_files[k][0].shapes[k]})"
+        for k in sorted(layout.key_files)
+        if k not in used and not _IGNORED_SOURCE_KEYS.search(k)
+    ]
     for r in layout.rules:
         if r.source in layout.key_files and _target_shape(layout, r) != expected[r.target]:
-            problems.append(f"weight {r.source}: checkpoint gives shape {_target_shape(layout, r)} for {r.target}, "
-                            f"model expects {expected[r.target]}")
+            problems.append(
+                f"weight {r.source}: checkpoint gives shape {_target_shape(layout, r)} for {r.target}, "
+                f"model expects {expected[r.target]}"
+            )
     if problems:
-        raise CheckpointError(f"{layout.src}: the {layout.kind} checkpoint does not match its config "
-                              f"({layout.cfg.n_layers} layers, dim {layout.cfg.dim}, "
-                              f"{layout.cfg.n_future_tokens} heads):\n  " + "\n  ".join(problems))
+        raise CheckpointError(
+            f"{layout.src}: the {layout.kind} checkpoint does not match its config "
+            f"({layout.cfg.n_layers} layers, dim {layout.cfg.dim}, "
+            f"{layout.cfg.n_future_tokens} heads):\n  " + "\n  ".join(problems)
+        )
 
 
 def _transform(x: np.ndarray, rule: _Rule, vocab_size: int) -> np.ndarray:
@@ -225,8 +253,15 @@ def _converted(layout: _Layout, dtype) -> Iterator[tuple[str, np.ndarray]]:
     yield "value_head/bias", np.zeros((1,), value_dtype)
 
 
-def convert_torch_checkpoint(src_dir, dst_dir, *, vocab_size: int | None = None, dtype: str | None = None,
-                             overwrite: bool = False, progress: bool = True) -> ModelConfig:
+def convert_torch_checkpoint(
+    src_dir,
+    dst_dir,
+    *,
+    vocab_size: int | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> ModelConfig:
     """Converts a Meta or Hugging Face torch checkpoint directory into an Orbax model directory.
 
     Streams one tensor at a time (memory-mapped read -> transform -> Orbax partial save), so peak host
@@ -247,8 +282,8 @@ def convert_torch_checkpoint(src_dir, dst_dir, *, vocab_size: int | None = None,
         mis-shaped weights (named with both shapes), or an existing ``dst_dir`` without ``overwrite``.
     """
     src, dst = Path(src_dir), Path(dst_dir).absolute()  # Orbax requires absolute paths
-    if dtype not in _DTYPES:
-        raise CheckpointError(f"dtype={dtype!r}: expected one of {list(_DTYPES)}")
+    if dtype not in _STORAGE_DTYPES:
+        raise CheckpointError(f"dtype={dtype!r}: expected one of {list(_STORAGE_DTYPES)}")
     layout = detect_layout(src, vocab_size)
     check_layout(layout, flat_param_shapes(layout.cfg))
     if dst.exists():
@@ -259,7 +294,7 @@ def convert_torch_checkpoint(src_dir, dst_dir, *, vocab_size: int | None = None,
     params_dir = dst / PARAMS_DIR
     total_bytes = 0
     bar = tqdm(total=len(layout.rules) + 2, desc=f"convert {layout.kind} -> orbax", unit="tensor", disable=not progress)
-    for name, array in _converted(layout, _DTYPES[dtype]):
+    for name, array in _converted(layout, _STORAGE_DTYPES[dtype]):
         ocp_partial.save(params_dir, unflatten({name: array}))
         total_bytes += array.nbytes
         bar.set_postfix_str(f"{total_bytes / 2**20:,.0f} MiB")

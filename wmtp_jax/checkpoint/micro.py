@@ -16,14 +16,26 @@ from wmtp_jax.checkpoint.store import flat_param_shapes
 from wmtp_jax.model import ModelConfig
 
 # Stand-in for 7B_1T_4: 2 trunk blocks + 4 parallel heads.
-MICRO_MTP = ModelConfig(dim=64, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=32000, multiple_of=32,
-                        n_future_tokens=4, max_seq_len=2048)
+MICRO_MTP = ModelConfig(
+    dim=64, n_layers=6, n_heads=4, n_kv_heads=2, vocab_size=32000, multiple_of=32, n_future_tokens=4, max_seq_len=2048
+)
 # Stand-in for Sheared-LLaMA (the Rho-1 reference): a plain LLaMA.
 MICRO_REFERENCE_HF = {
-    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 176,
-    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 32000,
-    "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 2048, "hidden_act": "silu",
-    "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2,
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "vocab_size": 32000,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "max_position_embeddings": 2048,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
 
 
@@ -44,8 +56,9 @@ def meta_state_dict(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> dict[
     return sd
 
 
-def write_meta_checkpoint(dst: str | Path, cfg: ModelConfig = MICRO_MTP, seed: int = 0, n_shards: int = 1,
-                          dtype: torch.dtype = torch.float32) -> Path:
+def write_meta_checkpoint(
+    dst: str | Path, cfg: ModelConfig = MICRO_MTP, seed: int = 0, n_shards: int = 1, dtype: torch.dtype = torch.float32
+) -> Path:
     """Writes ``params.json`` + ``consolidated.pth`` (or ``consolidated.NN.pth`` model-parallel shards)."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -61,8 +74,9 @@ def write_meta_checkpoint(dst: str | Path, cfg: ModelConfig = MICRO_MTP, seed: i
     return dst
 
 
-def write_hf_checkpoint(dst: str | Path, config: dict | None = None, seed: int = 0,
-                        safe_serialization: bool = True) -> Path:
+def write_hf_checkpoint(
+    dst: str | Path, config: dict | None = None, seed: int = 0, safe_serialization: bool = True
+) -> Path:
     """Writes a random ``LlamaForCausalLM`` with ``save_pretrained`` (``config.json`` + weights)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -84,8 +98,10 @@ def write_micro_models(out_dir: str | Path, overwrite: bool = False) -> dict[str
     """
     out_dir = Path(out_dir)
     paths = {"policy": out_dir / "mtp_meta", "reference": out_dir / "reference_hf"}
-    writers = {"policy": lambda p: write_meta_checkpoint(p, MICRO_MTP, seed=0),
-               "reference": lambda p: write_hf_checkpoint(p, MICRO_REFERENCE_HF, seed=0)}
+    writers = {
+        "policy": lambda p: write_meta_checkpoint(p, MICRO_MTP, seed=0),
+        "reference": lambda p: write_hf_checkpoint(p, MICRO_REFERENCE_HF, seed=0),
+    }
     for name, path in paths.items():
         done = path / ".complete"
         if done.exists() and not overwrite:

@@ -14,25 +14,39 @@ import json
 from pathlib import Path
 
 import jax
-import orbax.checkpoint as ocp_v0
+import orbax.checkpoint.experimental.v1 as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
 from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
-from wmtp_jax.checkpoint.store import CheckpointError, flatten, load_model, param_tree, unflatten
+from wmtp_jax.checkpoint.store import CheckpointError, flatten, load_model, model_name, param_tree, unflatten
 
 
 def _training_step(path: Path) -> tuple[Path, Path] | None:
     """``(workdir, step_dir)`` if ``path`` is a training workdir or one of its checkpoint steps."""
     if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
-        steps = sorted((int(p.name), p) for p in (path / "checkpoints").iterdir() if p.name.isdigit()
-                       and (p / "state").is_dir())
+        steps = sorted(
+            (int(p.name), p) for p in (path / "checkpoints").iterdir() if p.name.isdigit() and (p / "state").is_dir()
+        )
         if not steps:
             raise CheckpointError(f"{path}: a training workdir without any finished checkpoint in checkpoints/")
         return path, steps[-1][1]
     if (path / "state").is_dir() and path.parent.name == "checkpoints":
         return path.parent.parent, path
     return None
+
+
+def _starting_model(workdir: Path) -> Path:
+    """The Orbax model directory a training run started from: ``inputs.json``, or for runs written before it
+    existed, the model keys of ``config.json``."""
+    inputs = workdir / "inputs.json"
+    if inputs.is_file():
+        return Path(json.loads(inputs.read_text())["model_dir"])
+    model_cfg = json.loads((workdir / "config.json").read_text())["model"]
+    return Path(
+        model_cfg.get("init_from")
+        or ensure_orbax(model_cfg["checkpoint"], model_cfg["cache_dir"], vocab_size=model_cfg.get("vocab_size") or None)
+    )
 
 
 def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
@@ -42,8 +56,9 @@ def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
         ensure_orbax(path, cache_dir)
 
 
-def load_policy(path: str | Path, mesh: Mesh | None = None, *, cache_dir: str | Path = "artifacts/converted",
-                **config_overrides) -> tuple[nnx.Module, str]:
+def load_policy(
+    path: str | Path, mesh: Mesh | None = None, *, cache_dir: str | Path = "artifacts/converted", **config_overrides
+) -> tuple[nnx.Module, str]:
     """``(model, description)``: the model at ``path`` (see the module docstring) restored into ``mesh``.
 
     ``config_overrides``: shape-free ``ModelConfig`` fields (dtype, param_dtype, remat).
@@ -60,27 +75,31 @@ def load_policy(path: str | Path, mesh: Mesh | None = None, *, cache_dir: str | 
         model_dir = ensure_orbax(path, cache_dir)
         return load_model(model_dir, mesh, **config_overrides), f"torch checkpoint {path} (converted: {model_dir})"
     workdir, step_dir = found
-    train_config = json.loads((workdir / "config.json").read_text())
-    model_cfg = train_config["model"]
-    base = model_cfg.get("init_from") or ensure_orbax(model_cfg["checkpoint"], model_cfg["cache_dir"],
-                                                      vocab_size=model_cfg.get("vocab_size") or None)
+    base = _starting_model(workdir)
     model = load_model(base, mesh, **config_overrides)
     state = nnx.state(model)
     current = flatten(param_tree(state))
-    stored = ocp_v0.PyTreeCheckpointer().metadata(step_dir / "state").item_metadata.tree.get("params")
+    stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")
     if stored is None:
         raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
-    names = [name.removesuffix("/value") for name in flatten(stored)]
-    unknown = sorted(set(names) - set(current))
+    # stored name -> model name (train states written before projections became modules lack "/kernel")
+    names = {name: model_name(name) for name in (n.removesuffix("/value") for n in flatten(stored))}
+    unknown = sorted(n for n, m in names.items() if m not in current)
     if unknown:
         raise CheckpointError(f"{step_dir}: weights not in the model of {base}: {unknown[:5]}")
-    target = unflatten({f"{n}/value": jax.ShapeDtypeStruct(current[n].shape, current[n].dtype,
-                                                           sharding=current[n].sharding) for n in names})
-    restored = ocp_v0.PyTreeCheckpointer().restore(step_dir / "state", args=ocp_v0.args.PyTreeRestore(
-        item={"params": target}, restore_args=ocp_v0.checkpoint_utils.construct_restore_args({"params": target}),
-        partial_restore=True))
+    target = unflatten(
+        {
+            f"{n}/value": jax.ShapeDtypeStruct(current[m].shape, current[m].dtype, sharding=current[m].sharding)
+            for n, m in names.items()
+        }
+    )
+    partial = ocp.Context(
+        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
+    )
+    with partial:  # only the parameters: the optimizer state is never read
+        restored = ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]
     merged = dict(current)
-    merged.update({n: v for n, v in ((k.removesuffix("/value"), v) for k, v in flatten(restored["params"]).items())})
+    merged.update({names[k.removesuffix("/value")]: v for k, v in flatten(restored["params"]).items()})
     nnx.replace_by_pure_dict(state, unflatten(merged))
     nnx.update(model, state)
     return model, f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"

@@ -47,11 +47,15 @@ class TorchFile:
             except RuntimeError as e:
                 if "mmap" not in str(e):
                     raise
-                warnings.warn(f"{self.path}: legacy torch format cannot be memory-mapped; loading it whole")
+                warnings.warn(
+                    f"{self.path}: legacy torch format cannot be memory-mapped; loading it whole", stacklevel=2
+                )
                 sd = torch.load(self.path, map_location="cpu", weights_only=True)
         except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / zipfile errors
-            raise SourceError(f"{self.path}: not a torch checkpoint ({type(e).__name__}: {e}); expected a state "
-                              "dict written by torch.save") from None
+            raise SourceError(
+                f"{self.path}: not a torch checkpoint ({type(e).__name__}: {e}); expected a state "
+                "dict written by torch.save"
+            ) from None
         if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
             kind = type(sd).__name__ if not isinstance(sd, dict) else "a dict with non-tensor values"
             raise SourceError(f"{self.path}: expected a state dict {{name: torch.Tensor}}, found {kind}")
@@ -75,7 +79,7 @@ class SafetensorsFile:
         self.path, self._safe_open = path, safe_open
         try:
             with safe_open(path, framework="pt") as f:
-                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                self.shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - a safetensors file, not a dict
         except Exception as e:
             raise SourceError(f"{path}: not a safetensors file ({type(e).__name__}: {e})") from None
 

@@ -5,9 +5,10 @@ A converted (or exported) model directory holds:
   ``params/``            an Orbax PyTree checkpoint of the parameters with one entry per block, Meta's layout
                          (``layers/3/attention/wq``, ``heads/0/...``, ``output``, ``value_head/kernel``)
 
-In memory the model keeps its blocks stacked (``layers/attention/wq`` is ``[n_trunk_layers, d, d]``; see
-``wmtp_jax.model.mtp``); ``to_disk_layout`` / ``from_disk_layout`` map between the two. Train-state
-checkpoints (``wmtp_jax.train.loop``) store the stacked layout as it is.
+In memory the model keeps its blocks stacked and each projection is a module holding a ``kernel``
+(``layers/attention/wq/kernel`` is ``[n_trunk_layers, d, d]``; see ``wmtp_jax.model.mtp``). One table maps the
+two namings (``disk_name`` / ``model_name``), and ``to_disk_layout`` / ``from_disk_layout`` map the layouts.
+Train-state checkpoints (``wmtp_jax.train.trainer``) store the in-memory layout as it is.
 """
 
 from __future__ import annotations
@@ -19,17 +20,21 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
 import orbax.checkpoint.experimental.v1 as ocp
+from flax import nnx, traverse_util
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from wmtp_jax import sharding
+from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model import ModelConfig, MTPTransformer
 from wmtp_jax.model.mtp import STACKED_GROUPS
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
+# Modules whose weight is stored on disk under the module's own name (Meta's ``wq``, ``output``, ...) and in
+# memory as ``{module}/kernel``; every other parameter has the same name in both places.
+PROJECTIONS = frozenset({"wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"})
 
 
 class CheckpointError(ValueError):
@@ -54,12 +59,24 @@ def flat_param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {name: tuple(leaf.shape) for name, leaf in disk.items()}
 
 
+def disk_name(name: str) -> str:
+    """In-memory parameter name -> on-disk (Meta) name: ``layers/attention/wq/kernel`` -> ``layers/attention/wq``."""
+    module, _, leaf = name.rpartition("/")
+    return module if leaf == "kernel" and module.rpartition("/")[2] in PROJECTIONS else name
+
+
+def model_name(name: str) -> str:
+    """On-disk (Meta) parameter name -> in-memory name; the inverse of ``disk_name``."""
+    return f"{name}/kernel" if name.rpartition("/")[2] in PROJECTIONS else name
+
+
 def to_disk_layout(flat: dict[str, Any], take=lambda x, i: x[i]) -> dict[str, Any]:
-    """Model layout -> on-disk layout: a stacked ``layers/attention/wq`` ``[L, ...]`` becomes
-    ``layers/0/attention/wq`` ... ``layers/{L-1}/attention/wq``; other names are kept. ``take(x, i)``: block
-    ``i`` of a stacked leaf (default: ``x[i]``)."""
+    """Model layout -> on-disk layout: a stacked ``layers/attention/wq/kernel`` ``[L, ...]`` becomes
+    ``layers/0/attention/wq`` ... ``layers/{L-1}/attention/wq``; other names are only renamed by ``disk_name``.
+    ``take(x, i)``: block ``i`` of a stacked leaf (default: ``x[i]``)."""
     out = {}
     for name, x in flat.items():
+        name = disk_name(name)
         group, _, rest = name.partition("/")
         if group in STACKED_GROUPS:
             out.update({f"{group}/{i}/{rest}": take(x, i) for i in range(x.shape[0])})
@@ -73,13 +90,13 @@ def from_disk_layout(disk: dict[str, Any], target: dict[str, jax.ShapeDtypeStruc
     with shardings) are stacked into that sharding, one leaf at a time (``disk`` entries are consumed)."""
     out = {}
     for name, leaf in target.items():
-        group, _, rest = name.partition("/")
+        group, _, rest = disk_name(name).partition("/")
         if group in STACKED_GROUPS:
             blocks = [disk.pop(f"{group}/{i}/{rest}") for i in range(leaf.shape[0])]
             out[name] = jax.jit(_stack, out_shardings=leaf.sharding)(*blocks)
             del blocks
         else:
-            out[name] = disk.pop(name)
+            out[name] = disk.pop(disk_name(name))
     return out
 
 
@@ -95,41 +112,29 @@ def _block_struct(leaf, i: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype, sharding=sharding)
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, name + "/"))
-        else:
-            out[name] = value
-    return out
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict -> ``{"a/b/c": leaf}`` (``flax.traverse_util.flatten_dict`` with "/" joined string keys)."""
+    return traverse_util.flatten_dict(tree, sep="/")
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+    """``{"a/b/c": leaf}`` -> nested dict; the inverse of ``flatten``."""
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def write_config(ckpt_dir: str | os.PathLike, cfg: ModelConfig, **provenance) -> None:
-    path = Path(ckpt_dir) / CONFIG_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"model": cfg.to_params_json(), **provenance}, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(
+        Path(ckpt_dir) / CONFIG_FILE, json.dumps({"model": cfg.to_params_json(), **provenance}, indent=2) + "\n"
+    )
 
 
 def read_config(ckpt_dir: str | os.PathLike, **overrides) -> ModelConfig:
     """The ``ModelConfig`` stored beside the parameters; ``overrides`` set dtype, remat, ..."""
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
-        raise CheckpointError(f"{ckpt_dir}: no {CONFIG_FILE}; expected a directory written by "
-                              "convert_torch_checkpoint or save_model")
+        raise CheckpointError(
+            f"{ckpt_dir}: no {CONFIG_FILE}; expected a directory written by convert_torch_checkpoint or save_model"
+        )
     try:
         values = json.loads(path.read_text())["model"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -155,8 +160,11 @@ def check_stored_shapes(params_dir: Path, expected: dict[str, tuple[int, ...]]) 
         raise CheckpointError(f"{params_dir}: not an Orbax parameter checkpoint ({type(e).__name__}: {e})") from None
     problems = [f"missing weight {k} (expected shape {expected[k]})" for k in sorted(set(expected) - set(stored))]
     problems += [f"unexpected weight {k} (shape {tuple(stored[k].shape)})" for k in sorted(set(stored) - set(expected))]
-    problems += [f"weight {k}: checkpoint shape {tuple(stored[k].shape)}, model expects {expected[k]}"
-                 for k in sorted(set(stored) & set(expected)) if tuple(stored[k].shape) != expected[k]]
+    problems += [
+        f"weight {k}: checkpoint shape {tuple(stored[k].shape)}, model expects {expected[k]}"
+        for k in sorted(set(stored) & set(expected))
+        if tuple(stored[k].shape) != expected[k]
+    ]
     if problems:
         raise CheckpointError(f"{params_dir} does not match the model:\n  " + "\n  ".join(problems))
 
@@ -179,11 +187,54 @@ def load_model(ckpt_dir: str | os.PathLike, mesh: Mesh | None = None, **config_o
     graphdef, abstract_state = abstract_model(cfg)
     params_dir = ckpt_dir / PARAMS_DIR
     shardings = sharding.state_shardings(abstract_state, mesh)
-    target = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                          param_tree(abstract_state), param_tree(shardings))
+    target = jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+        param_tree(abstract_state),
+        param_tree(shardings),
+    )
     disk_target = to_disk_layout(flatten(target), _block_struct)
     check_stored_shapes(params_dir, {k: tuple(v.shape) for k, v in disk_target.items()})
     restored = flatten(ocp.load(params_dir, unflatten(disk_target)))
     nnx.replace_by_pure_dict(abstract_state, unflatten(from_disk_layout(restored, flatten(target))))
     return nnx.merge(graphdef, abstract_state)
 
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def _path_names(tree) -> list[tuple[tuple[str, ...], Any]]:
+    return [(tuple(_key_name(k) for k in path), leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _without_kernel(parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The name a parameter had before projections became modules: ``.../wq/kernel/value`` -> ``.../wq/value``."""
+    return tuple(p for i, p in enumerate(parts) if not (p == "kernel" and i and parts[i - 1] in PROJECTIONS))
+
+
+def restore_renamed(abstract, stored, restore):
+    """Restores a pytree checkpoint into the structure of ``abstract`` (ShapeDtypeStructs with shardings).
+
+    ``stored`` is the checkpoint's metadata tree and ``restore(target)`` the restore call. A checkpoint whose names
+    match ``abstract`` is restored directly; one written before projections became modules (``wq/value`` where
+    the model now has ``wq/kernel/value``) is restored into a target of its own structure and mapped back by name.
+    Raises CheckpointError naming the leaves that match neither way.
+    """
+    new = _path_names(abstract)
+    stored_names = {names for names, _ in _path_names(stored)}
+    if {names for names, _ in new} == stored_names:
+        return restore(abstract)
+    by_old = {_without_kernel(names): leaf for names, leaf in new}
+    if set(by_old) != stored_names:
+        missing = sorted("/".join(n) for n in set(by_old) - stored_names)[:5]
+        unexpected = sorted("/".join(n) for n in stored_names - set(by_old))[:5]
+        raise CheckpointError(
+            f"train-state checkpoint does not match the model: missing {missing}, unexpected {unexpected}"
+        )
+    target = jax.tree_util.tree_map_with_path(lambda path, _: by_old[tuple(_key_name(k) for k in path)], stored)
+    restored = {names: leaf for names, leaf in _path_names(restore(target))}
+    leaves = [restored[_without_kernel(names)] for names, _ in new]
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(abstract), leaves)

@@ -17,13 +17,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
 
 from wmtp_jax.data.records import format_prompt
 from wmtp_jax.data.tokenizer import Tokenizer
+from wmtp_jax.schema import Section
 
 FEATURES = ("tokens", "loss_mask", "rewards")
 
@@ -85,14 +87,17 @@ class ReferenceCE:
             self.values = np.load(self.prefix + ".ref_ce.npy", mmap_mode="r")
             self.start = np.load(self.prefix + ".ref_ce_start.npy")
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"{e.filename}: precomputed reference CE not found "
-                                    "(run scripts/precompute_ref_ce.py)") from None
+            raise FileNotFoundError(
+                f"{e.filename}: precomputed reference CE not found (run scripts/precompute_ref_ce.py)"
+            ) from None
 
     def row(self, row: int, length: int) -> np.ndarray:
         lo, hi = int(self.start[row]), int(self.start[row + 1])
         if hi - lo != length:
-            raise ValueError(f"{self.prefix}.ref_ce.npy: row {row} has {hi - lo} values for a {length}-token record; "
-                             "the precomputed CE is stale (recompute it)")
+            raise ValueError(
+                f"{self.prefix}.ref_ce.npy: row {row} has {hi - lo} values for a {length}-token record; "
+                "the precomputed CE is stale (recompute it)"
+            )
         return np.asarray(self.values[lo:hi], np.float32)
 
     def __getstate__(self):
@@ -120,7 +125,7 @@ class TokenizeRecord(grain.transforms.Map):
         output = self.tokenizer.encode(record["output"], eos=True)
         tokens = np.asarray(prompt + output, np.int32)[: self.max_length]
         loss_mask = np.zeros(len(tokens), np.int32)
-        loss_mask[len(prompt):] = 1
+        loss_mask[len(prompt) :] = 1
         rewards = np.full(len(tokens), 1.0 if record.get("is_correct") else 0.0, np.float32)
         out = {"tokens": tokens, "loss_mask": loss_mask, "rewards": rewards}
         if self.reference_ce is not None:
@@ -159,16 +164,22 @@ def _rename_packed(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 @dataclasses.dataclass(frozen=True)
-class PipelineConfig:
-    batch_size: int                         # this process's rows per batch
+class PipelineConfig(Section):
+    batch_size: int  # this process's rows per batch
     buckets: tuple[int, ...] = (256, 512, 1024, 2048)
-    pack: bool = False                      # first-fit packing into rows of max(buckets) tokens
-    num_workers: int = 0                    # Grain worker processes (0 = in-process)
+    pack: bool = False  # first-fit packing into rows of max(buckets) tokens
+    num_workers: int = 0  # Grain worker processes (0 = in-process)
     prefetch: int = 2
 
 
-def make_dataset(jsonl: str | os.PathLike, offsets: np.ndarray, tokenizer: Tokenizer, cfg: PipelineConfig,
-                 rows: np.ndarray | None = None, reference_ce: ReferenceCE | None = None) -> grain.IterDataset:
+def make_dataset(
+    jsonl: str | os.PathLike,
+    offsets: np.ndarray,
+    tokenizer: Tokenizer,
+    cfg: PipelineConfig,
+    rows: np.ndarray | None = None,
+    reference_ce: ReferenceCE | None = None,
+) -> grain.IterDataset:
     """The batched Grain dataset over the planned records (in plan order; the plan is already shuffled).
 
     ``rows`` (the planned index rows) are needed with ``reference_ce`` to look up each record's CE.
@@ -177,20 +188,27 @@ def make_dataset(jsonl: str | os.PathLike, offsets: np.ndarray, tokenizer: Token
     if reference_ce is not None and rows is None:
         raise ValueError("make_dataset: reference_ce needs the planned index rows")
     ds = grain.MapDataset.source(JsonlRecords(jsonl, offsets, rows)).map(
-        TokenizeRecord(tokenizer, max_length, reference_ce))
+        TokenizeRecord(tokenizer, max_length, reference_ce)
+    )
     if cfg.pack:
         features = FEATURES + (("ref_ce",) if reference_ce is not None else ())
         it = grain.experimental.FirstFitPackIterDataset(
-            ds.to_iter_dataset(), length_struct={k: max_length for k in features},
-            num_packing_bins=cfg.batch_size, shuffle_bins=False)
+            ds.to_iter_dataset(),
+            length_struct={k: max_length for k in features},
+            num_packing_bins=cfg.batch_size,
+            shuffle_bins=False,
+        )
         it = it.map(_rename_packed).batch(cfg.batch_size, drop_remainder=True)
     else:
-        it = ds.batch(cfg.batch_size, drop_remainder=True,
-                      batch_fn=lambda xs: pad_to_bucket(xs, cfg.buckets, tokenizer.pad_id)).to_iter_dataset()
+        it = ds.batch(
+            cfg.batch_size, drop_remainder=True, batch_fn=lambda xs: pad_to_bucket(xs, cfg.buckets, tokenizer.pad_id)
+        ).to_iter_dataset()
     if cfg.num_workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # Grain workers read absl flags; callers outside absl.app have none
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch))
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.num_workers, per_worker_buffer_size=cfg.prefetch)
+        )
     return it

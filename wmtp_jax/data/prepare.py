@@ -1,6 +1,6 @@
 """Raw public datasets -> Alpaca JSONL + compact index + stats + report, per split.
 
-Sources (DESIGN.md section 3):
+Sources (``docs/formulas.md``, "Data"):
   codecontests  DeepMind CodeContests, Hugging Face parquet shards or JSONL with the original field names;
                 one record per Python solution (language 1 = Python 2, 3 = Python 3) from ``solutions``
                 (is_correct) and ``incorrect_solutions``; the split comes from the file name
@@ -24,8 +24,9 @@ import gzip
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -47,11 +48,11 @@ class NothingUsable(RuntimeError):
 class Problem:
     """One problem's worth of candidate records, or the reason it was skipped."""
 
-    location: str                      # "file:line" or "file:row N"
+    location: str  # "file:line" or "file:row N"
     problem_id: str = ""
     difficulty: int = 0
     records: list[AlpacaRecord] = dataclasses.field(default_factory=list)
-    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # (location, reason)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (location, reason)
     filtered: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
@@ -107,10 +108,12 @@ def _field(obj: dict, name: str, types, problem: Problem) -> Any:
     if name not in obj or obj[name] is None:
         problem.skipped.append((problem.location, f"missing_field: {name}"))
         return None
-    if not isinstance(obj[name], types) or isinstance(obj[name], bool) and bool not in (
-            types if isinstance(types, tuple) else (types,)):
-        problem.skipped.append((problem.location,
-                                f"wrong_type: {name} is {type(obj[name]).__name__}"))
+    if (
+        not isinstance(obj[name], types)
+        or isinstance(obj[name], bool)
+        and bool not in (types if isinstance(types, tuple) else (types,))
+    ):
+        problem.skipped.append((problem.location, f"wrong_type: {name} is {type(obj[name]).__name__}"))
         return None
     return obj[name]
 
@@ -131,8 +134,10 @@ def codecontests_problem(location: str, obj: dict) -> Problem:
     if p.skipped:
         return p
     p.problem_id, p.difficulty = name, difficulty
-    has_tests = any(isinstance(obj.get(k), dict) and obj[k].get("input")
-                    for k in ("public_tests", "private_tests", "generated_tests"))
+    has_tests = any(
+        isinstance(obj.get(k), dict) and obj[k].get("input")
+        for k in ("public_tests", "private_tests", "generated_tests")
+    )
     for key, group in groups.items():
         languages, solutions = group.get("language"), group.get("solution")
         if not isinstance(languages, list) or not isinstance(solutions, list) or len(languages) != len(solutions):
@@ -149,11 +154,22 @@ def codecontests_problem(location: str, obj: dict) -> Problem:
             elif not code.strip():
                 p.skipped.append((where, "empty_solution"))
             else:
-                p.records.append(AlpacaRecord(
-                    instruction=description, input="", output=_clean_code(code), task_id=name,
-                    is_correct=key == "solutions",
-                    metadata={"source": "codecontests", "difficulty": difficulty, "has_tests": bool(has_tests),
-                              "language": PYTHON_LANGUAGES[lang], "cc_source": source}))
+                p.records.append(
+                    AlpacaRecord(
+                        instruction=description,
+                        input="",
+                        output=_clean_code(code),
+                        task_id=name,
+                        is_correct=key == "solutions",
+                        metadata={
+                            "source": "codecontests",
+                            "difficulty": difficulty,
+                            "has_tests": bool(has_tests),
+                            "language": PYTHON_LANGUAGES[lang],
+                            "cc_source": source,
+                        },
+                    )
+                )
     return p
 
 
@@ -182,11 +198,25 @@ def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
             yield p
             continue
         p.problem_id = f"mbpp/{task_id}"
-        p.records.append(AlpacaRecord(
-            instruction=text, input="\n".join(tests), output=_clean_code(code), task_id=p.problem_id, is_correct=True,
-            metadata={"source": "mbpp", "difficulty": 0, "has_tests": bool(tests),
-                      "tests": {"test_list": tests, "test_setup_code": obj.get("test_setup_code", ""),
-                                "challenge_test_list": obj.get("challenge_test_list", [])}}))
+        p.records.append(
+            AlpacaRecord(
+                instruction=text,
+                input="\n".join(tests),
+                output=_clean_code(code),
+                task_id=p.problem_id,
+                is_correct=True,
+                metadata={
+                    "source": "mbpp",
+                    "difficulty": 0,
+                    "has_tests": bool(tests),
+                    "tests": {
+                        "test_list": tests,
+                        "test_setup_code": obj.get("test_setup_code", ""),
+                        "challenge_test_list": obj.get("challenge_test_list", []),
+                    },
+                },
+            )
+        )
         yield p
 
 
@@ -209,8 +239,9 @@ def alpaca_problems(paths: Iterable[Path]) -> Iterator[Problem]:
                 yield p
                 continue
             difficulty = fields["metadata"].get("difficulty", 0)
-            group = groups.setdefault(fields["task_id"], Problem(loc, fields["task_id"],
-                                                                 difficulty if isinstance(difficulty, int) else 0))
+            group = groups.setdefault(
+                fields["task_id"], Problem(loc, fields["task_id"], difficulty if isinstance(difficulty, int) else 0)
+            )
             group.records.append(AlpacaRecord(**fields))
     yield from groups.values()
 
@@ -226,18 +257,30 @@ def humaneval_problems(path: Path) -> Iterator[Problem]:
             yield p
             continue
         p.problem_id = fields["task_id"]
-        p.records.append(AlpacaRecord(
-            instruction="Complete the following Python function.", input=fields["prompt"],
-            output=fields["prompt"] + fields["canonical_solution"], task_id=p.problem_id, is_correct=True,
-            metadata={"source": "humaneval", "difficulty": 0, "has_tests": True,
-                      "tests": {"test": fields["test"], "entry_point": fields["entry_point"]}}))
+        p.records.append(
+            AlpacaRecord(
+                instruction="Complete the following Python function.",
+                input=fields["prompt"],
+                output=fields["prompt"] + fields["canonical_solution"],
+                task_id=p.problem_id,
+                is_correct=True,
+                metadata={
+                    "source": "humaneval",
+                    "difficulty": 0,
+                    "has_tests": True,
+                    "tests": {"test": fields["test"], "entry_point": fields["entry_point"]},
+                },
+            )
+        )
         yield p
 
 
 # --------------------------------------------------------------------------------------------- writing
 def token_length(tok: Tokenizer, record: AlpacaRecord, prompt_ids: list[int] | None = None) -> int:
     """BOS + prompt tokens + output tokens + EOS (the length the trainer sees)."""
-    prompt_ids = prompt_ids if prompt_ids is not None else tok.encode(format_prompt(record.instruction, record.input), bos=True)
+    prompt_ids = (
+        prompt_ids if prompt_ids is not None else tok.encode(format_prompt(record.instruction, record.input), bos=True)
+    )
     return len(prompt_ids) + len(tok.encode(record.output)) + 1
 
 
@@ -249,8 +292,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_split(problems: Iterable[Problem], out_dir: str | os.PathLike, split: str, inputs: list[Path],
-                tokenizer: Tokenizer, max_length: int, progress: bool = False) -> SplitResult:
+def write_split(
+    problems: Iterable[Problem],
+    out_dir: str | os.PathLike,
+    split: str,
+    inputs: list[Path],
+    tokenizer: Tokenizer,
+    max_length: int,
+    progress: bool = False,
+) -> SplitResult:
     """Writes ``{split}.jsonl``, ``{split}.index.npz``, ``{split}.stats.json`` and ``{split}.report.json``.
 
     All four are written under temporary names and renamed only after everything succeeded.
@@ -285,22 +335,35 @@ def write_split(problems: Iterable[Problem], out_dir: str | os.PathLike, split: 
         index = builder.build()
         index.save(tmp["index.npz"])
         reasons = collections.Counter(reason.split(":")[0] for _, reason in skipped)
-        report = {"split": split, "skipped_total": len(skipped), "skipped_by_reason": dict(sorted(reasons.items())),
-                  "filtered_by_reason": dict(sorted(filtered.items())),
-                  "skipped": [{"location": loc, "reason": reason} for loc, reason in skipped]}
+        report = {
+            "split": split,
+            "skipped_total": len(skipped),
+            "skipped_by_reason": dict(sorted(reasons.items())),
+            "filtered_by_reason": dict(sorted(filtered.items())),
+            "skipped": [{"location": loc, "reason": reason} for loc, reason in skipped],
+        }
         hist, _ = np.histogram(np.asarray(lengths, np.int64), bins=LENGTH_BINS)
         stats = {
-            "split": split, "records": len(index), "problems": index.n_problems,
-            "correct": int(index.is_correct.sum()), "incorrect": int((~index.is_correct).sum()),
+            "split": split,
+            "records": len(index),
+            "problems": index.n_problems,
+            "correct": int(index.is_correct.sum()),
+            "incorrect": int((~index.is_correct).sum()),
             "by_correctness_and_difficulty": {f"{c}/difficulty={d}": n for (c, d), n in sorted(counts.items())},
-            "token_length": {"max_length": max_length,
-                             "histogram": {f"[{lo}, {hi})": int(n) for lo, hi, n in
-                                           zip(LENGTH_BINS[:-1], LENGTH_BINS[1:], hist)},
-                             "mean": float(np.mean(lengths)) if lengths else 0.0},
-            "skipped": len(skipped), "filtered": dict(sorted(filtered.items())),
-            "sha256": {"inputs": {str(p): _sha256(Path(p)) for p in inputs},
-                       "outputs": {final["jsonl"].name: _sha256(tmp["jsonl"]),
-                                   final["index.npz"].name: _sha256(tmp["index.npz"])}},
+            "token_length": {
+                "max_length": max_length,
+                "histogram": {f"[{lo}, {hi})": int(n) for lo, hi, n in zip(LENGTH_BINS[:-1], LENGTH_BINS[1:], hist)},
+                "mean": float(np.mean(lengths)) if lengths else 0.0,
+            },
+            "skipped": len(skipped),
+            "filtered": dict(sorted(filtered.items())),
+            "sha256": {
+                "inputs": {str(p): _sha256(Path(p)) for p in inputs},
+                "outputs": {
+                    final["jsonl"].name: _sha256(tmp["jsonl"]),
+                    final["index.npz"].name: _sha256(tmp["index.npz"]),
+                },
+            },
         }
         tmp["stats.json"].write_text(json.dumps(stats, indent=2) + "\n")
         tmp["report.json"].write_text(json.dumps(report, indent=2) + "\n")
@@ -318,12 +381,21 @@ def split_of(path: Path) -> str:
     for split in ("train", "valid", "test"):
         if split in name:
             return split
-    raise ValueError(f"{path}: cannot tell the split from the file name (expected train / valid / test in it); "
-                     "pass --split")
+    raise ValueError(
+        f"{path}: cannot tell the split from the file name (expected train / valid / test in it); pass --split"
+    )
 
 
-def prepare(source: str, out_dir, inputs: list[str] | None = None, *, split: str | None = None,
-            max_length: int = 2048, tokenizer: Tokenizer | None = None, progress: bool = False) -> list[SplitResult]:
+def prepare(
+    source: str,
+    out_dir,
+    inputs: list[str] | None = None,
+    *,
+    split: str | None = None,
+    max_length: int = 2048,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = False,
+) -> list[SplitResult]:
     """Prepares every split of ``source``; raises NothingUsable when no split kept a record."""
     tokenizer = tokenizer or Tokenizer()
     results = []
@@ -334,21 +406,27 @@ def prepare(source: str, out_dir, inputs: list[str] | None = None, *, split: str
         for p in map(Path, inputs):
             by_split[split or split_of(p)].append(p)
         for name, paths in sorted(by_split.items()):
-            results.append(write_split(codecontests_problems(paths), out_dir, name, paths, tokenizer, max_length, progress))
+            results.append(
+                write_split(codecontests_problems(paths), out_dir, name, paths, tokenizer, max_length, progress)
+            )
     elif source == "mbpp":
         path = Path(inputs[0]) if inputs else assets.MBPP
-        for name in ([split] if split else list(MBPP_SPLITS)):
-            results.append(write_split(mbpp_problems(path, name), out_dir, name, [path], tokenizer, max_length, progress))
+        for name in [split] if split else list(MBPP_SPLITS):
+            results.append(
+                write_split(mbpp_problems(path, name), out_dir, name, [path], tokenizer, max_length, progress)
+            )
     elif source == "alpaca":
         if not inputs:
             raise ValueError("--source alpaca needs --input FILE... (Alpaca JSONL)")
         paths = [Path(p) for p in inputs]
-        results.append(write_split(alpaca_problems(paths), out_dir, split or "train", paths, tokenizer, max_length,
-                                   progress))
+        results.append(
+            write_split(alpaca_problems(paths), out_dir, split or "train", paths, tokenizer, max_length, progress)
+        )
     elif source == "humaneval":
         path = Path(inputs[0]) if inputs else assets.HUMANEVAL
-        results.append(write_split(humaneval_problems(path), out_dir, split or "test", [path], tokenizer, max_length,
-                                   progress))
+        results.append(
+            write_split(humaneval_problems(path), out_dir, split or "test", [path], tokenizer, max_length, progress)
+        )
     else:
         raise ValueError(f"source={source!r}: expected codecontests, mbpp, humaneval or alpaca")
     if not any(r.n_records for r in results):

@@ -1,6 +1,6 @@
 """Alpaca records, the prompt template, and the compact per-record index used for sampling.
 
-Record (one JSON object per line, DESIGN.md section 3)::
+Record (one JSON object per line, ``docs/formulas.md``, "Data")::
 
     {"instruction": str, "input": str, "output": str, "task_id": str, "is_correct": bool,
      "metadata": {"source": str, "difficulty": int, "has_tests": bool, ...}}
@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from wmtp_jax.files import atomic_path
+
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request.\n\n"
@@ -28,6 +30,12 @@ PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
+
+
+def index_path(jsonl: str | os.PathLike) -> Path:
+    """The ``{split}.index.npz`` written beside a prepared ``{split}.jsonl``."""
+    jsonl = Path(jsonl)
+    return jsonl.with_name(jsonl.name.removesuffix(".jsonl") + ".index.npz")
 
 
 def format_prompt(instruction: str, input: str = "") -> str:
@@ -107,15 +115,17 @@ class RecordIndex:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes an uncompressed ``.npz`` atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, records=self.records, problem_start=self.problem_start,
-                     problem_difficulty=self.problem_difficulty, problem_id=self.problem_id)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                records=self.records,
+                problem_start=self.problem_start,
+                problem_difficulty=self.problem_difficulty,
+                problem_id=self.problem_id,
+            )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "RecordIndex":
+    def load(cls, path: str | os.PathLike) -> RecordIndex:
         try:
             with np.load(path, allow_pickle=False) as z:
                 index = cls(z["records"], z["problem_start"], z["problem_difficulty"], z["problem_id"])
@@ -124,8 +134,10 @@ class RecordIndex:
         except (KeyError, ValueError, OSError) as e:
             raise IndexError_(f"{path}: not a record index ({e})") from None
         if index.records.dtype != RECORD_DTYPE or index.problem_start[-1] != len(index.records):
-            raise IndexError_(f"{path}: inconsistent index (dtype {index.records.dtype}, "
-                              f"{len(index.records)} records, problems end at {index.problem_start[-1]})")
+            raise IndexError_(
+                f"{path}: inconsistent index (dtype {index.records.dtype}, "
+                f"{len(index.records)} records, problems end at {index.problem_start[-1]})"
+            )
         return index
 
 
@@ -154,5 +166,9 @@ class IndexBuilder:
             records["offset_hi"] = offsets >> 32
             records["flags"] = correct.astype(np.uint8)
             records["length"] = lengths
-        return RecordIndex(records, np.asarray(self._problem_start + [len(self._rows)], np.int64),
-                           np.asarray(self._difficulty, np.int16), np.asarray(self._problem_id, dtype=str))
+        return RecordIndex(
+            records,
+            np.asarray(self._problem_start + [len(self._rows)], np.int64),
+            np.asarray(self._difficulty, np.int16),
+            np.asarray(self._problem_id, dtype=str),
+        )

@@ -1,6 +1,6 @@
 """Metadata-only sampling: which records a run sees, in which order, from the index alone.
 
-Strategies (DESIGN.md section 3):
+Strategies (``docs/formulas.md``, "Data"):
   "correct"     every correct record once per epoch, shuffled (baseline, Rho-1, ref-tuning)
   "all"         every record once per epoch, shuffled
   "balanced"    correct / incorrect at ``correct_ratio`` (critic stage 1); an epoch is the largest mix the
@@ -19,6 +19,7 @@ import dataclasses
 import numpy as np
 
 from wmtp_jax.data.records import RecordIndex
+from wmtp_jax.schema import Section
 
 STRATEGIES = ("correct", "all", "balanced", "curriculum", "pairs")
 
@@ -28,14 +29,17 @@ class SamplingError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(Section):
     strategy: str = "correct"
     correct_ratio: float = 0.5
     repeat: bool = False
     # curriculum: inclusive difficulty ranges per bin, and (start fraction of training, bin proportions)
     bins: tuple[tuple[int, int], ...] = ((1, 3), (4, 7), (8, 11))
     schedule: tuple[tuple[float, tuple[float, ...]], ...] = (
-        (0.0, (0.7, 0.3, 0.0)), (0.3, (0.3, 0.6, 0.1)), (0.7, (0.1, 0.5, 0.4)))
+        (0.0, (0.7, 0.3, 0.0)),
+        (0.3, (0.3, 0.6, 0.1)),
+        (0.7, (0.1, 0.5, 0.4)),
+    )
     curriculum_correct_only: bool = False
 
     def problems(self) -> list[str]:
@@ -49,8 +53,10 @@ class SamplingConfig:
             out.append(f"schedule starts {starts}: expected increasing fractions beginning at 0.0")
         for start, props in self.schedule:
             if len(props) != len(self.bins) or abs(sum(props) - 1.0) > 1e-6 or min(props) < 0:
-                out.append(f"schedule entry at {start}: proportions {props} must be {len(self.bins)} "
-                           "non-negative numbers summing to 1")
+                out.append(
+                    f"schedule entry at {start}: proportions {props} must be {len(self.bins)} "
+                    "non-negative numbers summing to 1"
+                )
         return out
 
 
@@ -71,7 +77,7 @@ class _EpochCursor:
                 self.order, self.pos = _permutation(self.rows, self.seed, self.stream, self.epoch), 0
                 self.epoch += 1
             k = min(n, len(self.order) - self.pos)
-            out.append(self.order[self.pos:self.pos + k])
+            out.append(self.order[self.pos : self.pos + k])
             self.pos, n = self.pos + k, n - k
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -85,22 +91,27 @@ def _epochs(epoch_fn, num_samples: int) -> np.ndarray:
     return np.concatenate(chunks)[:num_samples]
 
 
-def balanced_epoch(index: RecordIndex, ratio: float, seed: int, epoch: int, repeat: bool,
-                   size: int | None = None) -> np.ndarray:
+def balanced_epoch(
+    index: RecordIndex, ratio: float, seed: int, epoch: int, repeat: bool, size: int | None = None
+) -> np.ndarray:
     correct = np.flatnonzero(index.is_correct)
     incorrect = np.flatnonzero(~index.is_correct)
     if not len(correct) or not len(incorrect):
-        raise SamplingError(f"balanced sampling needs both classes; the index has {len(correct)} correct and "
-                            f"{len(incorrect)} incorrect records")
+        raise SamplingError(
+            f"balanced sampling needs both classes; the index has {len(correct)} correct and "
+            f"{len(incorrect)} incorrect records"
+        )
     rng = np.random.default_rng([seed, 1, epoch])
     if size is None:
         size = int(min(len(correct) / ratio, len(incorrect) / (1 - ratio)))
     n_correct = int(round(size * ratio))
     n_incorrect = size - n_correct
     if not repeat and (n_correct > len(correct) or n_incorrect > len(incorrect)):
-        raise SamplingError(f"balanced epoch of {size} at correct_ratio {ratio} needs {n_correct} correct and "
-                            f"{n_incorrect} incorrect records; the index has {len(correct)} and {len(incorrect)} "
-                            "(set repeat=True to allow repeats within an epoch)")
+        raise SamplingError(
+            f"balanced epoch of {size} at correct_ratio {ratio} needs {n_correct} correct and "
+            f"{n_incorrect} incorrect records; the index has {len(correct)} and {len(incorrect)} "
+            "(set repeat=True to allow repeats within an epoch)"
+        )
     pick = [rng.choice(pool, n, replace=n > len(pool)) for pool, n in ((correct, n_correct), (incorrect, n_incorrect))]
     return rng.permutation(np.concatenate(pick))
 
@@ -119,8 +130,10 @@ def curriculum_plan(index: RecordIndex, cfg: SamplingConfig, num_samples: int, s
         for b, (count, pool) in enumerate(zip(counts, pools)):
             if count and not len(pool):
                 sizes = {f"{lo}-{hi}": len(p) for (lo, hi), p in zip(cfg.bins, pools)}
-                raise SamplingError(f"curriculum phase from {start:.0%} wants {count} records of difficulty bin "
-                                    f"{cfg.bins[b]}, but it is empty (records per bin: {sizes})")
+                raise SamplingError(
+                    f"curriculum phase from {start:.0%} wants {count} records of difficulty bin "
+                    f"{cfg.bins[b]}, but it is empty (records per bin: {sizes})"
+                )
         phase = np.concatenate([c.take(k) for c, k in zip(cursors, counts)])
         out.append(np.random.default_rng([seed, 2, begin]).permutation(phase))
     return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -136,9 +149,11 @@ def pairs_epoch(index: RecordIndex, seed: int, epoch: int) -> np.ndarray:
         if len(good) and len(bad):
             pairs.append((rng.choice(good), rng.choice(bad)))
     if not pairs:
-        raise SamplingError(f"pair sampling needs problems with both correct and incorrect solutions; none of the "
-                            f"{index.n_problems} problems ({int(correct.sum())} correct, {int((~correct).sum())} "
-                            "incorrect records) has both")
+        raise SamplingError(
+            f"pair sampling needs problems with both correct and incorrect solutions; none of the "
+            f"{index.n_problems} problems ({int(correct.sum())} correct, {int((~correct).sum())} "
+            "incorrect records) has both"
+        )
     pairs = np.asarray(pairs, np.int64)
     return pairs[rng.permutation(len(pairs))].ravel()
 
@@ -155,8 +170,10 @@ def build_plan(index: RecordIndex, cfg: SamplingConfig, num_samples: int, seed: 
     if cfg.strategy in ("correct", "all"):
         rows = np.flatnonzero(index.is_correct) if cfg.strategy == "correct" else np.arange(len(index))
         if not len(rows):
-            raise SamplingError(f"strategy {cfg.strategy!r}: the index has no eligible record "
-                                f"({len(index)} records, {int(index.is_correct.sum())} correct)")
+            raise SamplingError(
+                f"strategy {cfg.strategy!r}: the index has no eligible record "
+                f"({len(index)} records, {int(index.is_correct.sum())} correct)"
+            )
         return _epochs(lambda e: _permutation(rows, seed, 0, e), num_samples)
     if cfg.strategy == "balanced":
         return _epochs(lambda e: balanced_epoch(index, cfg.correct_ratio, seed, e, cfg.repeat), num_samples)

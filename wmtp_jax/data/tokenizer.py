@@ -34,3 +34,8 @@ class Tokenizer:
 
     def __setstate__(self, state):
         self.__init__(state["path"])
+
+
+def load_tokenizer(path: str | os.PathLike = "") -> Tokenizer:
+    """The tokenizer at ``path`` (a SentencePiece ``.model`` file); "" = the shipped LLaMA tokenizer."""
+    return Tokenizer(path) if path else Tokenizer()

@@ -61,9 +61,13 @@ def _child(req: dict, workdir: str, stdin_path: str | None, out_path: str, err_p
             os.dup2(fd, target)
         os.closerange(3, 1 << 16)
         cpu = int(req["timeout_s"]) + 1
-        for kind, value in ((resource.RLIMIT_CPU, cpu), (resource.RLIMIT_AS, req["memory_bytes"]),
-                            (resource.RLIMIT_FSIZE, req["file_bytes"]), (resource.RLIMIT_NPROC, req["max_processes"]),
-                            (resource.RLIMIT_CORE, 0)):
+        for kind, value in (
+            (resource.RLIMIT_CPU, cpu),
+            (resource.RLIMIT_AS, req["memory_bytes"]),
+            (resource.RLIMIT_FSIZE, req["file_bytes"]),
+            (resource.RLIMIT_NPROC, req["max_processes"]),
+            (resource.RLIMIT_CORE, 0),
+        ):
             resource.setrlimit(kind, (value, value))
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
@@ -72,8 +76,11 @@ def _child(req: dict, workdir: str, stdin_path: str | None, out_path: str, err_p
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
         sys.argv = ["program.py"]
         sys.path[0] = workdir
-        namespace = {"__name__": "__main__", "__file__": os.path.join(workdir, "program.py"),
-                     "__builtins__": __builtins__}
+        namespace = {
+            "__name__": "__main__",
+            "__file__": os.path.join(workdir, "program.py"),
+            "__builtins__": __builtins__,
+        }
         code = compile(req["program"], namespace["__file__"], "exec")
         del req
         exec(code, namespace)
@@ -179,8 +186,13 @@ def _run(req: dict, root: str, own_pid_namespace: bool) -> dict:
             pass
     except ChildProcessError:
         pass
-    reply = {"status": status, "exit_code": code, "stdout": _read(out_path, req["max_output_bytes"]),
-             "stderr": _read(err_path, req["max_output_bytes"]), "duration_s": time.monotonic() - start}
+    reply = {
+        "status": status,
+        "exit_code": code,
+        "stdout": _read(out_path, req["max_output_bytes"]),
+        "stderr": _read(err_path, req["max_output_bytes"]),
+        "duration_s": time.monotonic() - start,
+    }
     shutil.rmtree(workdir, ignore_errors=True)
     for name in os.listdir(root):  # anything else the program wrote where it could
         path = os.path.join(root, name)

@@ -1,6 +1,6 @@
 """MBPP, HumanEval and CodeContests as problems: prompt, stop sequences, tests, and how a completion is judged.
 
-Prompt formats (DESIGN.md section 6):
+Prompt formats (``docs/formulas.md``, "Evaluation"):
   MBPP "3shot": lm-evaluation-harness — task ids 2, 3, 4 as examples, "You are an expert Python programmer, and
     here is your task: {text} Your code should pass these tests:\\n\\n{tests}\\n[BEGIN]\\n", examples end with
     "{code}\\n[DONE]" and are joined by a blank line; stop at "[DONE]".
@@ -21,8 +21,8 @@ import gzip
 import json
 import secrets
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from wmtp_jax.data import assets
 from wmtp_jax.data.prepare import MBPP_SPLITS
@@ -96,8 +96,10 @@ def _get(row: dict, key: str, types, where: str):
 
 
 def _mbpp_block(row: dict) -> str:
-    return (f"You are an expert Python programmer, and here is your task: {row['text']} Your code should pass "
-            f"these tests:\n\n" + "\n".join(row["test_list"]) + "\n[BEGIN]\n")
+    return (
+        f"You are an expert Python programmer, and here is your task: {row['text']} Your code should pass "
+        f"these tests:\n\n" + "\n".join(row["test_list"]) + "\n[BEGIN]\n"
+    )
 
 
 def load_mbpp(path: str | Path = assets.MBPP, *, split: str = "test", prompt_format: str = "3shot") -> list[Problem]:
@@ -113,8 +115,10 @@ def load_mbpp(path: str | Path = assets.MBPP, *, split: str = "test", prompt_for
             _get(row, key, types, where)
         rows[task_id] = row
     lo, hi = MBPP_SPLITS[split]
-    shots = "\n\n".join(_mbpp_block(rows[i]) + rows[i]["code"].replace("\r\n", "\n") + "\n[DONE]"
-                        for i in MBPP_FEWSHOT_IDS) + "\n\n"
+    shots = (
+        "\n\n".join(_mbpp_block(rows[i]) + rows[i]["code"].replace("\r\n", "\n") + "\n[DONE]" for i in MBPP_FEWSHOT_IDS)
+        + "\n\n"
+    )
     problems = []
     for task_id in sorted(i for i in rows if lo <= i <= hi):
         row = rows[task_id]
@@ -124,9 +128,18 @@ def load_mbpp(path: str | Path = assets.MBPP, *, split: str = "test", prompt_for
             prompt, stop = shots + _mbpp_block(row), ("[DONE]",)
         else:
             prompt, stop = f'"""\n{row["text"]}\n{row["test_list"][0]}\n"""\n', MBPP_ZEROSHOT_STOP
-        problems.append(Problem(
-            "mbpp", f"mbpp/{task_id}", prompt, stop, tests=f"{setup}\n{tests}" if setup else tests,
-            reference=row["code"].replace("\r\n", "\n"), instruction=row["text"], input=tests))
+        problems.append(
+            Problem(
+                "mbpp",
+                f"mbpp/{task_id}",
+                prompt,
+                stop,
+                tests=f"{setup}\n{tests}" if setup else tests,
+                reference=row["code"].replace("\r\n", "\n"),
+                instruction=row["text"],
+                input=tests,
+            )
+        )
     return problems
 
 
@@ -137,10 +150,19 @@ def load_humaneval(path: str | Path = assets.HUMANEVAL) -> list[Problem]:
     for line_no, row in _jsonl(path):
         where = f"{path}:{line_no}"
         f = {k: _get(row, k, str, where) for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
-        problems.append(Problem(
-            "humaneval", f["task_id"], f["prompt"], HUMANEVAL_STOP, prefix=f["prompt"],
-            tests=f"{f['test']}\ncheck({f['entry_point']})", reference=f["canonical_solution"],
-            instruction="Complete the following Python function.", input=f["prompt"]))
+        problems.append(
+            Problem(
+                "humaneval",
+                f["task_id"],
+                f["prompt"],
+                HUMANEVAL_STOP,
+                prefix=f["prompt"],
+                tests=f"{f['test']}\ncheck({f['entry_point']})",
+                reference=f["canonical_solution"],
+                instruction="Complete the following Python function.",
+                input=f["prompt"],
+            )
+        )
     return problems
 
 
@@ -160,15 +182,19 @@ def load_codecontests(paths: Sequence[str | Path] = (assets.CODECONTESTS_SAMPLE,
                 stdio += zip(inputs, outputs)
             if not stdio:
                 continue
-            prompt = (f"Solve the following competitive programming problem in Python 3. Read the input from "
-                      f"standard input and print the answer to standard output.\n\n{description}\n\n```python\n")
-            problems.append(Problem("codecontests", name, prompt, CODECONTESTS_STOP, stdio=tuple(stdio),
-                                    instruction=description))
+            prompt = (
+                f"Solve the following competitive programming problem in Python 3. Read the input from "
+                f"standard input and print the answer to standard output.\n\n{description}\n\n```python\n"
+            )
+            problems.append(
+                Problem("codecontests", name, prompt, CODECONTESTS_STOP, stdio=tuple(stdio), instruction=description)
+            )
     return problems
 
 
-def load(benchmark: str, *, mbpp_format: str = "3shot", mbpp_split: str = "test",
-         codecontests_paths: Sequence[str] = ()) -> list[Problem]:
+def load(
+    benchmark: str, *, mbpp_format: str = "3shot", mbpp_split: str = "test", codecontests_paths: Sequence[str] = ()
+) -> list[Problem]:
     if benchmark == "mbpp":
         return load_mbpp(split=mbpp_split, prompt_format=mbpp_format)
     if benchmark == "humaneval":
@@ -183,8 +209,14 @@ def _same_output(actual: str, expected: str) -> bool:
     return actual.split() == expected.split()
 
 
-def check(pairs: Sequence[tuple[Problem, str]], *, timeout_s: float = 10.0, memory_mb: int = 1024,
-          max_workers: int | None = None, alpaca: bool = False) -> list[Outcome]:
+def check(
+    pairs: Sequence[tuple[Problem, str]],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    max_workers: int | None = None,
+    alpaca: bool = False,
+) -> list[Outcome]:
     """Runs every (problem, completion) in the sandbox; one ``Outcome`` each, in order.
 
     ``alpaca``: the completion answers the Alpaca-format prompt (rollouts), so no benchmark prefix is put

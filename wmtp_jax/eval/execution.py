@@ -1,4 +1,4 @@
-"""Run untrusted Python programs, each in its own process with resource limits (DESIGN.md section 6).
+"""Run untrusted Python programs, each in its own process with resource limits (``docs/formulas.md``, "Sandbox").
 
 Each program gets: a fresh temporary working directory, closed (or given) stdin, its own session and
 process group, rlimits on CPU time, address space, file size, process count and core dumps, stdout / stderr
@@ -41,8 +41,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 _ZYGOTE = str(Path(__file__).with_name("_zygote.py"))
 STATUSES = ("passed", "failed", "timeout", "error")
@@ -75,8 +75,16 @@ def _user(slot: int | None) -> dict:
 
 def _works(args: list[str], slot: int | None) -> bool:
     try:
-        return subprocess.run([*args, sys.executable, "-I", "-S", "-c", "pass"], capture_output=True, timeout=30,
-                              cwd="/", **_user(slot)).returncode == 0
+        return (
+            subprocess.run(
+                [*args, sys.executable, "-I", "-S", "-c", "pass"],
+                capture_output=True,
+                timeout=30,
+                cwd="/",
+                **_user(slot),
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False
 
@@ -102,7 +110,7 @@ def _isolation() -> tuple[str, bool]:
     wanted = os.environ.get("WMTP_SANDBOX", "bwrap")
     if wanted not in LEVELS:
         raise ValueError(f"WMTP_SANDBOX={wanted!r}: expected one of {list(LEVELS)}")
-    for drop_uid in ((True, False) if os.geteuid() == 0 else (False,)):
+    for drop_uid in (True, False) if os.geteuid() == 0 else (False,):
         slot = 0 if drop_uid else None
         if wanted == "bwrap" and _bwrap_args() and _works(_bwrap_args(), slot):
             return "bwrap", drop_uid
@@ -126,8 +134,16 @@ def _sandbox_prefix() -> list[str]:
     if level != "bwrap":
         return []
     # the interpreter, its standard library and the server stay visible even when they live under /tmp
-    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(_ZYGOTE),
-                                             os.path.dirname(os.path.realpath(sys.executable)))}
+    needed = {
+        os.path.realpath(p)
+        for p in (
+            sys.prefix,
+            sys.base_prefix,
+            sys.exec_prefix,
+            os.path.dirname(_ZYGOTE),
+            os.path.dirname(os.path.realpath(sys.executable)),
+        )
+    }
     under_tmp = sorted(p for p in needed if p == "/tmp" or p.startswith("/tmp/"))
     binds = [arg for p in under_tmp for arg in ("--ro-bind", p, p)]
     return [*_bwrap_args(), "--tmpfs", "/tmp", *binds, "--chdir", "/tmp", "--new-session", "--"]
@@ -140,11 +156,23 @@ class _Zygote:
     def __init__(self, slot: int):
         level, drop_uid = _isolation()
         flags = ["--own-pid-namespace"] if level in ("bwrap", "unshare") else []
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0",
-               "PYTHONDONTWRITEBYTECODE": "1"}
-        self.proc = subprocess.Popen([*_sandbox_prefix(), sys.executable, "-I", "-S", _ZYGOTE, *flags],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     cwd="/", env=env, start_new_session=True, **(_user(slot) if drop_uid else {}))
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        self.proc = subprocess.Popen(
+            [*_sandbox_prefix(), sys.executable, "-I", "-S", _ZYGOTE, *flags],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd="/",
+            env=env,
+            start_new_session=True,
+            **(_user(slot) if drop_uid else {}),
+        )
 
     def run(self, request: dict, deadline_s: float) -> dict | None:
         """The server's reply, or None if it died or hung (it is then killed)."""
@@ -179,8 +207,15 @@ class _Zygote:
 _ZYGOTES: dict[int, _Zygote] = {}
 
 
-def _run_one(program: str, stdin: str | None, timeout_s: float, memory_mb: int, max_output_bytes: int,
-             max_processes: int, slot: int) -> ExecutionResult:
+def _run_one(
+    program: str,
+    stdin: str | None,
+    timeout_s: float,
+    memory_mb: int,
+    max_output_bytes: int,
+    max_processes: int,
+    slot: int,
+) -> ExecutionResult:
     start = time.monotonic()
     zygote = _ZYGOTES.get(slot)
     if zygote is None or not zygote.alive():
@@ -188,9 +223,15 @@ def _run_one(program: str, stdin: str | None, timeout_s: float, memory_mb: int, 
             zygote = _ZYGOTES[slot] = _Zygote(slot)
         except OSError as e:
             return ExecutionResult("error", None, "", f"could not start the sandbox: {e}", time.monotonic() - start)
-    request = {"program": program, "stdin": stdin, "timeout_s": timeout_s, "memory_bytes": memory_mb << 20,
-               "file_bytes": max(max_output_bytes * 4, 1 << 20), "max_processes": max_processes,
-               "max_output_bytes": max_output_bytes}
+    request = {
+        "program": program,
+        "stdin": stdin,
+        "timeout_s": timeout_s,
+        "memory_bytes": memory_mb << 20,
+        "file_bytes": max(max_output_bytes * 4, 1 << 20),
+        "max_processes": max_processes,
+        "max_output_bytes": max_output_bytes,
+    }
     reply = zygote.run(request, timeout_s + 10)
     if reply is None:  # it killed its parent (the server) or hung the server
         del _ZYGOTES[slot]
@@ -237,8 +278,9 @@ class _Worker:
     def __init__(self):
         root = str(Path(__file__).resolve().parents[2])
         code = f"import sys; sys.path.insert(0, {root!r}); from wmtp_jax.eval.execution import _serve; _serve()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+        )
         self.level = self.call(None)
 
     def call(self, request):
@@ -283,12 +325,15 @@ def start_worker_pool() -> str:
         return _warn_if_weak(_WORKER.level)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _warn_if_weak(level: str) -> str:
     if level != "bwrap":
-        warnings.warn(f"sandbox isolation is {level!r}: generated programs see the real filesystem"
-                      + (" (no network, own PID namespace)" if level == "unshare" else " and the network")
-                      + "; install the 'bubblewrap' package for the full sandbox", stacklevel=3)
+        warnings.warn(
+            f"sandbox isolation is {level!r}: generated programs see the real filesystem"
+            + (" (no network, own PID namespace)" if level == "unshare" else " and the network")
+            + "; install the 'bubblewrap' package for the full sandbox",
+            stacklevel=3,
+        )
     return level
 
 
@@ -298,9 +343,16 @@ def _submit(request) -> list[ExecutionResult]:
         return _WORKER.call(request)
 
 
-def execute(programs: Sequence[str], *, timeout_s: float = 10.0, memory_mb: int = 1024, stdin=None,
-            max_output_bytes: int = 64 * 1024, max_processes: int = 64, max_workers: int | None = None,
-            ) -> list[ExecutionResult]:
+def execute(
+    programs: Sequence[str],
+    *,
+    timeout_s: float = 10.0,
+    memory_mb: int = 1024,
+    stdin=None,
+    max_output_bytes: int = 64 * 1024,
+    max_processes: int = 64,
+    max_workers: int | None = None,
+) -> list[ExecutionResult]:
     """Runs each complete Python source in ``programs`` in its own limited process; results in order.
 
     Args:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +24,11 @@ from flax import nnx
 
 from wmtp_jax import sharding
 from wmtp_jax.data.tokenizer import Tokenizer
+from wmtp_jax.schema import Section
 
 
 @dataclasses.dataclass(frozen=True)
-class GenerationConfig:
+class GenerationConfig(Section):
     """max_new_tokens: tokens generated per completion at most; temperature 0 = greedy; top_p: nucleus mass;
     stop: strings that end a completion (cut before them); speculative: self-speculative decoding (greedy
     only); chunk_steps: decode steps between stop-sequence checks; prompt_buckets: padded prompt lengths
@@ -108,10 +109,18 @@ def _prefill(state, tokens, start, key, *, graphdef, n_heads, slots, max_new, te
     last = model.logits(hidden[:, -1])  # [B, n_heads, V]: only the last prompt position is needed
     first = sample(last[:, 0], key, temperature, top_p)
     out = jnp.zeros((b, max_new + n_heads), jnp.int32).at[:, 0].set(first)
-    return dict(cache=cache, start=start, fill=jnp.full((b,), p, jnp.int32), last=first,
-                drafts=jnp.argmax(last[:, 1:], axis=-1).astype(jnp.int32), out=out,
-                n_out=jnp.ones((b,), jnp.int32), done=(first == eos_id) | (max_new <= 1),
-                forwards=jnp.zeros((b,), jnp.int32), accepted=jnp.zeros((b,), jnp.int32))
+    return dict(
+        cache=cache,
+        start=start,
+        fill=jnp.full((b,), p, jnp.int32),
+        last=first,
+        drafts=jnp.argmax(last[:, 1:], axis=-1).astype(jnp.int32),
+        out=out,
+        n_out=jnp.ones((b,), jnp.int32),
+        done=(first == eos_id) | (max_new <= 1),
+        forwards=jnp.zeros((b,), jnp.int32),
+        accepted=jnp.zeros((b,), jnp.int32),
+    )
 
 
 def _decode(state, carry, key, step0, *, graphdef, steps, max_new, temperature, top_p, eos_id):
@@ -136,16 +145,21 @@ def _decode(state, carry, key, step0, *, graphdef, steps, max_new, temperature, 
         active = ~c["done"]
         rows = jnp.arange(g.shape[0])
         new = dict(
-            cache=cache, start=c["start"],
+            cache=cache,
+            start=c["start"],
             out=jnp.where(active[:, None], write(c["out"], g, c["n_out"]), c["out"]),
             n_out=jnp.where(active, c["n_out"] + n_new, c["n_out"]),
             fill=jnp.where(active, c["fill"] + accepted + 1, c["fill"]),
             last=jnp.where(active, g[rows, accepted], c["last"]),
-            drafts=jnp.where(active[:, None],  # heads 2..n only at the last accepted token
-                             jnp.argmax(model.logits(hidden[rows, accepted, 1:]), axis=-1).astype(jnp.int32),
-                             c["drafts"]),
-            forwards=c["forwards"] + active, accepted=c["accepted"] + jnp.where(active, accepted, 0),
-            done=c["done"] | is_eos.any(axis=1) | (c["n_out"] + n_new >= max_new))
+            drafts=jnp.where(
+                active[:, None],  # heads 2..n only at the last accepted token
+                jnp.argmax(model.logits(hidden[rows, accepted, 1:]), axis=-1).astype(jnp.int32),
+                c["drafts"],
+            ),
+            forwards=c["forwards"] + active,
+            accepted=c["accepted"] + jnp.where(active, accepted, 0),
+            done=c["done"] | is_eos.any(axis=1) | (c["n_out"] + n_new >= max_new),
+        )
         return i + 1, new
 
     def cond(i_carry):
@@ -176,12 +190,12 @@ def completion_text(tok: Tokenizer, prompt_ids: Sequence[int], ids: Sequence[int
     prompt's decode, when the caller already has it."""
     head = tok.decode(prompt_ids) if head is None else head
     full = tok.decode(list(prompt_ids) + list(ids))
-    return full[len(head):] if full.startswith(head) else tok.decode(ids)
+    return full[len(head) :] if full.startswith(head) else tok.decode(ids)
 
 
 def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
+    return (text[: min(cuts)], True) if cuts else (text, False)
 
 
 class Generator:
@@ -191,8 +205,10 @@ class Generator:
     def __init__(self, model, mesh, tokenizer: Tokenizer, batch_size: int):
         n_batch = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES]))
         if batch_size % n_batch:
-            raise ValueError(f"generation batch_size={batch_size} must be a multiple of the {n_batch} "
-                             "data-parallel devices (mesh data x fsdp)")
+            raise ValueError(
+                f"generation batch_size={batch_size} must be a multiple of the {n_batch} "
+                "data-parallel devices (mesh data x fsdp)"
+            )
         self.graphdef, self.state = nnx.split(model)
         self.n_future = model.cfg.n_future_tokens
         self.mesh, self.tok, self.batch_size = mesh, tokenizer, batch_size
@@ -202,12 +218,14 @@ class Generator:
         key = (name, tuple(sorted(static.items())))
         if key not in self._fns:
             fn = _prefill if name == "prefill" else _decode
-            self._fns[key] = jax.jit(functools.partial(fn, graphdef=self.graphdef, **static),
-                                     donate_argnums=(1,) if name == "decode" else ())
+            self._fns[key] = jax.jit(
+                functools.partial(fn, graphdef=self.graphdef, **static), donate_argnums=(1,) if name == "decode" else ()
+            )
         return self._fns[key]
 
-    def generate(self, prompts: Sequence[str], config: GenerationConfig, *, n_samples: int = 1, seed: int = 0,
-                 progress=None) -> tuple[list[list[Completion]], GenerationStats]:
+    def generate(
+        self, prompts: Sequence[str], config: GenerationConfig, *, n_samples: int = 1, seed: int = 0, progress=None
+    ) -> tuple[list[list[Completion]], GenerationStats]:
         """``n_samples`` completions per prompt (``result[i][j]``) and the run's statistics.
 
         ``progress``: optional callable(n_completed_rows) for a progress bar.
@@ -221,7 +239,7 @@ class Generator:
         results: list[list[Completion | None]] = [[None] * n_samples for _ in prompts]
         start_time = time.perf_counter()
         for b0 in range(0, len(order), self.batch_size):
-            batch = order[b0:b0 + self.batch_size]
+            batch = order[b0 : b0 + self.batch_size]
             ids = [encoded[rows[r][0]] for r in batch]
             done = self._generate_batch(ids, config, seed * 1_000_003 + b0, stats)
             for r, completion in zip(batch, done):
@@ -233,8 +251,9 @@ class Generator:
         stats.completions = len(rows)
         return results, stats
 
-    def _generate_batch(self, ids: list[list[int]], config: GenerationConfig, seed: int,
-                        stats: GenerationStats) -> list[Completion]:
+    def _generate_batch(
+        self, ids: list[list[int]], config: GenerationConfig, seed: int, stats: GenerationStats
+    ) -> list[Completion]:
         n_real = len(ids)
         ids = ids + [ids[-1]] * (self.batch_size - n_real)  # a short last batch repeats a row, dropped below
         length = max(map(len, ids))
@@ -244,14 +263,16 @@ class Generator:
         tokens = np.full((self.batch_size, p), self.tok.pad_id, np.int32)
         start = np.zeros((self.batch_size,), np.int32)
         for r, row in enumerate(ids):
-            tokens[r, p - len(row):], start[r] = row, p - len(row)
+            tokens[r, p - len(row) :], start[r] = row, p - len(row)
         batch_sharding = sharding.batch_sharding(self.mesh)
         tokens, start = _to_device(tokens, batch_sharding), _to_device(start, batch_sharding)
-        common = dict(max_new=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                      eos_id=self.tok.eos_id)
+        common = dict(
+            max_new=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p, eos_id=self.tok.eos_id
+        )
         key = jax.random.key(seed)
         carry = self._compiled("prefill", n_heads=n_heads, slots=slots, **common)(
-            self.state, tokens, start, jax.random.fold_in(key, 0))
+            self.state, tokens, start, jax.random.fold_in(key, 0)
+        )
         decode = self._compiled("decode", steps=config.chunk_steps, **common)
         texts: list[tuple[str, str] | None] = [None] * self.batch_size
         prompt_texts = [self.tok.decode(row) for row in ids]  # each prompt's text, decoded once per batch
@@ -261,7 +282,7 @@ class Generator:
             if config.stop:  # rows whose text already holds a stop string are finished
                 out, n_out = _to_host(carry["out"]), _to_host(carry["n_out"])
                 for r in np.flatnonzero(~done):
-                    text = completion_text(self.tok, ids[r], out[r, :n_out[r]], prompt_texts[r])
+                    text = completion_text(self.tok, ids[r], out[r, : n_out[r]], prompt_texts[r])
                     text, hit = _cut(text, config.stop)
                     if hit:
                         texts[r], done[r] = (text, "stop"), True
@@ -274,7 +295,7 @@ class Generator:
         forwards, accepted = _to_host(carry["forwards"]), _to_host(carry["accepted"])
         completions = []
         for r in range(n_real):
-            gen = [int(t) for t in out[r, :n_out[r]]]
+            gen = [int(t) for t in out[r, : n_out[r]]]
             if texts[r] is None:
                 eos = bool(gen) and gen[-1] == self.tok.eos_id
                 text = completion_text(self.tok, ids[r], gen[:-1] if eos else gen, prompt_texts[r])

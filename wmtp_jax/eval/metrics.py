@@ -6,7 +6,7 @@ Source: Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

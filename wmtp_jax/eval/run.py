@@ -19,13 +19,15 @@ from tqdm.auto import tqdm
 from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.checkpoint.policy import convert_if_torch, load_policy
-from wmtp_jax.data.prepare import Problem as DataProblem, write_split
+from wmtp_jax.data.prepare import Problem as DataProblem
+from wmtp_jax.data.prepare import write_split
 from wmtp_jax.data.records import AlpacaRecord
-from wmtp_jax.data.tokenizer import Tokenizer
+from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.eval import benchmarks
 from wmtp_jax.eval.execution import start_worker_pool
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 from wmtp_jax.eval.metrics import mean_pass_at_k
+from wmtp_jax.files import atomic_write_text
 from wmtp_jax.tracking import Tracker
 
 
@@ -35,31 +37,26 @@ def _setup(c):
 
     def prepare():  # on disk, once: the micro models, a torch conversion
         if c.model.build_micro:
-            write_micro_models(Path(c.checkpoint).parent)
-        convert_if_torch(c.checkpoint, c.model.cache_dir)
+            write_micro_models(Path(c.model.checkpoint).parent)
+        convert_if_torch(c.model.checkpoint, c.model.cache_dir)
 
     distributed.main_process_first(prepare, "prepare_policy")
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    model, source = load_policy(c.checkpoint, mesh, cache_dir=c.model.cache_dir, dtype=c.model.dtype,
-                                param_dtype=c.model.param_dtype)
-    tok = Tokenizer(c.tokenizer) if c.tokenizer else Tokenizer()
+    model, source = load_policy(
+        c.model.checkpoint, mesh, cache_dir=c.model.cache_dir, dtype=c.model.dtype, param_dtype=c.model.param_dtype
+    )
+    tok = load_tokenizer(c.tokenizer)
     return isolation, mesh, model, source, tok
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _generate(generator, prompts, config, n_samples, seed, desc):
-    with tqdm(total=len(prompts) * n_samples, desc=desc, unit="completion",
-              disable=jax.process_index() != 0) as bar:
+    with tqdm(total=len(prompts) * n_samples, desc=desc, unit="completion", disable=jax.process_index() != 0) as bar:
         return generator.generate(prompts, config, n_samples=n_samples, seed=seed, progress=bar.update)
 
 
-def _score(name: str, problems, completions, stats, outcomes, e, seed: int, isolation: str,
-           exec_seconds: float) -> dict:
+def _score(
+    name: str, problems, completions, stats, outcomes, e, seed: int, isolation: str, exec_seconds: float
+) -> dict:
     """One benchmark's entry of results.json: pass@k (Chen et al. 2021, per problem then averaged, bootstrap
     95% interval over problems), the settings, counts by outcome and generation figures."""
     passed = defaultdict(int)
@@ -71,17 +68,27 @@ def _score(name: str, problems, completions, stats, outcomes, e, seed: int, isol
         mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=seed)
         pass_at[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
     return {
-        "problems": len(problems), "limit": e.limit or None,
-        "n_samples": e.n_samples, "temperature": e.temperature, "top_p": e.top_p,
-        "max_new_tokens": e.max_new_tokens, "speculative": e.speculative,
+        "problems": len(problems),
+        "limit": e.limit or None,
+        "n_samples": e.n_samples,
+        "temperature": e.temperature,
+        "top_p": e.top_p,
+        "max_new_tokens": e.max_new_tokens,
+        "speculative": e.speculative,
         "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
-        **pass_at, "outcomes": benchmarks.outcome_counts(outcomes),
-        "generation": {"tokens": stats.tokens, "seconds": round(stats.seconds, 3),
-                       "tokens_per_s": round(stats.tokens_per_second, 1),
-                       "tokens_per_forward": round(stats.tokens_per_forward, 3),
-                       "draft_acceptance_rate": round(stats.acceptance_rate, 4) if e.speculative else None,
-                       "truncated_prompts": stats.truncated_prompts},
-        "execution_seconds": round(exec_seconds, 3), "sandbox_isolation": isolation}
+        **pass_at,
+        "outcomes": benchmarks.outcome_counts(outcomes),
+        "generation": {
+            "tokens": stats.tokens,
+            "seconds": round(stats.seconds, 3),
+            "tokens_per_s": round(stats.tokens_per_second, 1),
+            "tokens_per_forward": round(stats.tokens_per_forward, 3),
+            "draft_acceptance_rate": round(stats.acceptance_rate, 4) if e.speculative else None,
+            "truncated_prompts": stats.truncated_prompts,
+        },
+        "execution_seconds": round(exec_seconds, 3),
+        "sandbox_isolation": isolation,
+    }
 
 
 def _sample_rows(name: str, problems, completions, outcomes, isolation: str):
@@ -90,9 +97,16 @@ def _sample_rows(name: str, problems, completions, outcomes, isolation: str):
     for problem, row in zip(problems, completions):
         for j, comp in enumerate(row):
             outcome = next(outcomes)
-            yield {"benchmark": name, "task_id": problem.task_id, "sample": j, "completion": comp.text,
-                   "finish": comp.finish, "status": outcome.status, "detail": outcome.detail,
-                   "sandbox_isolation": isolation}
+            yield {
+                "benchmark": name,
+                "task_id": problem.task_id,
+                "sample": j,
+                "completion": comp.text,
+                "finish": comp.finish,
+                "status": outcome.status,
+                "detail": outcome.detail,
+                "sandbox_isolation": isolation,
+            }
 
 
 def evaluate(c) -> dict:
@@ -109,9 +123,14 @@ def evaluate(c) -> dict:
     generator = Generator(model, mesh, tok, e.batch_size)
     tracker = Tracker(c, workdir, resume=False)
     is_main = jax.process_index() == 0
-    results = {"checkpoint": str(c.checkpoint), "model": source, "sandbox_isolation": isolation,
-               "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "mesh": dict(mesh.shape),
-               "benchmarks": {}}
+    results = {
+        "checkpoint": str(c.model.checkpoint),
+        "model": source,
+        "sandbox_isolation": isolation,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "mesh": dict(mesh.shape),
+        "benchmarks": {},
+    }
     samples_path = out_dir / "samples.jsonl"
     tmp_samples = samples_path.with_name(f".samples.jsonl.{jax.process_index()}.tmp")
     status = "FAILED"
@@ -120,30 +139,38 @@ def evaluate(c) -> dict:
             for name in e.benchmarks:
                 problems = benchmarks.load(name, mbpp_format=e.mbpp_format, codecontests_paths=tuple(e.codecontests))
                 n_available = len(problems)
-                problems = problems[:e.limit] if e.limit else problems
-                config = GenerationConfig(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
-                                          stop=problems[0].stop, speculative=e.speculative,
-                                          prompt_buckets=tuple(e.prompt_buckets))
-                completions, stats = _generate(generator, [p.prompt for p in problems], config, e.n_samples,
-                                               c.seed, f"generate {name}")
+                problems = problems[: e.limit] if e.limit else problems
+                config = GenerationConfig.from_config(e, stop=problems[0].stop)
+                completions, stats = _generate(
+                    generator, [p.prompt for p in problems], config, e.n_samples, c.seed, f"generate {name}"
+                )
                 if not is_main:
                     continue
                 t0 = time.perf_counter()
-                outcomes = benchmarks.check([(p, comp.text) for p, row in zip(problems, completions) for comp in row],
-                                            timeout_s=e.timeout_s, memory_mb=e.memory_mb)
-                result = _score(name, problems, completions, stats, outcomes, e, c.seed, isolation,
-                                time.perf_counter() - t0)
+                outcomes = benchmarks.check(
+                    [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
+                    timeout_s=e.timeout_s,
+                    memory_mb=e.memory_mb,
+                )
+                result = _score(
+                    name, problems, completions, stats, outcomes, e, c.seed, isolation, time.perf_counter() - t0
+                )
                 results["benchmarks"][name] = {"problems_available": n_available, **result}
                 for row in _sample_rows(name, problems, completions, outcomes, isolation):
                     samples.write(json.dumps(row) + "\n")
-                tracker.log_metrics({f"{name}/pass_at_{k}": result[f"pass@{k}"]["mean"] for k in e.k}
-                                    | {f"{name}/tokens_per_s": stats.tokens_per_second}, 0)
+                tracker.log_metrics(
+                    {f"{name}/pass_at_{k}": result[f"pass@{k}"]["mean"] for k in e.k}
+                    | {f"{name}/tokens_per_s": stats.tokens_per_second},
+                    0,
+                )
                 summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)
-                print(f"{name}: {len(problems)} problems x {e.n_samples} samples: {summary}; "
-                      f"outcomes {result['outcomes']}")
+                print(
+                    f"{name}: {len(problems)} problems x {e.n_samples} samples: {summary}; "
+                    f"outcomes {result['outcomes']}"
+                )
         if is_main:
             os.replace(tmp_samples, samples_path)
-            _atomic_write(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+            atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
             tracker.log_artifact(out_dir / "results.json")
             tracker.log_artifact(samples_path)
         status = "FINISHED"
@@ -160,11 +187,16 @@ def rollout(c) -> dict:
     isolation, mesh, model, source, tok = _setup(c)
     problems = benchmarks.load(r.source, mbpp_split=r.mbpp_split, codecontests_paths=tuple(r.codecontests))
     if r.limit:
-        problems = problems[:r.limit]
-    config = GenerationConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature, top_p=r.top_p,
-                              stop=("\n### ",), prompt_buckets=tuple(r.prompt_buckets))
-    completions, _ = _generate(Generator(model, mesh, tok, r.batch_size), [p.alpaca_prompt for p in problems],
-                               config, r.n_samples, c.seed, f"rollout {r.source}")
+        problems = problems[: r.limit]
+    config = GenerationConfig.from_config(r, stop=("\n### ",))
+    completions, _ = _generate(
+        Generator(model, mesh, tok, r.batch_size),
+        [p.alpaca_prompt for p in problems],
+        config,
+        r.n_samples,
+        c.seed,
+        f"rollout {r.source}",
+    )
     if jax.process_index() != 0:  # every process generates (collectively); process 0 executes and writes
         return {}
     pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
@@ -177,18 +209,32 @@ def rollout(c) -> dict:
             if not comp.text.strip():
                 group.skipped.append((f"{problem.task_id} sample {j}", "empty_completion"))
                 continue
-            group.records.append(AlpacaRecord(
-                instruction=problem.instruction, input=problem.input, output=comp.text, task_id=problem.task_id,
-                is_correct=outcome.status == "passed",
-                metadata={"source": f"rollout/{r.source}", "difficulty": 0, "has_tests": True,
-                          "tests": {"asserts": problem.tests} if problem.tests else {"stdio": problem.stdio},
-                          "status": outcome.status, "finish": comp.finish, "policy": source,
-                          "sandbox_isolation": isolation}))
+            group.records.append(
+                AlpacaRecord(
+                    instruction=problem.instruction,
+                    input=problem.input,
+                    output=comp.text,
+                    task_id=problem.task_id,
+                    is_correct=outcome.status == "passed",
+                    metadata={
+                        "source": f"rollout/{r.source}",
+                        "difficulty": 0,
+                        "has_tests": True,
+                        "tests": {"asserts": problem.tests} if problem.tests else {"stdio": problem.stdio},
+                        "status": outcome.status,
+                        "finish": comp.finish,
+                        "policy": source,
+                        "sandbox_isolation": isolation,
+                    },
+                )
+            )
         data_problems.append(group)
     out_dir = Path(r.out_dir or Path(c.workdir) / "rollouts")
     result = write_split(data_problems, out_dir, r.split_name, [], tok, r.max_length)
     stats = result.stats
-    print(f"rollouts: {stats['records']} records ({stats['correct']} correct, {stats['incorrect']} incorrect) "
-          f"from {len(problems)} problems -> {out_dir / (r.split_name + '.jsonl')}; "
-          f"skipped {stats['skipped']}, filtered {stats['filtered']}")
+    print(
+        f"rollouts: {stats['records']} records ({stats['correct']} correct, {stats['incorrect']} incorrect) "
+        f"from {len(problems)} problems -> {out_dir / (r.split_name + '.jsonl')}; "
+        f"skipped {stats['skipped']}, filtered {stats['filtered']}"
+    )
     return stats

@@ -1,7 +1,7 @@
 """Model hyper-parameters under the names of Meta's ``params.json``.
 
 Source: facebook/multi-token-prediction ``llama/model.py`` (``ModelArgs``) and the Hugging Face
-``LlamaConfig``. DESIGN.md section 2 lists the 7B_1T_4 values.
+``LlamaConfig``. ``docs/formulas.md`` ("Model layout") lists the 7B_1T_4 values.
 """
 
 from __future__ import annotations
@@ -12,10 +12,17 @@ import math
 import os
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# remat name -> ``jax.checkpoint`` policy per block (None: no rematerialisation)
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
 ATTENTION_IMPLS = ("xla", "chunked", "cudnn")
 
 # params.json keys that carry no information for the forward pass (Meta's inference settings).
@@ -117,11 +124,11 @@ class ModelConfig:
 
     @property
     def compute_dtype(self):
-        return _DTYPES[self.dtype]
+        return DTYPES[self.dtype]
 
     @property
     def weight_dtype(self):
-        return _DTYPES[self.param_dtype]
+        return DTYPES[self.param_dtype]
 
     # ----------------------------------------------------------------- validation
     def problems(self) -> list[str]:
@@ -135,8 +142,10 @@ class ModelConfig:
                 return False
             return True
 
-        ok = {n: positive_int(n) for n in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of",
-                                           "max_seq_len", "n_future_tokens")}
+        ok = {
+            n: positive_int(n)
+            for n in ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "max_seq_len", "n_future_tokens")
+        }
         if ok["dim"] and ok["n_heads"]:
             if self.dim % self.n_heads:
                 out.append(f"dim={self.dim}: must be divisible by n_heads={self.n_heads}")
@@ -148,10 +157,13 @@ class ModelConfig:
             elif ok["n_heads"] and self.n_heads % self.n_kv_heads:
                 out.append(f"n_kv_heads={self.n_kv_heads}: n_heads={self.n_heads} must be a multiple of it")
         if ok["n_layers"] and ok["n_future_tokens"] and self.n_layers < self.n_future_tokens:
-            out.append(f"n_layers={self.n_layers}: must be >= n_future_tokens={self.n_future_tokens} "
-                       "(each future-token head is one block)")
+            out.append(
+                f"n_layers={self.n_layers}: must be >= n_future_tokens={self.n_future_tokens} "
+                "(each future-token head is one block)"
+            )
         if self.ffn_dim_multiplier is not None and not (
-                isinstance(self.ffn_dim_multiplier, (int, float)) and self.ffn_dim_multiplier > 0):
+            isinstance(self.ffn_dim_multiplier, (int, float)) and self.ffn_dim_multiplier > 0
+        ):
             out.append(f"ffn_dim_multiplier={self.ffn_dim_multiplier!r}: expected None or a positive number")
         if self.ffn_hidden_dim is not None and (not isinstance(self.ffn_hidden_dim, int) or self.ffn_hidden_dim < 1):
             out.append(f"ffn_hidden_dim={self.ffn_hidden_dim!r}: expected None or a positive integer")
@@ -160,10 +172,10 @@ class ModelConfig:
         if not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 0:
             out.append(f"rope_theta={self.rope_theta!r}: expected a positive number")
         for name in ("dtype", "param_dtype"):
-            if getattr(self, name) not in _DTYPES:
-                out.append(f"{name}={getattr(self, name)!r}: expected one of {sorted(_DTYPES)}")
-        if self.remat not in _REMAT_POLICIES:
-            out.append(f"remat={self.remat!r}: expected one of {list(_REMAT_POLICIES)}")
+            if getattr(self, name) not in DTYPES:
+                out.append(f"{name}={getattr(self, name)!r}: expected one of {sorted(DTYPES)}")
+        if self.remat not in REMAT_POLICIES:
+            out.append(f"remat={self.remat!r}: expected one of {list(REMAT_POLICIES)}")
         if self.attention not in ATTENTION_IMPLS:
             out.append(f"attention={self.attention!r}: expected one of {list(ATTENTION_IMPLS)}")
         if not isinstance(self.attention_chunk, int) or self.attention_chunk < 1:
@@ -179,19 +191,20 @@ class ModelConfig:
             raise ModelConfigError("invalid ModelConfig: " + "; ".join(problems))
 
     # ----------------------------------------------------------------- (de)serialisation
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "dict") -> "ModelConfig":
+    def from_dict(cls, values: dict[str, Any], *, source: str = "dict") -> ModelConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - fields - _IGNORED_META_KEYS)
         if unknown:
-            raise ModelConfigError(f"{source}: unknown model config key(s) {unknown}; expected a subset of "
-                                   f"{sorted(fields)}")
+            raise ModelConfigError(
+                f"{source}: unknown model config key(s) {unknown}; expected a subset of {sorted(fields)}"
+            )
         kwargs = {k: v for k, v in values.items() if k in fields}
         try:
             return cls(**kwargs)
@@ -199,14 +212,14 @@ class ModelConfig:
             raise ModelConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def from_params_json(cls, path: str | os.PathLike, **overrides) -> "ModelConfig":
+    def from_params_json(cls, path: str | os.PathLike, **overrides) -> ModelConfig:
         """Reads Meta's ``params.json``. ``overrides`` (e.g. ``vocab_size`` when the file says -1) win."""
         values = _read_json(path)
         values.update(overrides)
         return cls.from_dict(values, source=str(path))
 
     @classmethod
-    def from_hf_config(cls, config: str | os.PathLike | dict[str, Any], **overrides) -> "ModelConfig":
+    def from_hf_config(cls, config: str | os.PathLike | dict[str, Any], **overrides) -> ModelConfig:
         """Reads a Hugging Face ``LlamaConfig`` (a ``config.json`` path or its dict); n_future_tokens = 1."""
         source = "config dict" if isinstance(config, dict) else str(config)
         hf = dict(config) if isinstance(config, dict) else _read_json(config)

@@ -1,8 +1,10 @@
 """LLaMA building blocks in Flax NNX: RMSNorm, interleaved RoPE, grouped-query attention, SwiGLU.
 
 Written from Meta's ``llama/model.py`` in facebook/multi-token-prediction (the reference for every
-formula below). Kernels are stored ``[in, out]`` (torch ``Linear.weight`` transposed). Every parameter
-carries logical axis names (``nnx.with_partitioning``); ``wmtp_jax.sharding`` maps them to mesh axes.
+formula below). Every projection (wq, wk, wv, wo, w1, w2, w3, and the model's output and value head) is its
+own ``nnx.Linear`` module with a ``kernel`` stored ``[in, out]`` (torch ``Linear.weight`` transposed), so an
+adapter (LoRA) or another head can wrap or replace it. Every parameter carries logical axis names
+(``nnx.with_partitioning``); ``wmtp_jax.sharding`` maps them to mesh axes.
 
 Logical axes used by parameters:
   "vocab"    vocabulary rows of the embedding / columns of the output projection
@@ -30,6 +32,46 @@ _INIT_STD = 0.02
 def _param(rngs: nnx.Rngs, shape, axes, dtype, init=None) -> nnx.Param:
     init = init or nnx.initializers.normal(_INIT_STD)
     return nnx.Param(nnx.with_partitioning(init, axes, eager_sharding=False)(rngs.params(), shape, dtype))
+
+
+class Linear(nnx.Linear):
+    """``nnx.Linear`` (kernel ``[in, out]``). Indexing reads the kernel (``proj[...]``), as when projections were
+    bare parameters; ``proj["kernel"]`` / ``proj["bias"]`` return the parameter itself."""
+
+    def __getitem__(self, index):
+        return getattr(self, index) if isinstance(index, str) else self.kernel[index]
+
+
+def linear(
+    in_features: int,
+    out_features: int,
+    axes: tuple[str | None, str | None],
+    *,
+    dtype,
+    param_dtype,
+    rngs: nnx.Rngs,
+    use_bias: bool = False,
+    init=None,
+    out_dtype=None,
+) -> Linear:
+    """A projection ``y = x @ kernel (+ bias)``: ``kernel`` ``[in_features, out_features]`` with logical axes
+    ``axes``, computed in ``dtype`` (inputs and kernel are cast to it), output in ``out_dtype`` (default
+    ``dtype``). Initialised N(0, 0.02) unless ``init`` is given; the bias (if any) starts at zero."""
+
+    def partitioned(fn, names):
+        return nnx.with_partitioning(fn, names, eager_sharding=False)
+
+    return Linear(
+        in_features,
+        out_features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        kernel_init=partitioned(init or nnx.initializers.normal(_INIT_STD), axes),
+        bias_init=partitioned(nnx.initializers.zeros, (axes[1],)),
+        preferred_element_type=out_dtype,
+        rngs=rngs,
+    )
 
 
 class RMSNorm(nnx.Module):
@@ -66,8 +108,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.reshape(x.shape).astype(x.dtype)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str = "xla",
-              chunk: int = 512) -> jax.Array:
+def attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, impl: str = "xla", chunk: int = 512
+) -> jax.Array:
     """Softmax attention ``softmax(q k^T / sqrt(head_dim) + mask) v`` (Vaswani et al. 2017, eq. 1) with GQA.
 
     Args:
@@ -88,15 +131,15 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, 
     if mask is None:
         mask = jnp.tril(jnp.ones((s, s), dtype=bool))[None, None]
     mask = jnp.broadcast_to(mask, (b, 1, s, s))
-    q_chunks = q.reshape(b, n, chunk, *q.shape[2:]).swapaxes(0, 1)        # [n, B, chunk, N, h]
-    m_chunks = mask.reshape(b, 1, n, chunk, s).transpose(2, 0, 1, 3, 4)   # [n, B, 1, chunk, S]
+    q_chunks = q.reshape(b, n, chunk, *q.shape[2:]).swapaxes(0, 1)  # [n, B, chunk, N, h]
+    m_chunks = mask.reshape(b, 1, n, chunk, s).transpose(2, 0, 1, 3, 4)  # [n, B, 1, chunk, S]
 
     @jax.checkpoint
     def one(args):
         qi, mi = args
         return jax.nn.dot_product_attention(qi, k, v, mask=mi)
 
-    out = jax.lax.map(one, (q_chunks, m_chunks))                            # [n, B, chunk, N, h]
+    out = jax.lax.map(one, (q_chunks, m_chunks))  # [n, B, chunk, N, h]
     return out.swapaxes(0, 1).reshape(q.shape)
 
 
@@ -112,30 +155,31 @@ class Attention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
-        d, q, kv, pd = cfg.dim, cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.weight_dtype
-        self.wq = _param(rngs, (d, q), ("embed", "q_heads"), pd)
-        self.wk = _param(rngs, (d, kv), ("embed", "kv_heads"), pd)
-        self.wv = _param(rngs, (d, kv), ("embed", "kv_heads"), pd)
-        self.wo = _param(rngs, (q, d), ("q_heads", "embed"), pd)
+        d, q, kv = cfg.dim, cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        opts = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+        self.wq = linear(d, q, ("embed", "q_heads"), **opts)
+        self.wk = linear(d, kv, ("embed", "kv_heads"), **opts)
+        self.wv = linear(d, kv, ("embed", "kv_heads"), **opts)
+        self.wo = linear(q, d, ("q_heads", "embed"), **opts)
 
     def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Rotated queries ``[B, S, n_heads, head_dim]``, rotated keys and values ``[B, S, kv_heads, head_dim]``."""
-        cfg, dt = self.cfg, self.cfg.compute_dtype
+        cfg = self.cfg
         b, s, _ = x.shape
-        x = x.astype(dt)
-        q = (x @ self.wq[...].astype(dt)).reshape(b, s, cfg.n_heads, cfg.head_dim)
-        k = (x @ self.wk[...].astype(dt)).reshape(b, s, cfg.kv_heads, cfg.head_dim)
-        v = (x @ self.wv[...].astype(dt)).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+        q = self.wq(x).reshape(b, s, cfg.n_heads, cfg.head_dim)
+        k = self.wk(x).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+        v = self.wv(x).reshape(b, s, cfg.kv_heads, cfg.head_dim)
         return apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta), v
 
     def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
         """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal)."""
         q, k, v = self._qkv(x, positions)
         out = attention(q, k, v, mask, self.cfg.attention, self.cfg.attention_chunk)
-        return out.reshape(*x.shape[:2], -1) @ self.wo[...].astype(self.cfg.compute_dtype)
+        return self.wo(out.reshape(*x.shape[:2], -1))
 
-    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
-               fill: jax.Array) -> tuple[jax.Array, KVCache]:
+    def extend(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache, fill: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
         """Attention of ``m`` new tokens over a key/value cache (generation: prefill and decode).
 
         Args:
@@ -151,24 +195,21 @@ class Attention(nnx.Module):
         write = jax.vmap(lambda c, new, i: jax.lax.dynamic_update_slice(c, new.astype(c.dtype), (i, 0, 0)))
         cache = KVCache(write(cache.k, k, fill), write(cache.v, v, fill))
         out = jax.nn.dot_product_attention(q, cache.k.astype(dt), cache.v.astype(dt), mask=mask)
-        return out.reshape(*x.shape[:2], -1) @ self.wo[...].astype(dt), cache
+        return self.wo(out.reshape(*x.shape[:2], -1)), cache
 
 
 class FeedForward(nnx.Module):
     """SwiGLU: ``w2(silu(w1 x) * w3 x)`` (Meta ``FeedForward``)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        d, h, pd = cfg.dim, cfg.hidden_dim, cfg.weight_dtype
-        self.w1 = _param(rngs, (d, h), ("embed", "mlp"), pd)
-        self.w3 = _param(rngs, (d, h), ("embed", "mlp"), pd)
-        self.w2 = _param(rngs, (h, d), ("mlp", "embed"), pd)
+        d, h = cfg.dim, cfg.hidden_dim
+        opts = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+        self.w1 = linear(d, h, ("embed", "mlp"), **opts)
+        self.w3 = linear(d, h, ("embed", "mlp"), **opts)
+        self.w2 = linear(h, d, ("mlp", "embed"), **opts)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        dt = self.cfg.compute_dtype
-        x = x.astype(dt)
-        gate = jax.nn.silu(x @ self.w1[...].astype(dt)) * (x @ self.w3[...].astype(dt))
-        return gate @ self.w2[...].astype(dt)
+        return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
 
 
 class Block(nnx.Module):
@@ -185,8 +226,9 @@ class Block(nnx.Module):
         h = x + self.attention(self.attention_norm(x), positions, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
-    def extend(self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache,
-               fill: jax.Array) -> tuple[jax.Array, KVCache]:
+    def extend(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache, fill: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
         """The block over ``m`` new tokens with a key/value cache (see ``Attention.extend``)."""
         attn, cache = self.attention.extend(self.attention_norm(x), positions, mask, cache, fill)
         h = x + attn

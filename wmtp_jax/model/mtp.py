@@ -4,8 +4,8 @@ Source: facebook/multi-token-prediction ``llama/model.py`` and Gloeckle et al. 2
 Large Language Models via Multi-token Prediction", section 2: a shared trunk of
 ``n_layers - n_future_tokens`` blocks, then ``n_future_tokens`` head blocks applied *in parallel* to the
 trunk output, a shared final RMSNorm and a shared, untied output projection. Head k (0-based) at
-position t predicts token t+k+1. A value head ``Linear(d -> 1)`` (zero-initialised) reads the normalised
-trunk state for the TD-weighted experiments (DESIGN.md section 4).
+position t predicts token t+k+1. An optional value head ``Linear(d -> 1)`` (zero-initialised) reads the
+normalised trunk state for the TD-weighted objectives (``docs/formulas.md``, "TD-exp weights").
 
 The trunk blocks are stored as one stacked ``Block`` (every parameter has a leading ``layers`` axis, the
 Flax NNX / MaxText "scanned layers" layout), and so are the heads. The forward pass runs them as one
@@ -22,17 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from wmtp_jax.model.config import ModelConfig
-from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param
-from wmtp_jax.sharding import constrain_batch
+from wmtp_jax.model.config import REMAT_POLICIES, ModelConfig
+from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param, linear
+from wmtp_jax.sharding import constrain_batch, state_shardings
 
 STACKED_GROUPS = ("layers", "heads")  # attributes of MTPTransformer holding stacked blocks (leading "layers" axis)
-
-_REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
 
 
 class MTPOutput(NamedTuple):
@@ -40,7 +34,7 @@ class MTPOutput(NamedTuple):
 
     head_hidden: ``[B, S, H, d]`` (compute dtype) — each head's output after the shared final norm;
       ``MTPTransformer.logits`` maps it to the vocabulary.
-    values: float32 ``[B, S]`` — value estimates V(s_t) from the value head.
+    values: float32 ``[B, S]`` — value estimates V(s_t) from the value head (None for a model without one).
     """
 
     head_hidden: jax.Array
@@ -64,25 +58,44 @@ class MTPTransformer(nnx.Module):
 
     Parameters follow Meta's state-dict names: ``tok_embeddings``, ``layers`` (the trunk blocks, stacked:
     ``layers.attention.wq`` is ``[n_trunk_layers, d, d]``), ``heads`` (Meta's ``layers[-1]`` followed by
-    ``extra_heads``, stacked: ``[n_future_tokens, ...]``), ``norm``, ``output``, plus ``value_head``.
+    ``extra_heads``, stacked: ``[n_future_tokens, ...]``), ``norm``, ``output`` (a projection module whose
+    ``kernel`` is ``[d, vocab]``), plus ``value_head`` (``value_head=False``: none, ``values`` is None).
     """
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, value_head: bool = True):
         self.cfg = cfg
         pd = cfg.weight_dtype
         self.tok_embeddings = _param(rngs, (cfg.vocab_size, cfg.dim), ("vocab", "embed"), pd)
         self.layers = stacked_blocks(cfg, cfg.n_trunk_layers, rngs)
         self.heads = stacked_blocks(cfg, cfg.n_future_tokens, rngs)
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
-        self.output = _param(rngs, (cfg.dim, cfg.vocab_size), ("embed", "vocab"), pd)
-        zeros = nnx.initializers.zeros
-        self.value_head = nnx.Dict(
-            kernel=_param(rngs, (cfg.dim, 1), ("embed", None), pd, zeros),
-            bias=_param(rngs, (1,), (None,), pd, zeros),
+        self.output = linear(
+            cfg.dim,
+            cfg.vocab_size,
+            ("embed", "vocab"),
+            dtype=cfg.compute_dtype,
+            param_dtype=pd,
+            out_dtype=jnp.float32,
+            rngs=rngs,
+        )
+        self.value_head = (
+            linear(
+                cfg.dim,
+                1,
+                ("embed", None),
+                dtype=jnp.float32,
+                param_dtype=pd,
+                use_bias=True,
+                init=nnx.initializers.zeros,
+                rngs=rngs,
+            )
+            if value_head
+            else nnx.data(None)
         )
 
-    def forward(self, tokens: jax.Array, positions: jax.Array | None = None,
-                segment_ids: jax.Array | None = None) -> MTPOutput:
+    def forward(
+        self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None
+    ) -> MTPOutput:
         """Runs trunk, heads and value head.
 
         Args:
@@ -99,23 +112,24 @@ class MTPTransformer(nnx.Module):
         mask = None if segment_ids is None else attention_mask(segment_ids)
         h = constrain_batch(jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype))
 
-        policy = _REMAT_POLICIES.get(cfg.remat)
+        policy = REMAT_POLICIES[cfg.remat]
         h = _chain_blocks(self.layers, h, positions, mask, policy, scan=cfg.scan_layers)
-        trunk_state = self.norm(h)
-        values = (trunk_state.astype(jnp.float32) @ self.value_head["kernel"][...].astype(jnp.float32)
-                  + self.value_head["bias"][...].astype(jnp.float32))[..., 0]
+        values = None if self.value_head is None else constrain_batch(self.value_head(self.norm(h))[..., 0])
         head_out = _parallel_blocks(self.heads, h, positions, mask, policy, scan=cfg.scan_layers)
-        return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=constrain_batch(values))
+        return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=values)
 
     def init_cache(self, batch: int, slots: int, n_heads: int) -> list[KVCache]:
         """Empty key/value caches for the trunk and the first ``n_heads`` heads: ``[B, T, kv_heads, head_dim]``."""
         cfg = self.cfg
         shape = (batch, slots, cfg.kv_heads, cfg.head_dim)
-        return [KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
-                for _ in range(cfg.n_trunk_layers + n_heads)]
+        return [
+            KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+            for _ in range(cfg.n_trunk_layers + n_heads)
+        ]
 
-    def extend(self, tokens: jax.Array, cache: list[KVCache], fill: jax.Array,
-               start: jax.Array) -> tuple[jax.Array, list[KVCache]]:
+    def extend(
+        self, tokens: jax.Array, cache: list[KVCache], fill: jax.Array, start: jax.Array
+    ) -> tuple[jax.Array, list[KVCache]]:
         """Runs ``m`` new tokens per row against the key/value cache (prefill: ``fill = 0``; decode: ``m >= 1``).
 
         Cache slot ``j`` of row ``b`` holds that row's token at position ``j - start[b]``; slots before
@@ -153,13 +167,21 @@ class MTPTransformer(nnx.Module):
         return self.norm(jnp.stack(outs, axis=2)), new_cache
 
     def logits(self, head_hidden: jax.Array) -> jax.Array:
-        """Shared output projection: ``[..., d]`` -> float32 ``[..., vocab]``."""
-        dt = self.cfg.compute_dtype
-        return jnp.einsum("...d,dv->...v", head_hidden.astype(dt), self.output[...].astype(dt),
-                          preferred_element_type=jnp.float32)
+        """Shared output projection: ``[..., d]`` -> float32 ``[..., vocab]`` (compute-dtype matmul, float32
+        accumulation)."""
+        return self.output(head_hidden)
 
-    def __call__(self, tokens: jax.Array, positions: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
+    def output_projection(self):
+        """The shared output projection as a function ``[..., d] -> float32 [..., vocab]`` for losses that project
+        a chunk of positions at a time (``losses.token_ce``): the kernel is cast to the compute dtype once, not
+        once per chunk."""
+        dt = self.cfg.compute_dtype
+        kernel = self.output.kernel[...].astype(dt)
+        return lambda h: jnp.einsum("...d,dv->...v", h.astype(dt), kernel, preferred_element_type=jnp.float32)
+
+    def __call__(
+        self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None
+    ) -> jax.Array:
         """float32 logits ``[B, S, n_future_tokens, vocab]``; head k at t predicts token t+k+1."""
         return self.logits(self.forward(tokens, positions, segment_ids).head_hidden)
 
@@ -223,3 +245,19 @@ def _parallel_blocks(stack: Block, h, positions, mask, policy, *, scan: bool):
     if scan:
         return jnp.moveaxis(jax.lax.map(lambda head: apply(head, h), state), 0, 2)
     return jnp.stack([apply(_block_state(state, i), h) for i in range(_stack_size(state))], axis=2)
+
+
+def create_model(cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int = 0, **kwargs) -> MTPTransformer:
+    """A randomly initialised ``MTPTransformer(cfg, **kwargs)`` whose parameters are created directly in their
+    shardings over ``mesh``.
+
+    Initialisation runs under ``jax.jit`` with ``out_shardings``, so each device only materialises its shard.
+    (Fine-tuning restores with ``wmtp_jax.checkpoint.load_model`` instead.)
+    """
+
+    def make():
+        return MTPTransformer(cfg, rngs=nnx.Rngs(seed), **kwargs)
+
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make))
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=state_shardings(abstract_state, mesh))()
+    return nnx.merge(graphdef, state)

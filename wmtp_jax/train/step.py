@@ -1,13 +1,12 @@
-"""One pure, jitted train step shared by the five experiments; only the token weights differ.
+"""One pure, jitted train step shared by every objective; only the token weights differ.
 
-    loss = sum_k lambda_k * (sum_{b,p} w[b,p,k] * CE[b,p,k]) / D_k  +  value_coef * sum_p l(V_p - target_p) / D_V
+    loss = sum_k lambda_k * (sum_{b,p} w[b,p,k] * CE[b,p,k]) / D_k  +  c_V * sum_p l(V_p - target_p) / D_V
 
-``w`` is 1 (baseline, ref_tuning), the TD-exp weight (verifiable) or the Rho-1 weight (rho1), optionally
-shuffled over the valid targets (``control``). ``D_k`` is the number of valid targets of head k in the
-*global* batch ("valid" normaliser; Rho-1 may use "selected": the number of selected targets), ``D_V`` the
-number of value targets. Denominators come from the masks of the whole batch before any forward pass, so
-accumulating the gradients of ``grad_accum_steps`` micro-batches gives exactly the big-batch gradient.
-critic (stage 1) has no CE term and differentiates only the value head.
+The objective (``wmtp_jax.train.objectives``) supplies ``w``, ``D_k``, ``c_V`` and which terms are present;
+``w`` may be shuffled over the valid targets (``weighting.control``). ``D_k`` comes from the number of valid
+targets of head k in the *global* batch, ``D_V`` is the number of value targets; both are computed from the
+masks of the whole batch before any forward pass, so accumulating the gradients of ``grad_accum_steps``
+micro-batches gives exactly the big-batch gradient (``docs/formulas.md``, "The training loss").
 """
 
 from __future__ import annotations
@@ -15,78 +14,110 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from wmtp_jax import losses, sharding
-from wmtp_jax.weighting import common, rho1, td
+from wmtp_jax import alignment, losses, sharding
+from wmtp_jax.schema import Section
+from wmtp_jax.train.objectives import Objective, Signals, td_weights
+from wmtp_jax.weighting import common
 
-EXPERIMENTS = ("baseline", "critic", "verifiable", "rho1", "ref_tuning")
 BATCH_KEYS = ("tokens", "loss_mask", "rewards", "segment_ids", "positions")
 WEIGHT_HIST_BINS, WEIGHT_HIST_MAX = 40, 5.0  # histogram of token weights (weights above the max land in no bin)
 
 
 @dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """Static settings of the train step (hashable: part of the jit cache key)."""
+class StepConfig(Section):
+    """Static settings of the train step from the ``train`` section (hashable: part of the jit cache key).
 
-    experiment: str = "baseline"
+    ``head_weights``: the loss weight lambda_k of each head; () = 1 for every head (``for_heads`` resolves it).
+    """
+
     grad_accum_steps: int = 1
-    head_weights: tuple[float, ...] = (1.0,)
+    head_weights: tuple[float, ...] = ()
     ce_chunk: int = 256
-    control: bool = False
-    # verifiable (TD) weights, DESIGN.md section 4
-    gamma: float = 1.0
-    gae_lambda: float = 0.0
-    beta: float = 0.9
-    w_min: float = 0.1
-    w_max: float = 5.0
-    whiten: bool = False
-    ema_decay: float = 0.99
-    # value loss
-    value_coef: float = 0.5
-    value_loss: str = "mse"
-    huber_delta: float = 1.0
-    value_target: str = "mc"            # "mc" (R) or "lambda" (lambda-return V + A)
-    # rho1 weights, DESIGN.md section 5
-    rho1_mode: str = "signed"
-    rho1_select: str = "hard"
-    rho1_ratio: float = 0.6
-    rho1_temperature: float = 1.0
-    rho1_eps: float = 0.05
-    rho1_w_max: float = 3.0
-    rho1_normalize: str = "selected"    # "selected" (Rho-1 eq. 4) or "valid"
+
+    def for_heads(self, n_heads: int) -> StepConfig:
+        """This config with one head weight per head; raises ValueError for a wrong count."""
+        weights = tuple(self.head_weights) or (1.0,) * n_heads
+        if len(weights) != n_heads:
+            raise ValueError(f"train.head_weights={weights}: expected {n_heads} values (one per head)")
+        return dataclasses.replace(self, head_weights=weights)
+
+    def problems(self, prefix: str = "train") -> list[str]:
+        c = self.checker(prefix)
+        for key in ("grad_accum_steps", "ce_chunk"):
+            c.positive(key)
+        c.check(
+            "head_weights",
+            lambda v: all(isinstance(x, (int, float)) and x >= 0 for x in v),
+            "() or one non-negative loss weight per head",
+        )
+        return c.found
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(Section):
+    """AdamW with linear warmup and cosine decay from the ``train`` section (``num_steps`` is the schedule length)."""
+
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0
+    num_steps: int = 1000
+    end_lr_fraction: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    max_grad_norm: float = 1.0
+
+    def problems(self, prefix: str = "train") -> list[str]:
+        c = self.checker(prefix)
+        c.positive("num_steps")
+        c.positive("learning_rate", integer=False)
+        c.non_negative("warmup_steps")
+        for key in ("end_lr_fraction", "b1", "b2"):
+            c.fraction(key)
+        c.check("weight_decay", lambda v: v >= 0, "a non-negative number")
+        c.check("max_grad_norm", lambda v: v >= 0, "a non-negative number (0 = no clipping)")
+        return c.found
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: ``step`` (int32), the trained ``params`` (an ``nnx.State``), the optimizer
+    state, the TD-whitening ``ema`` ({mean, var, count}) and the ``rng`` key data (uint32 [2]). Checkpoints store
+    these names."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema: dict[str, jax.Array]
+    rng: jax.Array
 
     @property
-    def trains_policy(self) -> bool:
-        return self.experiment != "critic"
-
-    @property
-    def trains_value(self) -> bool:
-        return self.experiment in ("critic", "verifiable")
+    def key(self) -> jax.Array:
+        return jax.random.wrap_key_data(self.rng)
 
 
-def trainable_filter(experiment: str):
-    """nnx filter of the parameters an experiment trains (the rest is frozen and gets no optimizer state)."""
-    if experiment == "critic":
-        return nnx.All(nnx.Param, nnx.PathContains("value_head"))
-    if experiment == "verifiable":
-        return nnx.Param
-    return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
-
-
-def make_optimizer(learning_rate: float, warmup_steps: int, total_steps: int, *, end_lr_fraction: float = 0.1,
-                   b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8, weight_decay: float = 0.1,
-                   max_grad_norm: float = 1.0):
+def make_optimizer(o: OptimizerConfig):
     """AdamW with linear warmup + cosine decay (optax), after global-norm clipping. Returns (tx, schedule)."""
     schedule = optax.warmup_cosine_decay_schedule(
-        0.0, learning_rate, max(warmup_steps, 1), max(total_steps, warmup_steps + 1), learning_rate * end_lr_fraction)
-    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)  # no decay on norms and biases
-    tx = optax.chain(optax.clip_by_global_norm(max_grad_norm) if max_grad_norm > 0 else optax.identity(),
-                     optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
+        0.0,
+        o.learning_rate,
+        max(o.warmup_steps, 1),
+        max(o.num_steps, o.warmup_steps + 1),
+        o.learning_rate * o.end_lr_fraction,
+    )
+    decay_mask = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+    tx = optax.chain(
+        optax.clip_by_global_norm(o.max_grad_norm) if o.max_grad_norm > 0 else optax.identity(),
+        optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask),
+    )
     return tx, schedule
 
 
@@ -95,64 +126,47 @@ def _micro_batches(batch: dict[str, jax.Array], n: int, mesh: Mesh | None) -> di
     rows = next(iter(batch.values())).shape[0]
     shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
     if rows % n or (rows // n) % shards:
-        raise ValueError(f"batch of {rows} rows cannot form {n} micro-batches that each divide over {shards} "
-                         "data-parallel devices")
+        raise ValueError(
+            f"batch of {rows} rows cannot form {n} micro-batches that each divide over {shards} data-parallel devices"
+        )
 
     def split(x):
         x = x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
         if mesh is not None:
             x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(None, sharding.BATCH_AXES)))
         return x
+
     return {k: split(v) for k, v in batch.items()}
 
 
-def denominators(cfg: StepConfig, micro: dict[str, jax.Array], n_heads: int) -> dict[str, jax.Array]:
+def denominators(objective: Objective, micro: dict[str, jax.Array], n_heads: int) -> dict[str, jax.Array]:
     """Normalisers of the global batch from its masks alone: ``{"ce": [H], "value": scalar}``."""
+
     def per_micro(mb):
-        _, valid = losses.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
-        n_valid = valid.sum(axis=(0, 1)).astype(jnp.float32)
-        if cfg.experiment == "rho1" and cfg.rho1_select == "hard" and cfg.rho1_normalize == "selected":
-            n_valid = jnp.ceil(cfg.rho1_ratio * n_valid)
+        _, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
+        n_valid = objective.normaliser(valid.sum(axis=(0, 1)).astype(jnp.float32))
         return n_valid, valid[..., 0].sum().astype(jnp.float32)
+
     ce, value = jax.vmap(per_micro)(micro)
     return {"ce": jnp.maximum(ce.sum(0), 1.0), "value": jnp.maximum(value.sum(), 1.0)}
 
 
-def _reference_ce(reference, mb) -> jax.Array:
-    """The frozen reference's next-token CE, target-token aligned ``[B, S]`` (no gradient)."""
-    targets, _ = losses.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], 1)
-    out = reference.forward(mb["tokens"], mb["positions"], mb["segment_ids"])
-    ce = losses.token_ce(reference.output[...], out.head_hidden, targets, dtype=reference.cfg.compute_dtype)
-    return jax.lax.stop_gradient(losses.token_aligned_ce(ce[..., 0]))
-
-
-def micro_batch_loss(cfg: StepConfig, model, reference, mb, denom, ema, key):
+def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb, denom, ema, key):
     """Loss of one micro-batch (already divided by the global normalisers) and its metrics."""
     n_heads = model.cfg.n_future_tokens
-    targets, valid = losses.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
+    targets, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
     out = model.forward(mb["tokens"], mb["positions"], mb["segment_ids"])
     metrics: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
-    new_ema, adv = ema, None
-    if cfg.trains_value:  # critic and verifiable: TD errors from the value head
-        w_tok, adv, whitened_ema = td.td_weights(
-            out.values, mb["rewards"], mb["loss_mask"], gamma=cfg.gamma, lam=cfg.gae_lambda, beta=cfg.beta,
-            w_min=cfg.w_min, w_max=cfg.w_max, ema=ema if cfg.whiten else None, ema_decay=cfg.ema_decay)
-        if cfg.whiten:
-            new_ema = whitened_ema
-    if cfg.trains_policy:
-        ce = losses.token_ce(model.output[...], out.head_hidden, targets, chunk=cfg.ce_chunk,
-                             dtype=model.cfg.compute_dtype)
-        if cfg.experiment == "verifiable":
-            weights = common.per_head(w_tok, n_heads)
-        elif cfg.experiment == "rho1":
-            ref_tok = mb["ref_ce"] if "ref_ce" in mb else _reference_ce(reference, mb)
-            weights = rho1.rho1_weights(ce, common.per_head(ref_tok, n_heads), valid, mode=cfg.rho1_mode,
-                                        select=cfg.rho1_select, ratio=cfg.rho1_ratio,
-                                        temperature=cfg.rho1_temperature, eps=cfg.rho1_eps, w_max=cfg.rho1_w_max)
-        else:
-            weights = jnp.ones_like(ce)
-        if cfg.control:
+    new_ema, adv, w_tok = ema, None, None
+    if objective.uses_td:  # TD errors from the value head
+        w_tok, adv, new_ema = td_weights(objective.weighting, out.values, mb, ema)
+    if objective.trains_policy:
+        ce = losses.token_ce(model.output_projection(), out.head_hidden, targets, chunk=cfg.ce_chunk)
+        weights = objective.token_weights(
+            Signals(ce=ce, valid=valid, batch=mb, n_heads=n_heads, reference=reference, td_weights=w_tok)
+        )
+        if objective.weighting.control:
             weights = common.control_shuffle(weights, valid, key)
         weights = jax.lax.stop_gradient(weights)
         head_loss = losses.weighted_ce_sums(ce, weights, valid) / denom["ce"]
@@ -160,22 +174,25 @@ def micro_batch_loss(cfg: StepConfig, model, reference, mb, denom, ema, key):
         metrics["loss_head"] = head_loss
         metrics["ce_head"] = jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)) / denom["ce"]
         metrics.update(common.weight_stats(weights, valid))
-        metrics["weight_hist"] = jnp.histogram(weights, bins=WEIGHT_HIST_BINS, range=(0.0, WEIGHT_HIST_MAX),
-                                               weights=valid.astype(jnp.float32))[0]
-    if cfg.trains_value:
+        metrics["weight_hist"] = jnp.histogram(
+            weights, bins=WEIGHT_HIST_BINS, range=(0.0, WEIGHT_HIST_MAX), weights=valid.astype(jnp.float32)
+        )[0]
+    if objective.trains_value:
+        w = objective.weighting
         value_mask = valid[..., 0]  # V(s_p) for states followed by an output token
-        target = mb["rewards"] if cfg.value_target == "mc" else jax.lax.stop_gradient(
-            out.values + common.shift_left(adv, 1))
-        value_loss = losses.value_loss_sum(out.values, target, value_mask, cfg.value_loss, cfg.huber_delta) / denom["value"]
-        total = total + (cfg.value_coef if cfg.trains_policy else 1.0) * value_loss
+        target = (
+            mb["rewards"]
+            if w.value_target == "mc"
+            else jax.lax.stop_gradient(out.values + alignment.shift_left(adv, 1))
+        )
+        value_loss = losses.value_loss_sum(out.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
+        total = total + objective.value_coef * value_loss
         metrics["value_loss"] = value_loss
-        vm = value_mask.astype(jnp.float32)
-        n = jnp.maximum(vm.sum(), 1.0)
-        metrics["value_mean"] = (out.values * vm).sum() / n
+        metrics["value_mean"] = alignment.masked_moments(out.values, value_mask)[0]
         metrics["value_explained_variance"] = losses.explained_variance(out.values, target, value_mask)
-        m = mb["loss_mask"].astype(jnp.float32)
-        metrics["td_error_mean"] = (adv * m).sum() / jnp.maximum(m.sum(), 1.0)
-        metrics["td_error_std"] = jnp.sqrt((jnp.square(adv - metrics["td_error_mean"]) * m).sum() / jnp.maximum(m.sum(), 1.0))
+        td_mean, td_var, _ = alignment.masked_moments(adv, mb["loss_mask"])
+        metrics["td_error_mean"] = td_mean
+        metrics["td_error_std"] = jnp.sqrt(td_var)
     metrics["loss"] = total
     return total, (metrics, new_ema)
 
@@ -199,48 +216,54 @@ def _combine(acc, m, n):
     return out
 
 
-def make_train_step(cfg: StepConfig, graphdef, tx, schedule, mesh: Mesh | None = None, ref_graphdef=None):
-    """Returns ``step(state, frozen, reference_state, batch) -> (state, metrics)`` (pure; jit it).
+def make_train_step(
+    objective: Objective, cfg: StepConfig, graphdef, tx, schedule, mesh: Mesh | None = None, ref_graphdef=None
+):
+    """Returns ``step(state: TrainState, frozen, reference_state, batch) -> (state, metrics)`` (pure; jit it).
 
-    ``state = {"step", "params" (trainable nnx.State), "opt_state", "ema", "rng"}``; ``frozen`` is the
-    frozen part of the model's state; ``reference_state`` the Rho-1 reference (or None).
+    ``frozen`` is the frozen part of the model's state; ``reference_state`` the Rho-1 reference (or None).
+    ``cfg.head_weights`` must hold one weight per head (``StepConfig.for_heads``).
     """
+
     def step(state, frozen, reference_state, batch):
         if mesh is None:
             return _step(state, frozen, reference_state, batch)
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):  # lets the model pin activations to the batch axes
             return _step(state, frozen, reference_state, batch)
 
-    def _step(state, frozen, reference_state, batch):
+    def _step(state: TrainState, frozen, reference_state, batch):
         n = cfg.grad_accum_steps
         micro = _micro_batches(batch, n, mesh)
-        model0 = nnx.merge(graphdef, state["params"], frozen)
+        model0 = nnx.merge(graphdef, state.params, frozen)
         n_heads = model0.cfg.n_future_tokens
-        denom = denominators(cfg, micro, n_heads)
+        denom = denominators(objective, micro, n_heads)
         reference = nnx.merge(ref_graphdef, reference_state) if reference_state is not None else None
-        key = jax.random.fold_in(state["rng"], state["step"])
+        key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params, mb, ema, k):
-            return micro_batch_loss(cfg, nnx.merge(graphdef, params, frozen), reference, mb, denom, ema, k)
+            return micro_batch_loss(objective, cfg, nnx.merge(graphdef, params, frozen), reference, mb, denom, ema, k)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        shapes = jax.eval_shape(lambda: loss_fn(state["params"], jax.tree.map(lambda x: x[0], micro), state["ema"], key))
+        shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), state.ema, key))
         metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1][0])
-        metrics0 = {k: (jnp.full_like(v, jnp.inf) if k in _MIN_KEYS else jnp.full_like(v, -jnp.inf) if k in _MAX_KEYS
-                        else v) for k, v in metrics0.items()}
+        metrics0 = {
+            k: (jnp.full_like(v, jnp.inf) if k in _MIN_KEYS else jnp.full_like(v, -jnp.inf) if k in _MAX_KEYS else v)
+            for k, v in metrics0.items()
+        }
 
         def body(carry, xs):
             grads, metrics, ema = carry
             mb, i = xs
-            (_, (m, ema)), g = grad_fn(state["params"], mb, ema, jax.random.fold_in(key, i))
+            (_, (m, ema)), g = grad_fn(state.params, mb, ema, jax.random.fold_in(key, i))
             return (jax.tree.map(jnp.add, grads, g), _combine(metrics, m, n), ema), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
         if n == 1:  # no loop: XLA:CPU runs while-loop bodies far slower than straight-line code
-            (grads, metrics, ema), _ = body((zeros, metrics0, state["ema"]),
-                                            (jax.tree.map(lambda x: x[0], micro), jnp.zeros((), jnp.int32)))
+            (grads, metrics, ema), _ = body(
+                (zeros, metrics0, state.ema), (jax.tree.map(lambda x: x[0], micro), jnp.zeros((), jnp.int32))
+            )
         else:
-            (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state["ema"]), (micro, jnp.arange(n)))
+            (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state.ema), (micro, jnp.arange(n)))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
 
@@ -250,42 +273,51 @@ def make_train_step(cfg: StepConfig, graphdef, tx, schedule, mesh: Mesh | None =
 
         # a non-finite step leaves parameters and optimizer state untouched; lax.cond (not a select between
         # old and new) lets XLA update them in place, without copies of the optimizer state
-        params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state["params"], state["opt_state"])
-        new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-                     "ema": jax.tree.map(lambda a, b: jnp.where(finite, a, b), ema, state["ema"]),
-                     "rng": state["rng"]}
-        metrics.update(grad_norm=grad_norm, learning_rate=schedule(state["step"]), finite=finite,
-                       target_tokens=denom["ce"].max() if cfg.trains_policy else denom["value"],
-                       tokens=jnp.sum(batch["segment_ids"] > 0))
+        params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            ema=jax.tree.map(lambda a, b: jnp.where(finite, a, b), ema, state.ema),
+            rng=state.rng,
+        )
+        metrics.update(
+            grad_norm=grad_norm,
+            learning_rate=schedule(state.step),
+            finite=finite,
+            target_tokens=denom["ce"].max() if objective.trains_policy else denom["value"],
+            tokens=jnp.sum(batch["segment_ids"] > 0),
+        )
         return new_state, metrics
 
     return step
 
 
-def jit_train_step(step, state, frozen, reference_state, mesh: Mesh):
-    """``jax.jit`` of ``step`` with explicit in/out shardings (state, frozen and reference keep their
-    parameter shardings; batch rows split over the batch axes) and the state donated."""
-    def shardings_of(tree):
-        return jax.tree.map(lambda x: x.sharding, tree)
-
-    state_shardings = shardings_of(state)
-    batch = sharding.batch_sharding(mesh)
-    return jax.jit(step, in_shardings=(state_shardings, shardings_of(frozen), shardings_of(reference_state), batch),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-
-
-def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> dict[str, Any]:
+def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> TrainState:
     """Train state for trainable ``params``: optimizer state follows the params' shardings, the small
     bookkeeping arrays (step, TD-whitening EMA, rng) are replicated over ``mesh``."""
-    small = {"step": jnp.zeros((), jnp.int32), "ema": {"mean": jnp.zeros(()), "var": jnp.zeros(()),
-                                                       "count": jnp.zeros(())},
-             "rng": jax.random.key_data(jax.random.key(seed))}
-    state = {**small, "params": params, "opt_state": jax.jit(tx.init)(params)}
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=jax.jit(tx.init)(params),
+        ema={"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())},
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
     if mesh is not None:  # scalars (step, optimizer counts, ...) would otherwise sit on device 0 only
-        state = jax.tree.map(lambda x: x if isinstance(x.sharding, NamedSharding)
-                             else jax.device_put(x, sharding.replicated(mesh)), state)
+        state = jax.tree.map(
+            lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, sharding.replicated(mesh)),
+            state,
+        )
     return state
 
 
-def state_rng(state) -> jax.Array:
-    return jax.random.wrap_key_data(state["rng"])
+def abstract_state(params, tx) -> TrainState:
+    """``TrainState`` of ShapeDtypeStructs for (abstract) ``params``; allocates nothing."""
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    return TrainState(
+        step=jax.ShapeDtypeStruct((), jnp.int32),
+        params=params,
+        opt_state=jax.eval_shape(jax.jit(tx.init), params),
+        ema={"mean": scalar, "var": scalar, "count": scalar},
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+    )

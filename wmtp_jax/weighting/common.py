@@ -1,22 +1,11 @@
-"""Helpers shared by the weighting schemes: MTP alignment, the shuffled control, summary statistics."""
+"""Helpers shared by the weighting schemes: the shuffled control and summary statistics."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-
-def shift_left(x: jax.Array, k: int, fill=0) -> jax.Array:
-    """``out[:, p] = x[:, p + k]`` (``fill`` past the end) for ``x`` of shape ``[B, S, ...]``."""
-    if k == 0:
-        return x
-    pad = jnp.full((x.shape[0], k) + x.shape[2:], fill, x.dtype)
-    return jnp.concatenate([x[:, k:], pad], axis=1)
-
-
-def per_head(token_values: jax.Array, n_heads: int, fill=0) -> jax.Array:
-    """Target-aligned ``[B, S]`` values -> ``[B, S, H]`` with ``out[:, p, k] = token_values[:, p + k + 1]``."""
-    return jnp.stack([shift_left(token_values, k + 1, fill) for k in range(n_heads)], axis=-1)
+from wmtp_jax.alignment import masked_moments
 
 
 def control_shuffle(weights: jax.Array, valid: jax.Array, key: jax.Array) -> jax.Array:
@@ -27,11 +16,12 @@ def control_shuffle(weights: jax.Array, valid: jax.Array, key: jax.Array) -> jax
     """
     if weights.ndim == 3:
         keys = jax.random.split(key, weights.shape[-1])
-        return jnp.stack([control_shuffle(weights[..., h], valid[..., h], keys[h])
-                          for h in range(weights.shape[-1])], axis=-1)
+        return jnp.stack(
+            [control_shuffle(weights[..., h], valid[..., h], keys[h]) for h in range(weights.shape[-1])], axis=-1
+        )
     w, v = weights.reshape(-1), valid.reshape(-1)
     rand = jnp.where(v, jax.random.uniform(key, w.shape), 2.0)
-    source = jnp.argsort(rand)                       # valid positions in random order first
+    source = jnp.argsort(rand)  # valid positions in random order first
     target = jnp.argsort(jnp.where(v, 0, 1), stable=True)  # valid positions in order first
     out = jnp.zeros_like(w).at[target].set(w[source])
     return jnp.where(v, out, 0.0).reshape(weights.shape)
@@ -39,12 +29,13 @@ def control_shuffle(weights: jax.Array, valid: jax.Array, key: jax.Array) -> jax
 
 def weight_stats(weights: jax.Array, valid: jax.Array, selected_threshold: float = 0.0) -> dict[str, jax.Array]:
     """mean, std, min, max of weights over valid entries, and the fraction with weight > threshold."""
-    v = valid.astype(jnp.float32)
-    n = jnp.maximum(v.sum(), 1.0)
-    mean = (weights * v).sum() / n
-    std = jnp.sqrt(jnp.maximum((jnp.square(weights - mean) * v).sum() / n, 0.0))
+    mean, var, n = masked_moments(weights, valid)
+    std = jnp.sqrt(jnp.maximum(var, 0.0))
     big = jnp.finfo(jnp.float32).max
-    return {"weight_mean": mean, "weight_std": std,
-            "weight_min": jnp.min(jnp.where(valid, weights, big)),
-            "weight_max": jnp.max(jnp.where(valid, weights, -big)),
-            "weight_frac_selected": ((weights > selected_threshold) & valid).sum() / n}
+    return {
+        "weight_mean": mean,
+        "weight_std": std,
+        "weight_min": jnp.min(jnp.where(valid, weights, big)),
+        "weight_max": jnp.max(jnp.where(valid, weights, -big)),
+        "weight_frac_selected": ((weights > selected_threshold) & valid).sum() / n,
+    }

@@ -1,5 +1,5 @@
 """Rho-1 excess-loss token weights (Lin et al. 2024, "Rho-1: Not All Tokens Are What You Need", eq. 3-4;
-DESIGN.md section 5), per MTP head.
+``docs/formulas.md``, "Rho-1 weights"), per MTP head.
 
 For head k at position p with target y = token p+k+1:
     CE_pol(p, k) = -log p_theta(y | x_<=p, head k)     (from the training forward itself)
@@ -15,9 +15,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from wmtp_jax.alignment import masked_moments
+
 
 def excess_loss(ce_policy: jax.Array, ce_reference: jax.Array, mode: str = "signed") -> jax.Array:
-    """``[B, S, H]`` score; ``ce_reference`` already aligned per head (``per_head(ref_ce_tokens)``)."""
+    """``[B, S, H]`` score; ``ce_reference`` already aligned per head (``alignment.per_head(ref_ce_tokens)``)."""
     diff = ce_policy - ce_reference
     if mode == "signed":
         return diff
@@ -32,19 +34,19 @@ def top_k_select(score: jax.Array, valid: jax.Array, ratio: float) -> jax.Array:
     flat_score = jnp.where(valid, score, -jnp.inf).reshape(b * s, h)
     n_valid = valid.reshape(b * s, h).sum(axis=0)
     k = jnp.ceil(ratio * n_valid).astype(jnp.int32)
-    order = jnp.argsort(-flat_score, axis=0)              # descending per head
-    rank = jnp.argsort(order, axis=0)                     # rank of each entry (0 = best)
+    order = jnp.argsort(-flat_score, axis=0)  # descending per head
+    rank = jnp.argsort(order, axis=0)  # rank of each entry (0 = best)
     selected = (rank < k[None, :]) & valid.reshape(b * s, h)
     return jax.lax.stop_gradient(selected.reshape(b, s, h).astype(jnp.float32))
 
 
-def soft_weights(score: jax.Array, valid: jax.Array, temperature: float = 1.0, eps: float = 0.05,
-                 w_max: float = 3.0) -> jax.Array:
+def soft_weights(
+    score: jax.Array, valid: jax.Array, temperature: float = 1.0, eps: float = 0.05, w_max: float = 3.0
+) -> jax.Array:
     """Softmax weights over valid targets per head, mean 1 after clipping. ``[B, S, H]``."""
     v = valid.astype(jnp.float32)
-    n = jnp.maximum(v.sum(axis=(0, 1)), 1.0)
-    mean = (score * v).sum(axis=(0, 1)) / n
-    std = jnp.sqrt((jnp.square(score - mean) * v).sum(axis=(0, 1)) / n) + 1e-6
+    mean, var, n = masked_moments(score, valid, axis=(0, 1))
+    std = jnp.sqrt(var) + 1e-6
     z = jnp.where(valid, (score - mean) / std, -jnp.inf) / temperature
     p = jax.nn.softmax(z.reshape(-1, z.shape[-1]), axis=0).reshape(z.shape)
     w = jnp.clip(p * n, eps, w_max) * v
@@ -52,8 +54,9 @@ def soft_weights(score: jax.Array, valid: jax.Array, temperature: float = 1.0, e
     return jax.lax.stop_gradient(w)
 
 
-def rho1_weights(ce_policy, ce_reference, valid, *, mode="signed", select="hard", ratio=0.6, temperature=1.0,
-                 eps=0.05, w_max=3.0):
+def rho1_weights(
+    ce_policy, ce_reference, valid, *, mode="signed", select="hard", ratio=0.6, temperature=1.0, eps=0.05, w_max=3.0
+):
     """Rho-1 weights ``[B, S, H]`` from per-head policy CE and per-head-aligned reference CE."""
     score = excess_loss(jax.lax.stop_gradient(ce_policy), jax.lax.stop_gradient(ce_reference), mode)
     if select == "hard":

@@ -1,4 +1,4 @@
-"""TD-error exponential weights from the value head (DESIGN.md section 4).
+"""TD-error exponential weights from the value head (``docs/formulas.md``, "TD-exp weights").
 
 States: ``s_{t-1}`` is the prefix before output token ``x_t`` (value ``V[t-1]``, read at position t-1),
 ``s_t`` the prefix after it (``V[t]``). For output tokens (``loss_mask[t] = 1``):
@@ -17,7 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from wmtp_jax.weighting.common import shift_left
+from wmtp_jax.alignment import masked_moments, shift_left
 
 
 def td_errors(values: jax.Array, rewards: jax.Array, loss_mask: jax.Array, gamma: float = 1.0) -> jax.Array:
@@ -55,20 +55,18 @@ def whiten(delta: jax.Array, loss_mask: jax.Array, ema: dict[str, jax.Array], de
 
     Returns ``(whitened delta, new ema)``; ``ema = {"mean", "var", "count"}`` (bias-corrected by ``count``).
     """
-    m = loss_mask.astype(jnp.float32)
-    n = jnp.maximum(m.sum(), 1.0)
-    batch_mean = (delta * m).sum() / n
-    batch_var = (jnp.square(delta - batch_mean) * m).sum() / n
+    batch_mean, batch_var, _ = masked_moments(delta, loss_mask)
     count = ema["count"] + 1.0
     mean = decay * ema["mean"] + (1 - decay) * batch_mean
     var = decay * ema["var"] + (1 - decay) * batch_var
-    correction = 1.0 - decay ** count
+    correction = 1.0 - decay**count
     out = (delta - mean / correction) * jax.lax.rsqrt(var / correction + 1e-8)
     return jnp.where(loss_mask.astype(bool), out, 0.0), {"mean": mean, "var": var, "count": count}
 
 
-def td_weights(values, rewards, loss_mask, *, gamma=1.0, lam=0.0, beta=0.9, w_min=0.1, w_max=5.0,
-               ema=None, ema_decay=0.99):
+def td_weights(
+    values, rewards, loss_mask, *, gamma=1.0, lam=0.0, beta=0.9, w_min=0.1, w_max=5.0, ema=None, ema_decay=0.99
+):
     """Token weights ``[B, S]`` (stop-gradient) and diagnostics.
 
     Returns ``(weights, advantages, new_ema)``; ``new_ema`` is None when whitening is off (``ema`` None).

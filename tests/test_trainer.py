@@ -1,0 +1,111 @@
+"""The Trainer's hook protocol and the checkpoint-committed event, on a tiny model (fast)."""
+
+import jax
+import numpy as np
+import pytest
+
+from wmtp_jax import sharding
+from wmtp_jax.model import ModelConfig, create_model
+from wmtp_jax.train import hooks
+from wmtp_jax.train.objectives import OBJECTIVES, make_objective
+from wmtp_jax.train.step import OptimizerConfig, StepConfig
+from wmtp_jax.train.trainer import NonFiniteError, Trainer
+
+TINY = ModelConfig(dim=16, n_layers=3, n_heads=2, n_kv_heads=1, vocab_size=128, multiple_of=16, n_future_tokens=2)
+
+
+class Batches:
+    """An iterator of fixed random batches with a Grain-like ``get_state`` / ``set_state``."""
+
+    def __init__(self, mesh, rows=4, length=16):
+        rng = np.random.RandomState(0)
+        tokens = rng.randint(3, TINY.vocab_size, (rows, length)).astype(np.int32)
+        loss_mask = np.zeros((rows, length), np.int32)
+        loss_mask[:, 6:] = 1
+        batch = {"tokens": tokens, "loss_mask": loss_mask, "rewards": np.ones((rows, length), np.float32),
+                 "segment_ids": np.ones((rows, length), np.int32),
+                 "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1))}
+        self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+        self.position = 0
+
+    def __next__(self):
+        self.position += 1
+        return self.batch
+
+    def get_state(self):
+        return {"position": self.position}
+
+    def set_state(self, state):
+        self.position = state["position"]
+
+
+class Recorder:
+    def __init__(self):
+        self.steps, self.ends = [], []
+
+    def on_step(self, trainer, event):
+        self.steps.append(event.step)
+
+    def on_end(self, trainer, event, status):
+        self.ends.append((event.step, status))
+
+
+@pytest.fixture(scope="module")
+def mesh():
+    return sharding.make_mesh()
+
+
+def tiny_trainer(mesh, objective="baseline", **weighting):
+    from wmtp_jax.train.objectives import WeightingConfig
+
+    return Trainer(make_objective(objective, WeightingConfig(**weighting)), create_model(TINY, mesh), mesh=mesh,
+                   step_config=StepConfig(ce_chunk=8), optimizer=OptimizerConfig(learning_rate=1e-2, num_steps=10),
+                   max_nonfinite_steps=2)
+
+
+def test_hooks_run_every_n_steps_and_at_the_last_step(mesh):
+    trainer = tiny_trainer(mesh)
+    every_three, every_step = Recorder(), Recorder()
+    trainer.add_hook(every_three, every=3)
+    trainer.add_hook(every_step)
+    state = trainer.run(trainer.initial_state(), Batches(mesh), num_steps=5)
+    assert int(state.step) == 5
+    assert every_three.steps == [3, 5] and every_step.steps == [1, 2, 3, 4, 5]
+    assert every_three.ends == [(5, "FINISHED")] == every_step.ends
+
+
+def test_too_many_non_finite_steps_stop_the_run_and_tell_the_hooks(mesh):
+    trainer = tiny_trainer(mesh, "verifiable", value_coef=float("nan"))
+    recorder = Recorder()
+    trainer.add_hook(recorder)
+    with pytest.raises(NonFiniteError, match="2 consecutive non-finite"):
+        trainer.run(trainer.initial_state(), Batches(mesh), num_steps=5)
+    assert recorder.steps == [1, 2] and recorder.ends == [(2, "STOPPED")]
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_checkpoint_committed_event_follows_each_finished_checkpoint(mesh, tmp_path, async_save):
+    trainer = tiny_trainer(mesh)
+    batches = Batches(mesh)
+    checkpoints = hooks.Checkpoints(tmp_path / "ckpt", batches, hooks.CheckpointConfig(keep=5, async_save=async_save))
+    committed = []
+
+    def on_commit(step, directory):  # the checkpoint is complete when the event arrives
+        committed.append((step, (directory / "state").is_dir() and (directory / "data").is_dir()))
+
+    checkpoints.on_commit.append(on_commit)
+    trainer.add_hook(checkpoints, every=2)
+    trainer.run(trainer.initial_state(), batches, num_steps=5)
+    assert sorted(committed) == [(2, True), (4, True), (5, True)]
+    # and the committed state restores, with the iterator position saved beside it
+    resumed = Batches(mesh)
+    restored = hooks.Checkpoints(tmp_path / "ckpt", resumed).restore(tiny_trainer(mesh))
+    assert int(restored.step) == 5 and resumed.position == 5
+
+
+def test_every_objective_is_registered_under_its_config_name():
+    assert set(OBJECTIVES) == {"baseline", "critic", "verifiable", "rho1", "ref_tuning"}
+    assert make_objective("critic").trains_value and not make_objective("critic").trains_policy
+    assert make_objective("rho1").needs_reference
+    with pytest.raises(ValueError, match="objective 'rho2': expected one of"):
+        make_objective("rho2")

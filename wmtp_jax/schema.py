@@ -1,0 +1,69 @@
+"""Typed config sections: a frozen dataclass per config section, built from it by field name, that checks itself.
+
+``ml_collections`` configs stay the user-facing format (files, ``--config.KEY=VALUE`` overrides); the code reads
+typed, hashable sections (``Section.from_config(c.train)``), and each section's ``problems()`` names every bad
+value at once, with its full key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+class Checker:
+    """Collects one line per bad value: ``{prefix}.{key}={value!r}: expected {what}``."""
+
+    def __init__(self, values: Any, prefix: str):
+        self.values, self.prefix, self.found = values, prefix, []
+
+    def check(self, key: str, ok: Callable[[Any], bool], expected: str) -> None:
+        value = getattr(self.values, key)
+        try:
+            good = ok(value)
+        except TypeError:
+            good = False
+        if not good:
+            self.found.append(f"{self.prefix}.{key}={value!r}: expected {expected}")
+
+    def one_of(self, key: str, allowed) -> None:
+        self.check(key, lambda v: v in allowed, f"one of {list(allowed)}")
+
+    def positive(self, key: str, integer: bool = True) -> None:
+        self.check(
+            key,
+            lambda v: (isinstance(v, int) if integer else isinstance(v, (int, float))) and v > 0,
+            "a positive " + ("integer" if integer else "number"),
+        )
+
+    def non_negative(self, key: str, integer: bool = True) -> None:
+        self.check(
+            key,
+            lambda v: (isinstance(v, int) if integer else isinstance(v, (int, float))) and v >= 0,
+            "a non-negative " + ("integer" if integer else "number"),
+        )
+
+    def fraction(self, key: str, lo: float = 0.0, hi: float = 1.0) -> None:
+        self.check(key, lambda v: lo <= v <= hi, f"a number in [{lo}, {hi}]")
+
+
+class Section:
+    """Mixin for frozen dataclasses that mirror one config section (field names are the section's keys)."""
+
+    @classmethod
+    def from_config(cls, section, **overrides):
+        """The dataclass from the keys of ``section`` (a ConfigDict or mapping) that name its fields; lists
+        become tuples so the result stays hashable (it is part of jit cache keys)."""
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name in section:
+                value = section[field.name]
+                values[field.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**{**values, **overrides})
+
+    def checker(self, prefix: str) -> Checker:
+        return Checker(self, prefix)
+
+    def problems(self, prefix: str) -> list[str]:
+        return []

@@ -1,0 +1,221 @@
+"""Training objectives: what each experiment trains, what it needs, and how it weights target tokens.
+
+Every objective shares one loss (``docs/formulas.md``, "The training loss"):
+
+    loss = sum_k lambda_k * (sum_{b,p} w[b,p,k] * CE[b,p,k]) / D_k  +  c_V * sum_p l(V_p - target_p) / D_V
+
+An objective answers four questions, and ``step.micro_batch_loss`` composes the answers without ever looking
+at its name:
+  * ``trainable()``: which parameters get gradients and optimizer state (an ``nnx`` filter);
+  * ``trains_policy`` / ``trains_value``: whether the CE term and the value term are in the loss;
+    ``needs_reference``: whether a frozen reference model runs in the step;
+  * ``token_weights(signals)``: ``w`` (``[B, S, H]``, no gradient);
+  * ``normaliser(n_valid)``: ``D_k`` from the number of valid targets per head of the global batch.
+
+``OBJECTIVES`` maps the config's ``objective`` key to the class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wmtp_jax import alignment, losses
+from wmtp_jax.schema import Section
+from wmtp_jax.weighting import rho1, td
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightingConfig(Section):
+    """The ``weighting`` section of a training config (field names are the config keys).
+
+    TD-exp weights: ``gamma``, ``gae_lambda``, ``beta``, ``w_min``, ``w_max``, ``whiten``, ``ema_decay``; value loss:
+    ``value_coef``, ``value_loss`` (mse | huber), ``huber_delta``, ``value_target`` (mc | lambda); Rho-1:
+    ``rho1_mode`` (signed | absolute), ``rho1_select`` (hard | soft), ``rho1_ratio``, ``rho1_temperature``,
+    ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
+    reference-CE table instead of a reference forward); ``control``: shuffle the weights over the valid targets.
+    """
+
+    control: bool = False
+    gamma: float = 1.0
+    gae_lambda: float = 0.0
+    beta: float = 0.9
+    w_min: float = 0.1
+    w_max: float = 5.0
+    whiten: bool = False
+    ema_decay: float = 0.99
+    value_coef: float = 0.5
+    value_loss: str = "mse"
+    huber_delta: float = 1.0
+    value_target: str = "mc"
+    rho1_mode: str = "signed"
+    rho1_select: str = "hard"
+    rho1_ratio: float = 0.6
+    rho1_temperature: float = 1.0
+    rho1_eps: float = 0.05
+    rho1_w_max: float = 3.0
+    rho1_normalize: str = "selected"
+    rho1_reference_ce: str = ""
+
+    def problems(self, prefix: str = "weighting") -> list[str]:
+        c = self.checker(prefix)
+        c.positive("beta", integer=False)
+        for key in ("gamma", "gae_lambda", "ema_decay", "rho1_ratio"):
+            c.fraction(key)
+        c.check("w_min", lambda v: 0 <= v <= self.w_max, "0 <= w_min <= weighting.w_max")
+        c.one_of("value_loss", ("mse", "huber"))
+        c.one_of("value_target", ("mc", "lambda"))
+        c.one_of("rho1_mode", ("signed", "absolute"))
+        c.one_of("rho1_select", ("hard", "soft"))
+        c.one_of("rho1_normalize", ("selected", "valid"))
+        return c.found
+
+
+@dataclasses.dataclass(frozen=True)
+class Signals:
+    """What a token-weight function may read in one micro-batch (all ``[B, S, H]`` unless noted)."""
+
+    ce: jax.Array  # float32 policy cross-entropy per target (the training forward's own)
+    valid: jax.Array  # bool: the target counts
+    batch: dict[str, jax.Array]  # the micro-batch ([B, S] arrays; "ref_ce" when a precomputed table streams)
+    n_heads: int
+    reference: Any = None  # the frozen reference model (``needs_reference``), or None
+    td_weights: jax.Array | None = None  # [B, S] target-aligned TD-exp weights (``uses_td``)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Base class: unweighted multi-token prediction of every head (the baseline)."""
+
+    weighting: WeightingConfig = WeightingConfig()
+    name: ClassVar[str] = "baseline"
+    trains_policy: ClassVar[bool] = True  # the weighted CE term
+    trains_value: ClassVar[bool] = False  # the value-loss term
+    uses_td: ClassVar[bool] = False  # TD errors from the value head are computed in the step
+
+    @property
+    def needs_reference(self) -> bool:
+        return False
+
+    def trainable(self):
+        """nnx filter of the trained parameters (the rest is frozen and gets no optimizer state)."""
+        return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
+
+    def token_weights(self, s: Signals) -> jax.Array:
+        return jnp.ones_like(s.ce)
+
+    def normaliser(self, n_valid: jax.Array) -> jax.Array:
+        """``D_k`` of the CE term from the number of valid targets per head ``[H]`` of the global batch."""
+        return n_valid
+
+    @property
+    def value_coef(self) -> float:
+        """``c_V``: the value term's coefficient (1 when the value head is the only thing trained)."""
+        return self.weighting.value_coef if self.trains_policy else 1.0
+
+
+class Baseline(Objective):
+    """Every valid target has weight 1; all heads are trained, the value head is not."""
+
+
+class RefTuning(Baseline):
+    """Plain next-token SFT of the Rho-1 reference (an ``n_future_tokens = 1`` model): weight 1."""
+
+    name: ClassVar[str] = "ref_tuning"
+
+
+class Critic(Objective):
+    """Stage 1 of the verifiable experiment: only the value head is trained, toward the sequence reward."""
+
+    name: ClassVar[str] = "critic"
+    trains_policy: ClassVar[bool] = False
+    trains_value: ClassVar[bool] = True
+    uses_td: ClassVar[bool] = True
+
+    def trainable(self):
+        return nnx.All(nnx.Param, nnx.PathContains("value_head"))
+
+
+class Verifiable(Objective):
+    """Stage 2: TD-exp weights from the value head; the policy and the value head are trained together."""
+
+    name: ClassVar[str] = "verifiable"
+    trains_value: ClassVar[bool] = True
+    uses_td: ClassVar[bool] = True
+
+    def trainable(self):
+        return nnx.Param
+
+    def token_weights(self, s: Signals) -> jax.Array:
+        return alignment.per_head(s.td_weights, s.n_heads)
+
+
+class Rho1(Objective):
+    """Rho-1 excess-loss weights against a frozen reference (or a precomputed reference-CE table)."""
+
+    name: ClassVar[str] = "rho1"
+
+    @property
+    def needs_reference(self) -> bool:
+        return not self.weighting.rho1_reference_ce
+
+    def token_weights(self, s: Signals) -> jax.Array:
+        w = self.weighting
+        ref_tok = s.batch["ref_ce"] if "ref_ce" in s.batch else reference_ce(s.reference, s.batch)
+        return rho1.rho1_weights(
+            s.ce,
+            alignment.per_head(ref_tok, s.n_heads),
+            s.valid,
+            mode=w.rho1_mode,
+            select=w.rho1_select,
+            ratio=w.rho1_ratio,
+            temperature=w.rho1_temperature,
+            eps=w.rho1_eps,
+            w_max=w.rho1_w_max,
+        )
+
+    def normaliser(self, n_valid: jax.Array) -> jax.Array:
+        w = self.weighting
+        if w.rho1_select == "hard" and w.rho1_normalize == "selected":  # Rho-1 eq. 4: the selected tokens
+            return jnp.ceil(w.rho1_ratio * n_valid)
+        return n_valid
+
+
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Baseline, Critic, Verifiable, Rho1, RefTuning)}
+
+
+def make_objective(name: str, weighting: WeightingConfig = WeightingConfig()) -> Objective:
+    """The objective called ``name`` (a key of ``OBJECTIVES``); raises ValueError naming the choices."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective {name!r}: expected one of {list(OBJECTIVES)}")
+    return OBJECTIVES[name](weighting)
+
+
+def reference_ce(reference, batch) -> jax.Array:
+    """The frozen reference's next-token CE, target-token aligned ``[B, S]`` (no gradient)."""
+    targets, _ = alignment.mtp_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"], 1)
+    out = reference.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
+    ce = losses.token_ce(reference.output_projection(), out.head_hidden, targets)
+    return jax.lax.stop_gradient(alignment.next_token_to_target(ce[..., 0]))
+
+
+def td_weights(weighting: WeightingConfig, values, batch, ema):
+    """TD-exp weights ``[B, S]``, advantages ``[B, S]`` and the new whitening EMA (unchanged unless whitening)."""
+    w = weighting
+    weights, adv, whitened = td.td_weights(
+        values,
+        batch["rewards"],
+        batch["loss_mask"],
+        gamma=w.gamma,
+        lam=w.gae_lambda,
+        beta=w.beta,
+        w_min=w.w_min,
+        w_max=w.w_max,
+        ema=ema if w.whiten else None,
+        ema_decay=w.ema_decay,
+    )
+    return weights, adv, (whitened if w.whiten else ema)

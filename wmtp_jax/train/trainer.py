@@ -1,0 +1,231 @@
+"""The Trainer: one objective, its model(s), the optimizer and the jitted step, with hooks around the loop.
+
+    trainer = Trainer(objective, model, mesh=mesh, step_config=StepConfig(...), optimizer=OptimizerConfig(...))
+    trainer.add_hook(MetricsFile(workdir), every=1)
+    state = trainer.initial_state()          # or restored from a checkpoint
+    state = trainer.run(state, batches, num_steps=100)
+
+A hook is any object with ``on_step(trainer, event)`` (called every ``every`` steps and at the last step)
+and optionally ``on_end(trainer, event, status)`` (status ``FINISHED``, ``STOPPED`` after too many non-finite
+updates, or ``FAILED`` on an exception). Hooks run in the order they were added and may add entries to
+``event.metrics`` for the hooks after them (validation adds ``val_loss`` before checkpointing reads it). The
+standard hooks (metrics file, MLflow, validation, checkpoints with a "committed" event, ``final/`` export,
+plots) live in ``wmtp_jax.train.hooks``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from wmtp_jax import sharding
+from wmtp_jax.train.objectives import Objective
+from wmtp_jax.train.step import (
+    OptimizerConfig,
+    StepConfig,
+    TrainState,
+    abstract_state,
+    init_state,
+    make_optimizer,
+    make_train_step,
+)
+
+# bf16 dense peak per device, for the MFU estimate
+PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12}
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite updates."""
+
+
+@dataclasses.dataclass
+class StepEvent:
+    """What hooks see after a step: ``step`` (steps done, 1-based), the new ``state``, host ``metrics`` (floats),
+    whether it is the ``last`` step, and the step's ``weight_hist`` (counts of valid targets per weight bin,
+    ``step.WEIGHT_HIST_BINS`` bins over [0, ``step.WEIGHT_HIST_MAX``]; None when no CE term is trained)."""
+
+    step: int
+    state: TrainState
+    metrics: dict[str, float]
+    last: bool
+    weight_hist: np.ndarray | None = None
+
+
+@dataclasses.dataclass
+class _Registered:
+    hook: Any
+    every: int
+
+
+def flops_per_token(model, params, reference_state=None) -> float:
+    """Matmul FLOPs of one train step per token, the "6N" rule (Kaplan et al. 2020, section 2.1) split by
+    part: 2 per parameter for the forward of the model and of the reference, 4 more per trained parameter
+    for the backward. The attention-score FLOPs (Chowdhery et al. 2022, PaLM, appendix B) are left out, so
+    the MFU derived from it is a slight under-estimate at long sequences."""
+
+    def count(tree):
+        return 0 if tree is None else sum(x.size for x in jax.tree.leaves(tree))
+
+    return 2.0 * (count(nnx.state(model)) + count(reference_state)) + 4.0 * count(params)
+
+
+def peak_flops(override: float = 0.0) -> float:
+    """bf16 dense peak FLOP/s of one local device: ``override`` if set, else from its kind; 0 if unknown."""
+    return override or next((v for k, v in PEAK_FLOPS.items() if k in jax.devices()[0].device_kind), 0.0)
+
+
+def scalar_metrics(m: dict) -> dict[str, float]:
+    """Host metrics -> flat floats: per-head arrays become ``{name}_{k}``; the weight histogram is left out."""
+    out = {}
+    for k, v in m.items():
+        v = np.asarray(v)
+        if k == "weight_hist":
+            continue
+        if v.ndim == 0:
+            out[k] = float(v)
+        else:
+            out.update({f"{k}_{i}": float(x) for i, x in enumerate(v)})
+    return out
+
+
+class Trainer:
+    """Built once from (objective, model, reference, mesh, step and optimizer settings).
+
+    Attributes:
+      graphdef, frozen: the model's graph and its frozen (untrained) state; ``model(state)`` merges them back.
+      reference_state: the frozen reference's state (Rho-1) or None.
+      tx, schedule: the optax optimizer and learning-rate schedule.
+      flops_per_token: the step's matmul FLOPs per token (for MFU).
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        model,
+        *,
+        mesh: Mesh | None,
+        step_config: StepConfig = StepConfig(),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        reference=None,
+        seed: int = 0,
+        max_nonfinite_steps: int = 5,
+        peak_flops_per_device: float = 0.0,
+    ):
+        if objective.needs_reference and reference is None:
+            raise ValueError(f"objective {objective.name!r} needs a reference model (or a precomputed reference CE)")
+        self.objective, self.mesh, self.seed = objective, mesh, seed
+        self.step_config = step_config.for_heads(model.cfg.n_future_tokens)
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.graphdef, self.params, self.frozen = nnx.split(model, objective.trainable(), ...)
+        self.ref_graphdef = self.reference_state = None
+        if reference is not None:
+            self.ref_graphdef, self.reference_state = nnx.split(reference)
+        self.tx, self.schedule = make_optimizer(optimizer)
+        self.step_fn = make_train_step(
+            objective, self.step_config, self.graphdef, self.tx, self.schedule, mesh, self.ref_graphdef
+        )
+        self.flops_per_token = flops_per_token(model, self.params, self.reference_state)
+        self.peak_flops = peak_flops(peak_flops_per_device)
+        self.hooks: list[_Registered] = []
+        self._jitted = None
+
+    # ------------------------------------------------------------------------------------------ state
+    def initial_state(self) -> TrainState:
+        """The train state at step 0 (optimizer state in the parameters' shardings)."""
+        return init_state(self.params, self.tx, self.seed, self.mesh)
+
+    def abstract_state(self) -> TrainState:
+        """The train state's shapes, dtypes and shardings; allocates nothing (works on an abstract model)."""
+        return abstract_state(self.params, self.tx)
+
+    def model(self, state: TrainState):
+        """The full model with ``state``'s trained parameters."""
+        return nnx.merge(self.graphdef, state.params, self.frozen)
+
+    # ------------------------------------------------------------------------------------------ step
+    def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
+        """One jitted train step (``state`` is donated). Batch rows are split over the mesh's batch axes."""
+        if self._jitted is None:
+            self._jitted = self._jit(state)
+        return self._jitted(state, self.frozen, self.reference_state, batch)
+
+    def _jit(self, state):
+        def shardings_of(tree):
+            return jax.tree.map(lambda x: x.sharding, tree)
+
+        if self.mesh is None:
+            return jax.jit(self.step_fn, donate_argnums=(0,))
+        state_shardings = shardings_of(state)
+        return jax.jit(
+            self.step_fn,
+            in_shardings=(
+                state_shardings,
+                shardings_of(self.frozen),
+                shardings_of(self.reference_state),
+                sharding.batch_sharding(self.mesh),
+            ),
+            out_shardings=(state_shardings, sharding.replicated(self.mesh)),
+            donate_argnums=(0,),
+        )
+
+    def compile(self, batch) -> jax.stages.Compiled:
+        """The step compiled for an abstract ``batch`` (ShapeDtypeStructs with shardings) on ``abstract_state()``,
+        without running it: ``.memory_analysis()`` gives the per-device memory."""
+        fn = jax.jit(self.step_fn, donate_argnums=(0,))
+        return fn.lower(self.abstract_state(), self.frozen, self.reference_state, batch).compile()
+
+    # ------------------------------------------------------------------------------------------ loop
+    def add_hook(self, hook, every: int = 1) -> None:
+        """Calls ``hook.on_step(trainer, event)`` every ``every`` steps and at the last step."""
+        self.hooks.append(_Registered(hook, every))
+
+    def run(self, state: TrainState, batches: Iterator[dict[str, jax.Array]], num_steps: int) -> TrainState:
+        """Steps from ``state.step`` to ``num_steps`` over ``batches`` (global arrays), calling the hooks.
+
+        Raises:
+          NonFiniteError: ``max_nonfinite_steps`` consecutive non-finite losses or gradients (the hooks' ``on_end``
+            ran with status "STOPPED" first, so the last good state is checkpointed).
+        """
+        start = int(state.step)
+        event = StepEvent(start, state, {}, start >= num_steps)
+        nonfinite_run = nonfinite_total = 0
+        status = "FAILED"
+        try:
+            for step in range(start, num_steps):
+                t0 = time.perf_counter()
+                state, metrics = self.step(state, next(batches))
+                metrics = jax.device_get(metrics)
+                dt = time.perf_counter() - t0
+                finite = bool(metrics.pop("finite"))
+                nonfinite_run = 0 if finite else nonfinite_run + 1
+                nonfinite_total += not finite
+                scalars = scalar_metrics(metrics)
+                tokens_per_s = scalars["tokens"] / dt
+                scalars.update(tokens_per_s=tokens_per_s, step_time_s=dt, nonfinite_updates=nonfinite_total)
+                if self.peak_flops:
+                    scalars["mfu"] = tokens_per_s * self.flops_per_token / (self.peak_flops * jax.device_count())
+                hist = np.asarray(metrics["weight_hist"]) if "weight_hist" in metrics else None
+                event = StepEvent(step + 1, state, scalars, step + 1 == num_steps, hist)
+                for registered in self.hooks:
+                    if event.last or event.step % registered.every == 0:
+                        registered.hook.on_step(self, event)
+                if nonfinite_run >= self.max_nonfinite_steps:
+                    status = "STOPPED"
+                    raise NonFiniteError(
+                        f"{nonfinite_run} consecutive non-finite losses/gradients at step {step + 1}; the last good "
+                        "state is saved (lower train.learning_rate or check the data)"
+                    )
+            status = "FINISHED"
+        finally:
+            for registered in self.hooks:
+                on_end = getattr(registered.hook, "on_end", None)
+                if on_end is not None:
+                    on_end(self, event, status)
+        return state
