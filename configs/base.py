@@ -44,7 +44,11 @@ def common(preset: str = "") -> ml_collections.ConfigDict:
 
     c.mlflow = ml_collections.ConfigDict()
     c.mlflow.tracking_uri = ""  # "" = $MLFLOW_TRACKING_URI, else a local store under the workdir
-    c.mlflow.experiment_name = "wmtp"
+    c.mlflow.project = "wmtp"
+    c.mlflow.experiment_name = ""  # "" = {project}/{objective}/{dataset}
+    c.mlflow.artifact_location = ""  # "" = the server's default ({workdir}/mlartifacts for the local store)
+    c.mlflow.tags = ml_collections.ConfigDict()  # tags set on every run
+    c.mlflow.parent_run_id = ""  # set by a study: each arm is a nested run of the study's run
     c.mlflow.run_name = ""
 
     if preset == "micro":
@@ -57,6 +61,36 @@ def common(preset: str = "") -> ml_collections.ConfigDict:
     return c
 
 
+def eval_section(preset: str = "") -> ml_collections.ConfigDict:
+    """The ``eval`` section: benchmarks, sampling and sandbox settings of the eval job, and of the evaluation at
+    the end of a training run (``train.eval_at_end``)."""
+    e = ml_collections.ConfigDict()
+    e.benchmarks = ("mbpp", "humaneval", "codecontests")  # and "synthetic" (wmtp_jax/data/synthetic.py)
+    e.mbpp_format = "3shot"  # 3shot (lm-evaluation-harness) | zeroshot (bigcode docstring)
+    e.codecontests = ()  # JSONL / parquet-converted JSONL files; () = the shipped sample
+    e.limit = 0  # > 0: only the first N problems of each benchmark (recorded)
+    e.n_samples = 1  # completions per problem
+    e.k = (1,)  # pass@k for each k <= n_samples
+    e.temperature = 0.0  # 0 = greedy; the MTP paper: 0.1-0.2 for pass@1, 0.8 for pass@10/100
+    e.top_p = 0.95
+    e.max_new_tokens = 512
+    e.batch_size = 8  # generation rows at once (a multiple of the data-parallel devices)
+    e.speculative = False  # self-speculative decoding with the MTP heads (greedy only)
+    e.prompt_buckets = (256, 512, 1024, 2048)
+    e.timeout_s = 10.0  # per program
+    e.memory_mb = 1024  # per program (address space)
+    e.bootstrap = 1000  # resamples for the pass@k 95% interval
+    if preset == "micro":
+        e.limit = 3
+        e.n_samples = 2
+        e.k = (1, 2)
+        e.temperature = 0.8
+        e.max_new_tokens = 32
+        e.batch_size = 4
+        e.timeout_s = 5.0
+    return e
+
+
 def section(schema) -> ml_collections.ConfigDict:
     """A config section holding the defaults of a typed section (a frozen dataclass of ``wmtp_jax``)."""
     return ml_collections.ConfigDict(dataclasses.asdict(schema()))
@@ -65,11 +99,12 @@ def section(schema) -> ml_collections.ConfigDict:
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """The training defaults; each experiment file sets ``objective`` (baseline | critic | verifiable | rho1 |
     ref_tuning, see ``wmtp_jax.train.objectives``) and edits the rest."""
-    from wmtp_jax.train.hooks import CheckpointConfig
+    from wmtp_jax.train.hooks import CheckpointConfig, EarlyStoppingConfig
     from wmtp_jax.train.objectives import WeightingConfig
 
     c = common(preset)
     c.objective = "baseline"
+    c.dry_run = False  # True: compile the step from abstract shapes, print per-device memory and FLOPs, exit
 
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""  # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
@@ -78,7 +113,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # prepared {split}.jsonl (its {split}.index.npz beside it)
     c.data.validation = ""  # prepared validation jsonl ("" = no validation loss)
-    c.data.prepare_micro = ""  # ":micro": "mbpp" or "labelled" -> prepare shipped data into cache_dir
+    c.data.prepare_micro = ""  # "mbpp", "labelled" or "synthetic": prepare shipped / generated data into cache_dir
     c.data.cache_dir = "artifacts/data"
     c.data.strategy = "correct"  # correct | all | balanced | curriculum | pairs
     c.data.correct_ratio = 0.5  # balanced
@@ -105,12 +140,23 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.eval_batches = 4  # validation batches at every checkpoint
     c.train.max_nonfinite_steps = 5  # consecutive skipped (non-finite) updates before the run stops
     c.train.peak_flops_per_device = 0.0  # for MFU; 0 = look up the device kind (A100, H100, H200)
+    # evaluation inside training: pass@1 (greedy) of the live parameters on the validation split of
+    # eval_benchmarks (first eval_limit problems) every eval_every_steps (0 = off), logged as val/{benchmark}/pass@1
+    # with the per-head CE of the benchmark's reference solutions; eval_at_end: the eval section's full evaluation
+    # of final/ into {workdir}/eval (results.json, samples.jsonl), in the same MLflow run
+    c.train.eval_every_steps = 0
+    c.train.eval_benchmarks = ("mbpp",)
+    c.train.eval_limit = 32
+    c.train.eval_at_end = False
+    c.eval = eval_section(preset)
 
     # token weights and the value loss: every key, its default and its meaning are those of WeightingConfig
     # (wmtp_jax/train/objectives.py), so a knob is declared once
     c.weighting = section(WeightingConfig)
     # checkpoint.every_steps, .keep (the last N, plus the best by validation loss), .async_save: CheckpointConfig
     c.checkpoint = section(CheckpointConfig)
+    # train.early_stopping.metric ("" = off), .mode, .patience, .min_delta: EarlyStoppingConfig
+    c.train.early_stopping = section(EarlyStoppingConfig)
 
     if preset == "micro":
         c.reference.checkpoint = f"{MICRO_DIR}/reference_hf"

@@ -221,13 +221,10 @@ def throughput(args) -> None:
 
 def memory(args) -> None:
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
     from wmtp_jax import sharding
-    from wmtp_jax.checkpoint.store import abstract_model
     from wmtp_jax.model import ModelConfig
-    from wmtp_jax.train.step import BATCH_KEYS
+    from wmtp_jax.train.dry_run import MemoryFigures, abstract_batch, sharded_abstract_model
 
     mesh = sharding.make_mesh(fsdp=args.devices, devices=jax.devices()[: args.devices])
     policy_cfg = ModelConfig(
@@ -257,35 +254,18 @@ def memory(args) -> None:
         attention_chunk=args.attention_chunk,
     )
 
-    def with_shardings(abstract_state):
-        shardings = sharding.state_shardings(abstract_state, mesh)
-        return jax.tree.map(
-            lambda v, s: v.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
-            abstract_state,
-            shardings,
-            is_leaf=lambda x: isinstance(x, nnx.Variable),
-        )
-
-    def abstract(cfg):  # the model with ShapeDtypeStruct parameters in their shardings: nothing is allocated
-        graphdef, state = abstract_model(cfg)
-        return nnx.merge(graphdef, with_shardings(state))
-
     trainer = make_trainer(
-        "rho1", abstract(policy_cfg), mesh, abstract(ref_cfg), ce_chunk=args.ce_chunk, grad_accum=args.grad_accum
+        "rho1",
+        sharded_abstract_model(policy_cfg, mesh),
+        mesh,
+        sharded_abstract_model(ref_cfg, mesh),
+        ce_chunk=args.ce_chunk,
+        grad_accum=args.grad_accum,
     )
-    b = args.per_device_batch * args.devices * args.grad_accum
-    batch_sharding = sharding.batch_sharding(mesh)
-    batch = {
-        k: jax.ShapeDtypeStruct((b, args.seq), jnp.float32 if k == "rewards" else jnp.int32, sharding=batch_sharding)
-        for k in BATCH_KEYS
-    }
     t = time.perf_counter()
-    compiled = trainer.compile(batch)
-    stats = compiled.memory_analysis()
-    gib = 2**30
-    total = (
-        stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes + stats.temp_size_in_bytes
-    )
+    rows = args.per_device_batch * args.devices * args.grad_accum
+    compiled = trainer.compile(abstract_batch(rows, args.seq, mesh))
+    figures = MemoryFigures.of(compiled)
     print(
         f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}), {args.devices}-device FSDP mesh, "
         f"per-device batch {args.per_device_batch} x {args.seq}"
@@ -293,13 +273,7 @@ def memory(args) -> None:
         f"compiled for {jax.devices()[0].platform} "
         f"in {time.perf_counter() - t:.0f} s"
     )
-    print(
-        f"  arguments {stats.argument_size_in_bytes / gib:.2f} GiB, "
-        f"outputs {stats.output_size_in_bytes / gib:.2f} GiB, "
-        f"aliased (donated) {stats.alias_size_in_bytes / gib:.2f} GiB, "
-        f"temporaries {stats.temp_size_in_bytes / gib:.2f} GiB"
-    )
-    print(f"  per-device total {total / gib:.2f} GiB (target <= 36 GiB for 4 x A100-40GB)")
+    print(f"  {figures.describe()} (target <= 36 GiB for 4 x A100-40GB)")
     if args.show_largest:
         import re
 
@@ -313,7 +287,7 @@ def memory(args) -> None:
                     n *= int(d)
                 found.append((n * sizes[m.group(1)], line.strip()[:180]))
         for size, line in sorted(found, reverse=True)[: args.show_largest]:
-            print(f"  {size / gib:7.2f} GiB  {line}")
+            print(f"  {size / 2**30:7.2f} GiB  {line}")
 
 
 MFU_SHAPES = {  # policy shape, reference shape (Rho-1)

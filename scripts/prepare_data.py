@@ -17,7 +17,7 @@ from wmtp_jax.data.tokenizer import Tokenizer
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, choices=["codecontests", "mbpp", "humaneval", "alpaca"])
+    parser.add_argument("--source", required=True, choices=["codecontests", "mbpp", "humaneval", "alpaca", "synthetic"])
     parser.add_argument("--input", nargs="*", default=None, help="input files (default for mbpp/humaneval: shipped)")
     parser.add_argument("--output", required=True, help="output directory")
     parser.add_argument("--split", default=None, help="only this split (mbpp) / force this split name (codecontests)")

@@ -22,9 +22,13 @@ class Batches:
         tokens = rng.randint(3, TINY.vocab_size, (rows, length)).astype(np.int32)
         loss_mask = np.zeros((rows, length), np.int32)
         loss_mask[:, 6:] = 1
-        batch = {"tokens": tokens, "loss_mask": loss_mask, "rewards": np.ones((rows, length), np.float32),
-                 "segment_ids": np.ones((rows, length), np.int32),
-                 "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1))}
+        batch = {
+            "tokens": tokens,
+            "loss_mask": loss_mask,
+            "rewards": np.ones((rows, length), np.float32),
+            "segment_ids": np.ones((rows, length), np.int32),
+            "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+        }
         self.batch = jax.device_put(batch, sharding.batch_sharding(mesh))
         self.position = 0
 
@@ -58,9 +62,14 @@ def mesh():
 def tiny_trainer(mesh, objective="baseline", **weighting):
     from wmtp_jax.train.objectives import WeightingConfig
 
-    return Trainer(make_objective(objective, WeightingConfig(**weighting)), create_model(TINY, mesh), mesh=mesh,
-                   step_config=StepConfig(ce_chunk=8), optimizer=OptimizerConfig(learning_rate=1e-2, num_steps=10),
-                   max_nonfinite_steps=2)
+    return Trainer(
+        make_objective(objective, WeightingConfig(**weighting)),
+        create_model(TINY, mesh),
+        mesh=mesh,
+        step_config=StepConfig(ce_chunk=8),
+        optimizer=OptimizerConfig(learning_rate=1e-2, num_steps=10),
+        max_nonfinite_steps=2,
+    )
 
 
 def test_hooks_run_every_n_steps_and_at_the_last_step(mesh):
@@ -87,14 +96,16 @@ def test_too_many_non_finite_steps_stop_the_run_and_tell_the_hooks(mesh):
 def test_checkpoint_committed_event_follows_each_finished_checkpoint(mesh, tmp_path, async_save):
     trainer = tiny_trainer(mesh)
     batches = Batches(mesh)
-    checkpoints = hooks.Checkpoints(tmp_path / "ckpt", batches, hooks.CheckpointConfig(keep=5, async_save=async_save))
+    checkpoints = hooks.Checkpoints(
+        tmp_path / "ckpt", batches, hooks.CheckpointConfig(every_steps=2, keep=5, async_save=async_save)
+    )
     committed = []
 
     def on_commit(step, directory):  # the checkpoint is complete when the event arrives
         committed.append((step, (directory / "state").is_dir() and (directory / "data").is_dir()))
 
     checkpoints.on_commit.append(on_commit)
-    trainer.add_hook(checkpoints, every=2)
+    trainer.add_hook(checkpoints)  # it saves every checkpoint.every_steps and at the last step
     trainer.run(trainer.initial_state(), batches, num_steps=5)
     assert sorted(committed) == [(2, True), (4, True), (5, True)]
     # and the committed state restores, with the iterator position saved beside it
@@ -109,3 +120,73 @@ def test_every_objective_is_registered_under_its_config_name():
     assert make_objective("rho1").needs_reference
     with pytest.raises(ValueError, match="objective 'rho2': expected one of"):
         make_objective("rho2")
+
+
+def test_strength_zero_gives_the_unweighted_baseline_loss_exactly(mesh):
+    """weighting.strength = 0 moves every weight to 1 and the Rho-1 normaliser to the valid count."""
+    from wmtp_jax.train.objectives import WeightingConfig
+
+    batch = Batches(mesh).batch
+    reference = create_model(TINY.replace(n_future_tokens=1, n_layers=2), mesh, seed=1)
+
+    def loss(objective, **weighting):  # a fresh model each time: the step donates the trained parameters
+        trainer = Trainer(
+            make_objective(objective, WeightingConfig(**weighting)),
+            create_model(TINY, mesh),
+            mesh=mesh,
+            reference=reference if objective == "rho1" else None,
+            step_config=StepConfig(ce_chunk=8),
+        )
+        return float(trainer.step(trainer.initial_state(), batch)[1]["loss"])
+
+    baseline = loss("baseline")
+    assert loss("rho1", strength=0.0) == baseline
+    assert loss("rho1", strength=0.0, rho1_select="seed") == baseline
+    assert loss("rho1") != baseline  # the weights do matter at strength 1
+
+
+class Scripted:
+    """Puts a scripted metric into the event at the steps it names (as a validation hook would)."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def on_step(self, trainer, event):
+        if event.step in self.values:
+            event.metrics["score"] = self.values[event.step]
+
+
+def test_early_stopping_stops_at_the_right_step_and_exports_the_best_checkpoint(mesh, tmp_path):
+    import json
+
+    from wmtp_jax.checkpoint import load_model
+
+    # measured every 2 steps; best 0.7 at step 4; 0.69 at 6 is within min_delta, 0.5 at 8: patience 2 runs out
+    trainer = tiny_trainer(mesh)
+    batches = Batches(mesh)
+    scripted = Scripted({2: 0.5, 4: 0.7, 6: 0.69, 8: 0.5, 10: 0.9})
+    config = hooks.CheckpointConfig(every_steps=100, keep=1, best_metric="score", best_mode="max", async_save=False)
+    checkpoints = hooks.Checkpoints(tmp_path / "ckpt", batches, config)
+    saved = {}
+    checkpoints.on_commit.append(lambda step, directory: saved.setdefault(step, directory))
+    recorder = Recorder()
+    for hook in (
+        scripted,
+        hooks.EarlyStopping(hooks.EarlyStoppingConfig("score", "max", 2, 0.05)),
+        checkpoints,
+        hooks.ExportFinal(tmp_path / "final", checkpoints, "best"),
+        recorder,
+    ):
+        trainer.add_hook(hook)
+    trainer.run(trainer.initial_state(), batches, num_steps=10)
+    assert recorder.steps[-1] == 8 and recorder.ends == [(8, "FINISHED")]
+    assert "early stopping at step 8" in trainer.stop_reason
+    selection = json.loads((tmp_path / "final" / "selection.json").read_text())
+    assert selection["final"] == "best" and selection["step"] == 4 and selection["value"] == 0.7
+    best = checkpoints.restore(tiny_trainer(mesh), 4)
+    final = load_model(tmp_path / "final", mesh)
+    np.testing.assert_array_equal(
+        np.asarray(final.output.kernel[...]), np.asarray(best.params["output"]["kernel"][...])
+    )
+    assert sorted(saved) == [2, 4, 6, 8]  # each measurement saved; step 4 (the best) and 8 (the last) are kept
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["4", "8"]

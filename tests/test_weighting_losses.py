@@ -140,3 +140,16 @@ def test_value_losses_and_explained_variance():
     assert float(losses.value_loss_sum(v, t, m, "huber", 1.0)) == pytest.approx(0.5 + 0 + 2.5)
     assert float(losses.explained_variance(t, t, m)) == pytest.approx(1.0)
     assert float(losses.explained_variance(jnp.zeros(3), t, m)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rho1_seed_variant_hand_computed():
+    """|score| (0, 1, 2, 3, 4), top 20%: q = the 0.8 quantile = 3.2; alpha 0.5, T 0.5."""
+    score = -jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0]).reshape(1, 5, 1)  # the sign is dropped
+    valid = jnp.ones((1, 5, 1), bool).at[0, 2, 0].set(True)
+    w = np.asarray(rho1.seed_weights(score, valid, top_p=0.2, alpha=0.5, temperature=0.5))[0, :, 0]
+    emphasis = np.array([0.5, 0.5 + 0.5 / 3.2, 0.5 + 1.0 / 3.2, 0.5 + 1.5 / 3.2, 1.0])
+    expected = 5 * np.exp(emphasis / 0.5) / np.exp(emphasis / 0.5).sum()
+    np.testing.assert_allclose(w, expected, rtol=1e-6)
+    assert w.mean() == pytest.approx(1.0) and w.argmax() == 4
+    masked = np.asarray(rho1.seed_weights(score, valid.at[0, 4, 0].set(False), top_p=0.2, alpha=0.5))[0, :, 0]
+    assert masked[4] == 0.0 and masked[:4].sum() == pytest.approx(4.0)

@@ -12,7 +12,13 @@ from ml_collections.config_flags import config_path
 from wmtp_jax import sharding
 from wmtp_jax.model.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
 
-JOBS = ("train", "eval", "rollout", "forward")  # what the run does; training configs also name an ``objective``
+JOBS = (
+    "train",
+    "eval",
+    "rollout",
+    "forward",
+    "study",
+)  # what the run does; training configs also name an ``objective``
 GENERATION_JOBS = ("eval", "rollout")
 
 
@@ -162,14 +168,16 @@ def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_proce
         _generation_problems(c, k, data, fsdp)
     elif c.job == "train":
         _training_problems(c, k, data, fsdp, n_processes)
+    elif c.job == "study":
+        _study_problems(c, k)
     return k.found
 
 
-def _generation_problems(c, k: _Checks, data, fsdp) -> None:
+def _generation_problems(c, k: _Checks, data, fsdp, group: str | None = None) -> None:
     from wmtp_jax.data.prepare import MBPP_SPLITS
     from wmtp_jax.eval.benchmarks import BENCHMARKS, MBPP_FORMATS
 
-    group = c.job
+    group = group or c.job
     if group == "eval":
         k.check(
             "eval.benchmarks",
@@ -213,10 +221,37 @@ def _generation_problems(c, k: _Checks, data, fsdp) -> None:
         )
 
 
+def _study_problems(c, k: _Checks) -> None:
+    """The study's own keys and its arms' structure; each arm's config is validated when the arm starts."""
+    from wmtp_jax.study.runner import StudyError, expand
+
+    k.check(
+        "study.seeds",
+        lambda v: len(v) > 0 and all(isinstance(s, int) and s >= 0 for s in v),
+        "a non-empty tuple of non-negative integer seeds",
+    )
+    k.check("study.bootstrap", lambda v: isinstance(v, int) and v >= 1000, "at least 1000 resamples")
+    k.check("study.flips", lambda v: isinstance(v, int) and v >= 10_000, "at least 10,000 sign flips")
+    k.check("study.common", lambda v: all("=" in item for item in v), "a tuple of KEY=VALUE overrides")
+    for name in c.study.arms:
+        k.check(
+            f"study.arms.{name}.config",
+            lambda v: os.path.isfile(os.path.join("configs", f"{v}.py")),
+            "the name of a training config in configs/ (e.g. baseline, rho1)",
+        )
+    try:
+        specs = expand(c.study)
+    except StudyError as e:
+        k.found.append(str(e))
+        return
+    compared = [s.name for s in specs if s.compared]
+    k.check("study.baseline", lambda v: v in compared, f"one of the compared arms {compared}")
+
+
 def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     from wmtp_jax.data.records import index_path
     from wmtp_jax.data.sampling import SamplingConfig
-    from wmtp_jax.train.hooks import CheckpointConfig
+    from wmtp_jax.train.hooks import CheckpointConfig, EarlyStoppingConfig
     from wmtp_jax.train.loop import LoopConfig
     from wmtp_jax.train.objectives import OBJECTIVES, WeightingConfig
     from wmtp_jax.train.step import OptimizerConfig, StepConfig
@@ -230,6 +265,9 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
         (WeightingConfig, "weighting"),
     ):
         k.found += section.from_config(c[name]).problems(name)
+    k.found += EarlyStoppingConfig.from_config(c.train.early_stopping).problems("train.early_stopping")
+    if c.train.eval_every_steps or c.train.eval_at_end:
+        _generation_problems(c, k, data, fsdp, group="eval")
     k.found += [f"data.{p}" for p in SamplingConfig.from_config(c.data).problems()]
     k.check(
         "data.buckets",

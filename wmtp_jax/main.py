@@ -23,7 +23,7 @@ def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # Orbax / JAX info lines drown the progress output
     c = _CONFIG.value
-    if c.job in ("eval", "rollout"):  # the sandbox's worker starts before JAX initialises (never a fork of it)
+    if _runs_generated_code(c):  # the sandbox's worker starts before JAX initialises (never a fork of it)
         from wmtp_jax.eval.execution import start_worker_pool
 
         start_worker_pool()
@@ -54,15 +54,36 @@ def main(argv) -> None:
 
         results = eval_run.evaluate(c)
         print(f"done: results in {c.workdir}/eval/results.json (sandbox isolation: {results['sandbox_isolation']})")
+    elif c.job == "study":
+        from wmtp_jax.study import runner
+
+        runner.run(c)
     elif c.job == "rollout":
         from wmtp_jax.eval import run as eval_run
 
         eval_run.rollout(c)
+    elif c.get("dry_run"):
+        from wmtp_jax.train.dry_run import dry_run
+
+        dry_run(c)
     else:
         from wmtp_jax.train import loop
 
         result = loop.train(c)
         print(f"done: {result['steps']} steps; final model in {result['final_dir']}")
+
+
+def _runs_generated_code(c) -> bool:
+    """Whether the job executes generated code (so the sandbox worker must start now, before JAX): evaluation,
+    rollouts, studies, or training with evaluation on — read from the config and the raw overrides, which are
+    parsed (importing JAX) only later."""
+    if c.job in ("eval", "rollout", "study"):
+        return True
+    raw = dict(item.partition("=")[::2] for item in _OVERRIDES)
+    train = c.get("train", {})
+    every = raw.get("train.eval_every_steps", str(train.get("eval_every_steps", 0)))
+    at_end = raw.get("train.eval_at_end", str(train.get("eval_at_end", False)))
+    return every.strip() not in ("0", "") or at_end.strip().lower() in ("true", "1", "yes")
 
 
 def _print_help() -> None:

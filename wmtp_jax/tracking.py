@@ -39,6 +39,25 @@ def flatten_config(c, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def mlflow_name(key: str) -> str:
+    """A metric key as MLflow accepts it (no "@"): ``val/mbpp/pass@1`` -> ``val/mbpp/pass_at_1``."""
+    return key.replace("@", "_at_")
+
+
+def experiment_name(c) -> str:
+    """``mlflow.experiment_name``, or by default ``{project}/{objective}/{dataset}`` (the blueprint's naming):
+    project ``mlflow.project``, the objective (or the job), and the training data's name (its prepared file's
+    directory, or the micro data set)."""
+    if c.mlflow.get("experiment_name"):
+        return c.mlflow.experiment_name
+    what = c.get("objective") or c.get("job", "run")
+    data = c.get("data", {})
+    dataset = data.get("prepare_micro") or (Path(data["train"]).parent.name if data.get("train") else "") or "none"
+    if c.get("job") == "study":
+        what, dataset = "study", c.study.get("name", "study")
+    return f"{c.mlflow.get('project', 'wmtp')}/{what}/{dataset}"
+
+
 def local_tracking_uri(workdir: Path) -> str:
     """The default store: SQLite in the workdir (MLflow 3's file store is read-only maintenance mode)."""
     return f"sqlite:///{(Path(workdir) / 'mlflow.db').absolute()}"
@@ -48,9 +67,11 @@ class Tracker:
     """Thin MLflow wrapper (an explicit ``MlflowClient``, no global MLflow state); every call is a no-op on
     processes other than 0 or after a tracking failure."""
 
-    def __init__(self, c, workdir: Path, resume: bool = True):
+    def __init__(self, c, workdir: Path, resume: bool = True, parent_run_id: str | None = None):
         """``resume``: continue the MLflow run recorded in ``workdir`` (a resumed training run); False for jobs
-        that start a new run every time (evaluation)."""
+        that start a new run every time (evaluation). ``parent_run_id``: make this run a nested child of that run
+        (a study's arm under the study's run). The experiment is ``mlflow.experiment_name``, by default
+        ``experiment_name(c)``; ``mlflow.tags`` are set on the run."""
         self.enabled = jax.process_index() == 0
         self.run_id = None
         if not self.enabled:
@@ -62,6 +83,7 @@ class Tracker:
 
         self._metric, self._param = Metric, Param
         local = not (c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+        artifacts = c.mlflow.get("artifact_location", "")
         uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
         run_file = workdir / "mlflow_run.json"
         try:
@@ -71,13 +93,19 @@ class Tracker:
                 self.run_id = previous["run_id"]  # a resumed run continues its MLflow run
                 self.client.update_run(self.run_id, status="RUNNING")
             else:
-                experiment = self.client.get_experiment_by_name(c.mlflow.experiment_name)
+                name = experiment_name(c)
+                experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
-                    location = (workdir / "mlartifacts").absolute().as_uri() if local else None
-                    experiment_id = self.client.create_experiment(c.mlflow.experiment_name, artifact_location=location)
+                    location = artifacts or ((workdir / "mlartifacts").absolute().as_uri() if local else None)
+                    experiment_id = self.client.create_experiment(name, artifact_location=location)
                 else:
                     experiment_id = experiment.experiment_id
-                self.run_id = self.client.create_run(experiment_id, run_name=c.mlflow.run_name or None).info.run_id
+                tags = {str(k): str(v) for k, v in dict(c.mlflow.get("tags", {})).items()}
+                if parent_run_id:
+                    tags["mlflow.parentRunId"] = parent_run_id
+                self.run_id = self.client.create_run(
+                    experiment_id, run_name=c.mlflow.run_name or None, tags=tags or None
+                ).info.run_id
                 run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
                 params = [Param(k, str(v)[:500]) for k, v in flatten_config(c).items()]
                 for i in range(0, len(params), 100):
@@ -94,10 +122,18 @@ class Tracker:
             try:
                 now = int(time.time() * 1000)
                 self.client.log_batch(
-                    self.run_id, metrics=[self._metric(k, float(v), now, step) for k, v in metrics.items()]
+                    self.run_id, metrics=[self._metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()]
                 )
             except Exception as e:
                 self._disable(f"MLflow log_metrics failed ({type(e).__name__}: {e}); tracking disabled")
+
+    def log_params(self, params: dict[str, object]) -> None:
+        """Extra run parameters (values as strings, at most 500 characters)."""
+        if self.enabled:
+            try:
+                self.client.log_batch(self.run_id, params=[self._param(k, str(v)[:500]) for k, v in params.items()])
+            except Exception as e:
+                self._disable(f"MLflow log_params failed ({type(e).__name__}: {e}); tracking disabled")
 
     def log_artifact(self, path: str | os.PathLike) -> None:
         if self.enabled:

@@ -328,3 +328,26 @@ def ensure_orbax(checkpoint, cache_dir, **convert_kwargs) -> Path:
     if not is_orbax_model_dir(dst):
         convert_torch_checkpoint(checkpoint, dst, overwrite=True, **convert_kwargs)
     return dst
+
+
+def peek_config(checkpoint, vocab_size: int | None = None) -> ModelConfig:
+    """The ``ModelConfig`` of a checkpoint directory without reading any weight: an Orbax model directory's
+    ``model_config.json``, Meta's ``params.json`` or a Hugging Face ``config.json``. ``vocab_size`` slices as the
+    conversion would. Raises CheckpointError naming the directory when none of the three is there."""
+    from wmtp_jax.checkpoint.store import read_config
+
+    src = Path(checkpoint)
+    try:
+        if is_orbax_model_dir(src):
+            cfg = read_config(src)
+        elif (src / "params.json").is_file():
+            cfg = ModelConfig.from_params_json(src / "params.json")
+        elif (src / "config.json").is_file():
+            cfg = ModelConfig.from_hf_config(src / "config.json")
+        else:
+            raise CheckpointError(
+                f"{src}: no model_config.json, params.json or config.json to read the model shape from"
+            )
+    except (ModelConfigError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{src}: {e}") from None
+    return cfg.replace(vocab_size=vocab_size) if vocab_size else cfg

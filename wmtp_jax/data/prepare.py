@@ -220,6 +220,33 @@ def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
         yield p
 
 
+def synthetic_problems(split: str) -> Iterator[Problem]:
+    """The synthetic task (``wmtp_jax.data.synthetic``): one correct record per instance, plus its incorrect
+    solution in the train split (for the critic)."""
+    from wmtp_jax.data import synthetic
+
+    for inst in synthetic.instances(split):
+        p = Problem(inst.task_id, problem_id=inst.task_id)
+        solutions = [(inst.solution, True)] + ([(inst.wrong_solution, False)] if split == "train" else [])
+        for output, correct in solutions:
+            p.records.append(
+                AlpacaRecord(
+                    instruction=inst.instruction,
+                    input="",
+                    output=output,
+                    task_id=inst.task_id,
+                    is_correct=correct,
+                    metadata={
+                        "source": "synthetic",
+                        "difficulty": 0,
+                        "has_tests": True,
+                        "tests": {"test_list": list(inst.tests)},
+                    },
+                )
+            )
+        yield p
+
+
 ALPACA_FIELDS = {"instruction": str, "input": str, "output": str, "task_id": str, "is_correct": bool, "metadata": dict}
 
 
@@ -282,6 +309,18 @@ def token_length(tok: Tokenizer, record: AlpacaRecord, prompt_ids: list[int] | N
         prompt_ids if prompt_ids is not None else tok.encode(format_prompt(record.instruction, record.input), bos=True)
     )
     return len(prompt_ids) + len(tok.encode(record.output)) + 1
+
+
+def data_sha256(jsonl: str | Path) -> str:
+    """The SHA-256 of a prepared ``{split}.jsonl``: from its ``{split}.stats.json`` when preparation recorded it,
+    else computed."""
+    jsonl = Path(jsonl)
+    stats = jsonl.with_name(jsonl.name.removesuffix(".jsonl") + ".stats.json")
+    if stats.is_file():
+        recorded = json.loads(stats.read_text()).get("sha256", {}).get("outputs", {}).get(jsonl.name)
+        if recorded:
+            return recorded
+    return _sha256(jsonl)
 
 
 def _sha256(path: Path) -> str:
@@ -427,8 +466,13 @@ def prepare(
         results.append(
             write_split(humaneval_problems(path), out_dir, split or "test", [path], tokenizer, max_length, progress)
         )
+    elif source == "synthetic":
+        from wmtp_jax.data.synthetic import SPLITS
+
+        for name in [split] if split else list(SPLITS):
+            results.append(write_split(synthetic_problems(name), out_dir, name, [], tokenizer, max_length, progress))
     else:
-        raise ValueError(f"source={source!r}: expected codecontests, mbpp, humaneval or alpaca")
+        raise ValueError(f"source={source!r}: expected codecontests, mbpp, humaneval, alpaca or synthetic")
     if not any(r.n_records for r in results):
         raise NothingUsable(f"no usable record in {inputs or source}; see the *.report.json files in {out_dir}")
     return results

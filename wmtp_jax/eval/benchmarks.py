@@ -29,7 +29,8 @@ from wmtp_jax.data.prepare import MBPP_SPLITS
 from wmtp_jax.data.records import format_prompt
 from wmtp_jax.eval.execution import STATUSES, ExecutionResult, execute
 
-BENCHMARKS = ("mbpp", "humaneval", "codecontests")
+BENCHMARKS = ("mbpp", "humaneval", "codecontests", "synthetic")
+ALPACA_STOP = ("\n### ",)  # a completion of an Alpaca-format prompt ends before the next section
 MBPP_FORMATS = ("3shot", "zeroshot")
 MBPP_FEWSHOT_IDS = (2, 3, 4)
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
@@ -62,6 +63,7 @@ class Problem:
     reference: str | None = None
     instruction: str = ""
     input: str = ""
+    alpaca: bool = False  # the prompt is an Alpaca prompt and the completion a whole program (no prefix)
 
     @property
     def alpaca_prompt(self) -> str:
@@ -192,8 +194,33 @@ def load_codecontests(paths: Sequence[str | Path] = (assets.CODECONTESTS_SAMPLE,
     return problems
 
 
+def load_synthetic(split: str = "test") -> list[Problem]:
+    """The synthetic task (``wmtp_jax.data.synthetic``) in the Alpaca format it is trained on; the held-out
+    ``test`` split has constants no training instance has."""
+    from wmtp_jax.data import synthetic
+
+    return [
+        Problem(
+            "synthetic",
+            inst.task_id,
+            format_prompt(inst.instruction),
+            ALPACA_STOP,
+            tests="\n".join(inst.tests),
+            reference=inst.solution,
+            instruction=inst.instruction,
+            alpaca=True,
+        )
+        for inst in synthetic.instances(split)
+    ]
+
+
 def load(
-    benchmark: str, *, mbpp_format: str = "3shot", mbpp_split: str = "test", codecontests_paths: Sequence[str] = ()
+    benchmark: str,
+    *,
+    mbpp_format: str = "3shot",
+    mbpp_split: str = "test",
+    codecontests_paths: Sequence[str] = (),
+    synthetic_split: str = "test",
 ) -> list[Problem]:
     if benchmark == "mbpp":
         return load_mbpp(split=mbpp_split, prompt_format=mbpp_format)
@@ -201,6 +228,8 @@ def load(
         return load_humaneval()
     if benchmark == "codecontests":
         return load_codecontests(codecontests_paths or (assets.CODECONTESTS_SAMPLE,))
+    if benchmark == "synthetic":
+        return load_synthetic(synthetic_split)
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}")
 
 
@@ -225,7 +254,10 @@ def check(
     marker = f"__wmtp_tests_done_{secrets.token_hex(16)}__"
     programs, stdins, owners = [], [], []
     for i, (problem, completion) in enumerate(pairs):
-        code = ("" if alpaca else problem.prefix) + completion
+        if alpaca or problem.alpaca:  # a whole program; SentencePiece may decode its first piece with a space
+            code = completion.lstrip(" ")
+        else:
+            code = problem.prefix + completion
         if problem.stdio:  # one run per test; expected stdout kept for the comparison
             for stdin, expected in problem.stdio:
                 programs.append(code)

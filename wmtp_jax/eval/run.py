@@ -8,7 +8,6 @@ MLflow.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -109,73 +108,110 @@ def _sample_rows(name: str, problems, completions, outcomes, isolation: str):
             }
 
 
+def run_benchmarks(
+    generator: Generator,
+    e,
+    *,
+    seed: int,
+    isolation: str,
+    tracker=None,
+    out_dir: Path | None = None,
+    header: dict | None = None,
+    split: str = "test",
+    metric_prefix: str = "",
+    step: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Generates, executes and scores every benchmark of ``e.benchmarks`` (the ``eval`` config section).
+
+    ``split``: the MBPP / synthetic split (``test``; ``validation`` during training). With ``out_dir`` (process 0)
+    ``results.json`` and ``samples.jsonl`` are written there atomically. Metrics go to ``tracker`` as
+    ``{metric_prefix}{benchmark}/pass@{k}`` at ``step``. Returns the results dict (``header`` + "benchmarks").
+    """
+    is_main = jax.process_index() == 0
+    results = {**(header or {}), "split": split, "benchmarks": {}}
+    rows = []
+    for name in e.benchmarks:
+        problems = benchmarks.load(
+            name,
+            mbpp_format=e.mbpp_format,
+            mbpp_split=split,
+            synthetic_split=split,
+            codecontests_paths=tuple(e.codecontests),
+        )
+        n_available = len(problems)
+        problems = problems[: e.limit] if e.limit else problems
+        config = GenerationConfig.from_config(e, stop=problems[0].stop)
+        if progress:
+            completions, stats = _generate(
+                generator, [p.prompt for p in problems], config, e.n_samples, seed, f"generate {name}"
+            )
+        else:
+            completions, stats = generator.generate(
+                [p.prompt for p in problems], config, n_samples=e.n_samples, seed=seed
+            )
+        if not is_main:
+            continue
+        t0 = time.perf_counter()
+        outcomes = benchmarks.check(
+            [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
+            timeout_s=e.timeout_s,
+            memory_mb=e.memory_mb,
+        )
+        result = _score(name, problems, completions, stats, outcomes, e, seed, isolation, time.perf_counter() - t0)
+        results["benchmarks"][name] = {"problems_available": n_available, **result}
+        rows += list(_sample_rows(name, problems, completions, outcomes, isolation))
+        if tracker is not None:
+            tracker.log_metrics(
+                {f"{metric_prefix}{name}/pass@{k}": result[f"pass@{k}"]["mean"] for k in e.k}
+                | {f"{metric_prefix}{name}/tokens_per_s": stats.tokens_per_second},
+                step,
+            )
+        summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)
+        if progress:
+            print(
+                f"{name} ({split}): {len(problems)} problems x {e.n_samples} samples: {summary}; "
+                f"outcomes {result['outcomes']}"
+            )
+    if is_main and out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "samples.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+        atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
+        if tracker is not None:
+            tracker.log_artifact(out_dir / "results.json")
+            tracker.log_artifact(out_dir / "samples.jsonl")
+    return results
+
+
 def evaluate(c) -> dict:
     """Runs every benchmark of ``c.eval.benchmarks``; returns the results dict written to results.json.
 
     Every process generates (the batch is sharded over all devices); process 0 alone executes the
     completions and writes ``{workdir}/eval/results.json``, ``samples.jsonl`` and the MLflow run.
     """
-    e = c.eval
     workdir = Path(c.workdir)
-    out_dir = workdir / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
     isolation, mesh, model, source, tok = _setup(c)
-    generator = Generator(model, mesh, tok, e.batch_size)
     tracker = Tracker(c, workdir, resume=False)
-    is_main = jax.process_index() == 0
-    results = {
+    header = {
         "checkpoint": str(c.model.checkpoint),
         "model": source,
         "sandbox_isolation": isolation,
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "mesh": dict(mesh.shape),
-        "benchmarks": {},
     }
-    samples_path = out_dir / "samples.jsonl"
-    tmp_samples = samples_path.with_name(f".samples.jsonl.{jax.process_index()}.tmp")
     status = "FAILED"
     try:
-        with open(tmp_samples, "w") as samples:
-            for name in e.benchmarks:
-                problems = benchmarks.load(name, mbpp_format=e.mbpp_format, codecontests_paths=tuple(e.codecontests))
-                n_available = len(problems)
-                problems = problems[: e.limit] if e.limit else problems
-                config = GenerationConfig.from_config(e, stop=problems[0].stop)
-                completions, stats = _generate(
-                    generator, [p.prompt for p in problems], config, e.n_samples, c.seed, f"generate {name}"
-                )
-                if not is_main:
-                    continue
-                t0 = time.perf_counter()
-                outcomes = benchmarks.check(
-                    [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
-                    timeout_s=e.timeout_s,
-                    memory_mb=e.memory_mb,
-                )
-                result = _score(
-                    name, problems, completions, stats, outcomes, e, c.seed, isolation, time.perf_counter() - t0
-                )
-                results["benchmarks"][name] = {"problems_available": n_available, **result}
-                for row in _sample_rows(name, problems, completions, outcomes, isolation):
-                    samples.write(json.dumps(row) + "\n")
-                tracker.log_metrics(
-                    {f"{name}/pass_at_{k}": result[f"pass@{k}"]["mean"] for k in e.k}
-                    | {f"{name}/tokens_per_s": stats.tokens_per_second},
-                    0,
-                )
-                summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)
-                print(
-                    f"{name}: {len(problems)} problems x {e.n_samples} samples: {summary}; "
-                    f"outcomes {result['outcomes']}"
-                )
-        if is_main:
-            os.replace(tmp_samples, samples_path)
-            atomic_write_text(out_dir / "results.json", json.dumps(results, indent=2) + "\n")
-            tracker.log_artifact(out_dir / "results.json")
-            tracker.log_artifact(samples_path)
+        results = run_benchmarks(
+            Generator(model, mesh, tok, c.eval.batch_size),
+            c.eval,
+            seed=c.seed,
+            isolation=isolation,
+            tracker=tracker,
+            out_dir=workdir / "eval",
+            header=header,
+        )
         status = "FINISHED"
     finally:
-        tmp_samples.unlink(missing_ok=True)
         tracker.close(status)
     return results
 

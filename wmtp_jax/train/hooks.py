@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from wmtp_jax import alignment, losses
 from wmtp_jax.checkpoint import save_model
 from wmtp_jax.checkpoint.store import restore_renamed
+from wmtp_jax.files import atomic_write_text
 from wmtp_jax.schema import Section
 from wmtp_jax.train import step as step_lib
 from wmtp_jax.train.trainer import StepEvent, Trainer
@@ -31,7 +32,8 @@ def _is_main() -> bool:
 
 class MetricsLog:
     """Appends every step's scalar metrics to ``{workdir}/metrics.jsonl`` (process 0) and to MLflow every
-    ``log_every`` steps; keeps the per-step losses (``losses``)."""
+    ``log_every`` steps — validation metrics (``val*``) at every step that has them; keeps the per-step losses
+    (``losses``). Add it after the hooks that measure (validation), so their metrics are in the same row."""
 
     def __init__(self, workdir: Path, tracker, log_every: int = 1):
         self.tracker, self.log_every, self.losses = tracker, log_every, {}
@@ -44,6 +46,8 @@ class MetricsLog:
             self.file.flush()
         if event.step % self.log_every == 0:
             self.tracker.log_metrics(event.metrics, event.step)
+        else:
+            self.tracker.log_metrics({k: v for k, v in event.metrics.items() if k.startswith("val")}, event.step)
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
         if self.file:
@@ -75,10 +79,11 @@ def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 
 class Validation:
     """Mean per-target CE of all heads over the validation batches (``make_batches()`` yields process-local
-    batches); sets ``event.metrics["val_loss"]`` for the hooks after it (checkpointing keeps the best) and logs it."""
+    batches); sets ``event.metrics["val_loss"]`` for the hooks after it (checkpointing keeps the best, the
+    metrics log writes it)."""
 
-    def __init__(self, make_batches: Callable[[], object], tracker, ce_chunk: int):
-        self.make_batches, self.tracker, self.ce_chunk = make_batches, tracker, ce_chunk
+    def __init__(self, make_batches: Callable[[], object], ce_chunk: int):
+        self.make_batches, self.ce_chunk = make_batches, ce_chunk
         self._fn = None
 
     def loss(self, trainer: Trainer, state) -> float:
@@ -103,26 +108,77 @@ class Validation:
         return total / max(count, 1.0)
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
-        val = self.loss(trainer, event.state)
-        event.metrics["val_loss"] = val
-        self.tracker.log_metrics({"val_loss": val}, event.step)
+        event.metrics["val_loss"] = self.loss(trainer, event.state)
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig(Section):
-    """The ``checkpoint`` section: a checkpoint every ``every_steps`` steps (and at the end), the last ``keep``
-    kept plus the best by validation loss, written in the background when ``async_save``."""
+    """The ``checkpoint`` section: a checkpoint every ``every_steps`` steps, at the end, and whenever the best-model
+    metric was measured; the last ``keep`` are kept, plus the best by ``best_metric`` (``best_mode`` min or max;
+    the early-stopping metric when early stopping is on) and every ``keep_every_steps``-th (0 = none); written in
+    the background when ``async_save``. ``final``: what ``final/`` is, "last" or "best" (early stopping always
+    exports the best)."""
 
     every_steps: int = 100
     keep: int = 2
+    keep_every_steps: int = 0
     async_save: bool = True
+    best_metric: str = "val_loss"
+    best_mode: str = "min"
+    final: str = "last"
 
     def problems(self, prefix: str = "checkpoint") -> list[str]:
         c = self.checker(prefix)
         c.positive("every_steps")
         c.positive("keep")
+        c.non_negative("keep_every_steps")
         c.check("async_save", lambda v: isinstance(v, bool), "true or false")
+        c.one_of("best_mode", ("min", "max"))
+        c.one_of("final", ("last", "best"))
         return c.found
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyStoppingConfig(Section):
+    """``train.early_stopping``: stop when ``metric`` (e.g. "val_loss" or "val/mbpp/pass@1"; "" = off) has not
+    improved by more than ``min_delta`` (``mode`` min or max) in ``patience`` consecutive measurements."""
+
+    metric: str = ""
+    mode: str = "min"
+    patience: int = 3
+    min_delta: float = 0.0
+
+    def problems(self, prefix: str = "train.early_stopping") -> list[str]:
+        c = self.checker(prefix)
+        c.one_of("mode", ("min", "max"))
+        c.positive("patience")
+        c.check("min_delta", lambda v: v >= 0, "a non-negative number")
+        return c.found
+
+
+class EarlyStopping:
+    """Asks the trainer to stop once ``config.metric`` stopped improving (add it after the hooks that measure it)."""
+
+    def __init__(self, config: EarlyStoppingConfig):
+        self.config = config
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad = 0
+
+    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
+        value = event.metrics.get(self.config.metric)
+        if value is None:
+            return
+        sign = 1.0 if self.config.mode == "min" else -1.0
+        if self.best is None or sign * (self.best - value) > self.config.min_delta:
+            self.best, self.best_step, self.bad = value, event.step, 0
+            return
+        self.bad += 1
+        if self.bad >= self.config.patience:
+            trainer.request_stop(
+                f"early stopping at step {event.step}: {self.config.metric} has not improved on "
+                f"{self.best:.6g} (step {self.best_step}) for {self.bad} measurements"
+            )
 
 
 class IteratorCheckpointable:
@@ -154,28 +210,33 @@ class IteratorCheckpointable:
 
 class Checkpoints:
     """Orbax checkpoints of the train state and the Grain iterator position, together, under
-    ``{workdir}/checkpoints``: the last ``keep`` plus the best by ``val_loss``. After a checkpoint is committed
+    ``{workdir}/checkpoints`` (see ``CheckpointConfig`` for when and which are kept). Add it with ``every=1``, after
+    the hooks that measure the best-model metric: it decides itself when to save. After a checkpoint is committed
     (written and finalised, also when saved asynchronously), every callback in ``on_commit`` gets
     ``(step, step_directory)`` (from a background thread when saving asynchronously).
     """
 
     def __init__(self, directory: Path, iterator, config: CheckpointConfig = CheckpointConfig()):
         self.directory = Path(directory).absolute()
+        self.config = config
         self.data = IteratorCheckpointable(iterator)
         self.on_commit: list[Callable[[int, Path], None]] = []
-        self.async_save = config.async_save
         policies = ocp.training.preservation_policies
-        policy = policies.AnyPreservationPolicy(
-            [
-                policies.LatestN(config.keep),
-                policies.BestN(
-                    get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False
-                ),
-            ]
+        metric, reverse = config.best_metric, config.best_mode == "min"
+        keep = [
+            policies.LatestN(config.keep),
+            policies.BestN(
+                get_metric_fn=lambda m: m[metric], reverse=reverse, n=1, keep_checkpoints_without_metrics=False
+            ),
+        ]
+        if config.keep_every_steps:
+            keep.append(policies.EveryNSteps(config.keep_every_steps))
+        self.checkpointer = ocp.training.Checkpointer(
+            self.directory, preservation_policy=policies.AnyPreservationPolicy(keep)
         )
-        self.checkpointer = ocp.training.Checkpointer(self.directory, preservation_policy=policy)
         self._pending: list[threading.Thread] = []
         self.last_saved: int | None = None
+        self.best: tuple[int, float] | None = None  # (step, value) of the best checkpoint of this run
 
     def _committed(self, step: int) -> None:
         for callback in self.on_commit:
@@ -185,15 +246,30 @@ class Checkpoints:
         latest = self.checkpointer.latest
         return None if latest is None else latest.step
 
-    def restore(self, trainer: Trainer):
-        """The train state of the latest checkpoint restored into the trainer's shardings (the iterator is set to
-        its saved position), or None if there is none. Checkpoints written before projections became modules
-        (parameter names without ``/kernel``) are read through the name table of ``checkpoint.store``."""
-        step = self.latest_step()
+    def best_step(self) -> tuple[int, float] | None:
+        """``(step, metric value)`` of the best kept checkpoint by ``best_metric`` (also from earlier runs of this
+        workdir), or None if no checkpoint recorded the metric."""
+        scored = [
+            (m.metrics[self.config.best_metric], m.step)
+            for m in self.checkpointer.checkpoints
+            if m.metrics and self.config.best_metric in m.metrics
+        ]
+        if not scored:
+            return None
+        value, step = (min if self.config.best_mode == "min" else max)(scored)
+        return step, value
+
+    def restore(self, trainer: Trainer, step: int | None = None):
+        """The train state of checkpoint ``step`` (default: the latest) restored into the trainer's shardings (the
+        iterator is set to its saved position), or None if there is none. Checkpoints written before projections
+        became modules (parameter names without ``/kernel``) are read through the name table of
+        ``checkpoint.store``."""
+        step = self.latest_step() if step is None else step
         if step is None:
             return None
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trainer.initial_state()
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+            trainer.abstract_state_with_shardings(),
         )
         stored = self.checkpointer.checkpointables_metadata(step).metadata["state"]
         self.checkpointer.load_checkpointables(step, {"data": self.data})
@@ -201,16 +277,17 @@ class Checkpoints:
             abstract, stored, lambda target: self.checkpointer.load_checkpointables(step, {"state": target})["state"]
         )
 
-    def save(self, step: int, state, val_loss: float | None = None) -> None:
+    def save(self, step: int, state, metrics: dict[str, float] | None = None) -> None:
         checkpointables = {"state": state, "data": self.data}
-        metrics = {"val_loss": val_loss} if val_loss is not None else None
-        if self.async_save:
-            response = self.checkpointer.save_checkpointables_async(step, checkpointables, force=True, metrics=metrics)
+        if self.config.async_save:
+            response = self.checkpointer.save_checkpointables_async(
+                step, checkpointables, force=True, metrics=metrics or None
+            )
             thread = threading.Thread(target=lambda: (response.result(), self._committed(step)), daemon=True)
             thread.start()
             self._pending.append(thread)
         else:
-            self.checkpointer.save_checkpointables(step, checkpointables, force=True, metrics=metrics)
+            self.checkpointer.save_checkpointables(step, checkpointables, force=True, metrics=metrics or None)
             self._committed(step)
         self.last_saved = step
 
@@ -222,26 +299,54 @@ class Checkpoints:
         self._pending.clear()
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
-        self.save(event.step, event.state, event.metrics.get("val_loss"))
+        measured = self.config.best_metric in event.metrics
+        if event.step % self.config.every_steps == 0 or event.last or measured:
+            metrics = {self.config.best_metric: event.metrics[self.config.best_metric]} if measured else None
+            self.save(event.step, event.state, metrics)
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
-        if status == "STOPPED" and self.last_saved != event.step:
-            self.save(event.step, event.state)
         self.wait()
+        if status in ("STOPPED", "FINISHED") and event.step > 0 and self.latest_step() != event.step:
+            self.save(event.step, event.state)  # the state the run ended with (early stop, non-finite stop)
+            self.wait()
 
 
 class ExportFinal:
-    """Writes the trained model to ``final_dir`` (every process) when the run finishes."""
+    """Writes the trained model to ``final_dir`` (every process) when the run finishes: the last state, or with
+    ``select="best"`` the best checkpoint of ``checkpoints``; ``final_dir/selection.json`` says which."""
 
-    def __init__(self, final_dir: Path, **provenance):
-        self.final_dir, self.provenance = Path(final_dir), provenance
+    def __init__(self, final_dir: Path, checkpoints: Checkpoints | None = None, select: str = "last", **provenance):
+        self.final_dir, self.checkpoints, self.select, self.provenance = (
+            Path(final_dir),
+            checkpoints,
+            select,
+            provenance,
+        )
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
         pass
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
-        if status == "FINISHED":
-            save_model(trainer.model(event.state), self.final_dir, **self.provenance)
+        if status != "FINISHED":
+            return
+        state, selection = event.state, {"final": "last", "step": event.step}
+        best = self.checkpoints.best_step() if self.select == "best" and self.checkpoints else None
+        if best is not None:
+            self.checkpoints.wait()
+            state = self.checkpoints.restore(trainer, best[0])
+            selection = {
+                "final": "best",
+                "step": best[0],
+                "metric": self.checkpoints.config.best_metric,
+                "value": best[1],
+            }
+        elif self.select == "best":
+            selection["note"] = "no checkpoint recorded the best-model metric; final/ is the last state"
+        selection["early_stopped"] = trainer.stop_reason
+        self.state, self.selection = state, selection  # what final/ holds, for the hooks after this one
+        save_model(trainer.model(state), self.final_dir, **self.provenance)
+        if _is_main():
+            atomic_write_text(self.final_dir / "selection.json", json.dumps(selection, indent=2) + "\n")
 
 
 class WeightPlot:
@@ -258,6 +363,11 @@ class WeightPlot:
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
         if status == "FINISHED" and _is_main() and self.hist.sum():
             plot_weights(self.hist, self.path)
+            edges = np.linspace(0.0, step_lib.WEIGHT_HIST_MAX, step_lib.WEIGHT_HIST_BINS + 1)
+            atomic_write_text(
+                self.path.with_name("weight_hist.json"),
+                json.dumps({"edges": edges.tolist(), "counts": self.hist.tolist()}) + "\n",
+            )
             self.tracker.log_artifact(self.path)
 
 

@@ -19,6 +19,7 @@ from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.config import layout_options, model_options
 from wmtp_jax.data import assets
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
+from wmtp_jax.data.prepare import data_sha256
 from wmtp_jax.data.prepare import prepare as prepare_data
 from wmtp_jax.data.records import RecordIndex, index_path
 from wmtp_jax.data.sampling import SamplingConfig, build_plan, shard_plan
@@ -46,11 +47,24 @@ class LoopConfig(Section):
     eval_batches: int = 4
     max_nonfinite_steps: int = 5
     peak_flops_per_device: float = 0.0
+    eval_every_steps: int = 0
+    eval_benchmarks: tuple[str, ...] = ("mbpp",)
+    eval_limit: int = 32
+    eval_at_end: bool = False
 
     def problems(self, prefix: str = "train") -> list[str]:
+        from wmtp_jax.eval.benchmarks import BENCHMARKS
+
         c = self.checker(prefix)
         for key in ("batch_size", "log_every", "eval_batches", "max_nonfinite_steps"):
             c.positive(key)
+        c.non_negative("eval_every_steps")
+        c.non_negative("eval_limit")
+        c.check(
+            "eval_benchmarks",
+            lambda v: len(v) > 0 and set(v) <= set(BENCHMARKS),
+            f"a non-empty tuple of {list(BENCHMARKS)}",
+        )
         return c.found
 
 
@@ -82,8 +96,13 @@ def prepare(c) -> Inputs:
 
 
 def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Path, Path]:
-    """``(train, validation)`` jsonl of the shipped data: "mbpp" (train / validation splits) or "labelled" (MBPP
-    train with execution-labelled incorrect solutions; MBPP validation)."""
+    """``(train, validation)`` jsonl of the shipped data: "mbpp" (train / validation splits), "labelled" (MBPP
+    train with execution-labelled incorrect solutions; MBPP validation) or "synthetic" (``data/synthetic.py``)."""
+    if kind == "synthetic":
+        out = cache_dir / "synthetic"
+        if not index_path(out / "validation.jsonl").exists():
+            prepare_data("synthetic", out, max_length=max_length)
+        return out / "train.jsonl", out / "validation.jsonl"
     mbpp = cache_dir / "mbpp"
     if not index_path(mbpp / "validation.jsonl").exists():
         prepare_data("mbpp", mbpp, max_length=max_length)
@@ -109,6 +128,12 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
                 f"reference vocab {reference.cfg.vocab_size} != policy vocab {model.cfg.vocab_size}; "
                 "set model.vocab_size to slice the larger one"
             )
+    return make_trainer(c, model, reference, mesh)
+
+
+def make_trainer(c, model, reference, mesh) -> Trainer:
+    """The Trainer of config ``c`` for ``model`` (and the frozen ``reference``, or None); the models may be
+    abstract (``dry_run``)."""
     loop = LoopConfig.from_config(c.train)
     return Trainer(
         make_objective(c.objective, WeightingConfig.from_config(c.weighting)),
@@ -121,6 +146,11 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
         max_nonfinite_steps=loop.max_nonfinite_steps,
         peak_flops_per_device=loop.peak_flops_per_device,
     )
+
+
+def _early_stopped(final_dir: Path) -> bool:
+    selection = final_dir / "selection.json"
+    return selection.is_file() and bool(json.loads(selection.read_text()).get("early_stopped"))
 
 
 def _validation_batches(c, inputs: Inputs, tok):
@@ -164,25 +194,63 @@ def train(c) -> dict:
         make_dataset(inputs.train, index.offsets(local), tok, pipeline, rows=local, reference_ce=reference_ce)
     )
 
+    early = hooks.EarlyStoppingConfig.from_config(c.train.early_stopping)
     checkpoint_config = hooks.CheckpointConfig.from_config(c.checkpoint)
+    if early.metric:  # the best checkpoint by the early-stopping metric is kept and becomes final/
+        checkpoint_config = dataclasses.replace(
+            checkpoint_config, best_metric=early.metric, best_mode=early.mode, final="best"
+        )
     checkpoints = hooks.Checkpoints(workdir / "checkpoints", iterator, checkpoint_config)
     every = checkpoint_config.every_steps
+    final_dir = workdir / "final"
+    if _early_stopped(final_dir):  # a finished early-stopped run is not trained further when re-run
+        print(f"{workdir}: already stopped early ({final_dir / 'selection.json'}); nothing to do")
+        return {
+            "final_dir": final_dir,
+            "steps": json.loads((final_dir / "selection.json").read_text())["step"],
+            "losses": {},
+        }
     state = checkpoints.restore(trainer) or trainer.initial_state()
     start = int(state.step)
 
-    tracker = Tracker(c, workdir)
+    tracker = Tracker(c, workdir, parent_run_id=c.mlflow.get("parent_run_id") or None)
     if start == 0:
         tracker.log_artifact(workdir / "config.json")
-    metrics = hooks.MetricsLog(workdir, tracker, loop.log_every)
-    trainer.add_hook(metrics)
+        tracker.log_params(
+            {
+                "model.n_future_tokens": trainer.model_cfg.n_future_tokens,
+                "data.sha256": data_sha256(inputs.train),
+                "inputs.model_dir": inputs.model_dir,
+            }
+        )
     trainer.add_hook(hooks.ProgressBar(loop.num_steps, start, c.objective))
     if inputs.validation:
         trainer.add_hook(
-            hooks.Validation(_validation_batches(c, inputs, tok), tracker, trainer.step_config.ce_chunk), every=every
+            hooks.Validation(_validation_batches(c, inputs, tok), trainer.step_config.ce_chunk), every=every
         )
-    trainer.add_hook(checkpoints, every=every)
-    final_dir = workdir / "final"
-    trainer.add_hook(hooks.ExportFinal(final_dir, objective=c.objective, steps=loop.num_steps))
+    if loop.eval_every_steps or loop.eval_at_end:
+        from wmtp_jax.eval.execution import start_worker_pool
+        from wmtp_jax.train import eval_hooks
+
+        isolation = start_worker_pool()  # normally already started by wmtp_jax.main, before JAX
+    if loop.eval_every_steps:
+        trainer.add_hook(
+            eval_hooks.ValidationPassAtK(eval_hooks.validation_settings(c), tok, isolation=isolation, seed=c.seed),
+            every=loop.eval_every_steps,
+        )
+    if early.metric:
+        trainer.add_hook(hooks.EarlyStopping(early))
+    metrics = hooks.MetricsLog(workdir, tracker, loop.log_every)  # after the measuring hooks: one row per step
+    trainer.add_hook(metrics)
+    trainer.add_hook(checkpoints)  # saves every checkpoint.every_steps, at the end, and when the metric was measured
+    export = hooks.ExportFinal(
+        final_dir, checkpoints, checkpoint_config.final, objective=c.objective, steps=loop.num_steps
+    )
+    trainer.add_hook(export)
+    if loop.eval_at_end:
+        trainer.add_hook(
+            eval_hooks.EvalAtEnd(c.eval, tok, tracker, workdir / "eval", export, isolation=isolation, seed=c.seed)
+        )
     trainer.add_hook(hooks.WeightPlot(workdir / "weight_distribution.png", tracker))
     trainer.add_hook(hooks.CloseTracker(tracker))
     batches = (hooks.global_batch(batch, mesh) for batch in iterator)

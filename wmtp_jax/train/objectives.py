@@ -37,7 +37,10 @@ class WeightingConfig(Section):
     ``value_coef``, ``value_loss`` (mse | huber), ``huber_delta``, ``value_target`` (mc | lambda); Rho-1:
     ``rho1_mode`` (signed | absolute), ``rho1_select`` (hard | soft), ``rho1_ratio``, ``rho1_temperature``,
     ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
-    reference-CE table instead of a reference forward); ``control``: shuffle the weights over the valid targets.
+    reference-CE table instead of a reference forward), ``rho1_top_p`` and ``rho1_alpha`` (the "seed" selection);
+    ``control``: shuffle the weights over the valid targets; ``strength`` lambda: every scheme's weights move toward
+    uniform, ``w <- 1 + lambda (w - 1)``, and its normaliser toward the valid count (0 = the unweighted baseline's
+    loss exactly, 1 = the scheme as it is).
     """
 
     control: bool = False
@@ -60,6 +63,9 @@ class WeightingConfig(Section):
     rho1_w_max: float = 3.0
     rho1_normalize: str = "selected"
     rho1_reference_ce: str = ""
+    rho1_top_p: float = 0.2
+    rho1_alpha: float = 0.3
+    strength: float = 1.0
 
     def problems(self, prefix: str = "weighting") -> list[str]:
         c = self.checker(prefix)
@@ -70,7 +76,10 @@ class WeightingConfig(Section):
         c.one_of("value_loss", ("mse", "huber"))
         c.one_of("value_target", ("mc", "lambda"))
         c.one_of("rho1_mode", ("signed", "absolute"))
-        c.one_of("rho1_select", ("hard", "soft"))
+        c.one_of("rho1_select", rho1.SELECTIONS)
+        for key in ("rho1_top_p", "rho1_alpha"):
+            c.fraction(key)
+        c.check("strength", lambda v: v >= 0, "a non-negative number (0 = unweighted, 1 = the scheme's weights)")
         c.one_of("rho1_normalize", ("selected", "valid"))
         return c.found
 
@@ -111,6 +120,16 @@ class Objective:
     def normaliser(self, n_valid: jax.Array) -> jax.Array:
         """``D_k`` of the CE term from the number of valid targets per head ``[H]`` of the global batch."""
         return n_valid
+
+    def weights(self, s: Signals) -> jax.Array:
+        """``token_weights`` moved toward uniform by ``weighting.strength`` (lambda): ``1 + lambda (w - 1)``."""
+        w, strength = self.token_weights(s), self.weighting.strength
+        return w if strength == 1.0 else 1.0 + strength * (w - 1.0)
+
+    def denominator(self, n_valid: jax.Array) -> jax.Array:
+        """``normaliser`` moved toward the valid count by ``weighting.strength``: ``n + lambda (D - n)``."""
+        d, strength = self.normaliser(n_valid), self.weighting.strength
+        return d if strength == 1.0 else n_valid + strength * (d - n_valid)
 
     @property
     def value_coef(self) -> float:
@@ -176,6 +195,8 @@ class Rho1(Objective):
             temperature=w.rho1_temperature,
             eps=w.rho1_eps,
             w_max=w.rho1_w_max,
+            top_p=w.rho1_top_p,
+            alpha=w.rho1_alpha,
         )
 
     def normaliser(self, n_valid: jax.Array) -> jax.Array:

@@ -144,7 +144,7 @@ def denominators(objective: Objective, micro: dict[str, jax.Array], n_heads: int
 
     def per_micro(mb):
         _, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
-        n_valid = objective.normaliser(valid.sum(axis=(0, 1)).astype(jnp.float32))
+        n_valid = objective.denominator(valid.sum(axis=(0, 1)).astype(jnp.float32))
         return n_valid, valid[..., 0].sum().astype(jnp.float32)
 
     ce, value = jax.vmap(per_micro)(micro)
@@ -163,7 +163,7 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
         w_tok, adv, new_ema = td_weights(objective.weighting, out.values, mb, ema)
     if objective.trains_policy:
         ce = losses.token_ce(model.output_projection(), out.head_hidden, targets, chunk=cfg.ce_chunk)
-        weights = objective.token_weights(
+        weights = objective.weights(
             Signals(ce=ce, valid=valid, batch=mb, n_heads=n_heads, reference=reference, td_weights=w_tok)
         )
         if objective.weighting.control:

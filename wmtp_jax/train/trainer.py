@@ -120,7 +120,7 @@ class Trainer:
     ):
         if objective.needs_reference and reference is None:
             raise ValueError(f"objective {objective.name!r} needs a reference model (or a precomputed reference CE)")
-        self.objective, self.mesh, self.seed = objective, mesh, seed
+        self.objective, self.mesh, self.seed, self.model_cfg = objective, mesh, seed, model.cfg
         self.step_config = step_config.for_heads(model.cfg.n_future_tokens)
         self.max_nonfinite_steps = max_nonfinite_steps
         self.graphdef, self.params, self.frozen = nnx.split(model, objective.trainable(), ...)
@@ -134,16 +134,43 @@ class Trainer:
         self.flops_per_token = flops_per_token(model, self.params, self.reference_state)
         self.peak_flops = peak_flops(peak_flops_per_device)
         self.hooks: list[_Registered] = []
+        self.stop_reason: str | None = None
         self._jitted = None
 
     # ------------------------------------------------------------------------------------------ state
     def initial_state(self) -> TrainState:
-        """The train state at step 0 (optimizer state in the parameters' shardings)."""
+        """The train state at step 0 (optimizer state in the parameters' shardings). Its parameters are the model's
+        own arrays, and ``step`` donates them: after the first step, read parameters from the state
+        (``trainer.model(state)``), not from the model the trainer was built with."""
         return init_state(self.params, self.tx, self.seed, self.mesh)
 
     def abstract_state(self) -> TrainState:
         """The train state's shapes, dtypes and shardings; allocates nothing (works on an abstract model)."""
         return abstract_state(self.params, self.tx)
+
+    def abstract_state_with_shardings(self) -> TrainState:
+        """The train state's ShapeDtypeStructs with the shardings ``initial_state`` would give; allocates nothing."""
+        if self.mesh is None:
+            return self.abstract_state()
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            self.abstract_state(),
+            self._state_shardings(),
+        )
+
+    def _state_shardings(self):
+        from wmtp_jax import sharding as sharding_lib
+
+        replicated = sharding_lib.replicated(self.mesh)
+        params = jax.tree.map(lambda x: x.sharding, self.params)
+        opt = jax.eval_shape(jax.jit(self.tx.init), self.params)
+        return TrainState(
+            step=replicated,
+            params=params,
+            opt_state=jax.tree.map(lambda x: getattr(x, "sharding", None) or replicated, opt),
+            ema={"mean": replicated, "var": replicated, "count": replicated},
+            rng=replicated,
+        )
 
     def model(self, state: TrainState):
         """The full model with ``state``'s trained parameters."""
@@ -186,6 +213,10 @@ class Trainer:
         """Calls ``hook.on_step(trainer, event)`` every ``every`` steps and at the last step."""
         self.hooks.append(_Registered(hook, every))
 
+    def request_stop(self, reason: str) -> None:
+        """Ends ``run`` after the current step's hooks (e.g. early stopping); ``on_end`` then gets "FINISHED"."""
+        self.stop_reason = reason
+
     def run(self, state: TrainState, batches: Iterator[dict[str, jax.Array]], num_steps: int) -> TrainState:
         """Steps from ``state.step`` to ``num_steps`` over ``batches`` (global arrays), calling the hooks.
 
@@ -222,6 +253,8 @@ class Trainer:
                         f"{nonfinite_run} consecutive non-finite losses/gradients at step {step + 1}; the last good "
                         "state is saved (lower train.learning_rate or check the data)"
                     )
+                if self.stop_reason is not None:
+                    break
             status = "FINISHED"
         finally:
             for registered in self.hooks:

@@ -7,7 +7,9 @@ For head k at position p with target y = token p+k+1:
     score        = CE_pol - CE_ref  ("signed", default)  or |CE_pol - CE_ref|  ("absolute")
 Hard selection keeps the top ``ratio`` of valid targets by score, per head, over the whole (global,
 all-device) batch the function sees: weight 1, others 0. The soft variant: z-score over valid targets ->
-softmax(score / T) -> rescale to mean 1 -> clip [eps, w_max] -> renormalise to mean 1.
+softmax(score / T) -> rescale to mean 1 -> clip [eps, w_max] -> renormalise to mean 1. The "seed" variant (the
+design this project replaces) emphasises the top ``top_p`` by |excess loss| over a base weight, see
+``seed_weights``.
 """
 
 from __future__ import annotations
@@ -54,13 +56,49 @@ def soft_weights(
     return jax.lax.stop_gradient(w)
 
 
+def seed_weights(
+    score: jax.Array, valid: jax.Array, top_p: float = 0.2, alpha: float = 0.3, temperature: float = 0.6
+) -> jax.Array:
+    """The original design's Rho-1 variant, per head over the valid targets: with ``s = |score|`` and ``q`` the
+    ``1 - top_p`` quantile of s, the emphasis ``e = alpha + (1 - alpha) * min(s / q, 1)`` is 1 for the top ``top_p``
+    of tokens and falls continuously to the base weight ``alpha`` as s goes to 0; then
+    ``w = N * softmax(e / T)`` (mean 1 over the N valid targets; the largest weight ratio is exp((1 - alpha) / T)).
+    ``[B, S, H]``, 0 on invalid targets."""
+    b, s_len, h = score.shape
+    s = jnp.abs(score)
+    flat = jnp.where(valid, s, jnp.nan).reshape(b * s_len, h)
+    q = jnp.nanquantile(flat, 1.0 - top_p, axis=0)  # [H]
+    emphasis = alpha + (1.0 - alpha) * jnp.minimum(s / jnp.maximum(q, 1e-12), 1.0)
+    logits = jnp.where(valid, emphasis / temperature, -jnp.inf).reshape(b * s_len, h)
+    n = valid.reshape(b * s_len, h).sum(axis=0)
+    w = jax.nn.softmax(logits, axis=0) * n
+    return jax.lax.stop_gradient(jnp.where(valid, w.reshape(b, s_len, h), 0.0))
+
+
+SELECTIONS = ("hard", "soft", "seed")
+
+
 def rho1_weights(
-    ce_policy, ce_reference, valid, *, mode="signed", select="hard", ratio=0.6, temperature=1.0, eps=0.05, w_max=3.0
+    ce_policy,
+    ce_reference,
+    valid,
+    *,
+    mode="signed",
+    select="hard",
+    ratio=0.6,
+    temperature=1.0,
+    eps=0.05,
+    w_max=3.0,
+    top_p=0.2,
+    alpha=0.3,
 ):
-    """Rho-1 weights ``[B, S, H]`` from per-head policy CE and per-head-aligned reference CE."""
+    """Rho-1 weights ``[B, S, H]`` from per-head policy CE and per-head-aligned reference CE: ``select`` "hard"
+    (top ``ratio``), "soft" (softmax of z-scores) or "seed" (``seed_weights``, which scores |CE_pol - CE_ref|)."""
     score = excess_loss(jax.lax.stop_gradient(ce_policy), jax.lax.stop_gradient(ce_reference), mode)
     if select == "hard":
         return top_k_select(score, valid, ratio)
     if select == "soft":
         return soft_weights(score, valid, temperature, eps, w_max)
-    raise ValueError(f"rho1 select={select!r}: expected 'hard' or 'soft'")
+    if select == "seed":
+        return seed_weights(score, valid, top_p, alpha, temperature)
+    raise ValueError(f"rho1 select={select!r}: expected one of {list(SELECTIONS)}")

@@ -1,0 +1,84 @@
+"""A study: train the arms, evaluate them on the same problems and samples, compare them with paired statistics.
+
+    uv run python -m wmtp_jax.main --config=configs/study.py:micro      # ~15 min on 2 CPU cores
+    uv run python -m wmtp_jax.main --config=configs/study.py \
+        --config.study.common='("model.checkpoint=/models/7B_1T_4", "data.train=/data/cc/train.jsonl", ...)'
+
+Writes ``{workdir}/report.md``, figures and ``summary.json``; each arm's run lives in
+``{workdir}/arms/{arm}/seed{s}`` (a nested MLflow run of the study's run). Re-running resumes: finished arms are
+skipped. ``--config.study.print_commands=True`` prints one command per arm and seed for a cluster;
+``--config.study.report_only=True`` then builds the report from the finished workdirs.
+
+An arm: ``config`` (a training config in configs/), ``overrides`` (``KEY=VALUE`` as on the command line; ``{arm}``
+in a value is that arm's ``final/`` of the same seed, which makes it a dependency), ``grid`` (``KEY=V1,V2,...``:
+one arm per combination) and ``compare`` (False for a stage that only feeds another arm).
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def arm(config, *overrides, grid=(), compare=True):
+    return ml_collections.ConfigDict(
+        {"config": config, "overrides": tuple(overrides), "grid": tuple(grid), "compare": compare}
+    )
+
+
+def get_config(preset: str = ""):
+    c = base.common(preset)
+    c.job = "study"
+    c.workdir = "workdir/study"
+    c.eval = base.eval_section(preset)  # the same evaluation for every arm
+    c.eval.benchmarks = ("mbpp", "humaneval", "codecontests")
+
+    c.study = ml_collections.ConfigDict()
+    c.study.name = "weighting"
+    c.study.baseline = "baseline"  # every other compared arm is compared with this one
+    c.study.seeds = (0, 1, 2)  # pooled per problem in the report
+    c.study.common = ()  # KEY=VALUE overrides for every arm (model, data, steps, ...)
+    c.study.arms = ml_collections.ConfigDict(
+        {
+            "baseline": arm("baseline"),
+            "rho1": arm("rho1"),
+            "rho1_control": arm("rho1", "weighting.control=True"),
+            "critic": arm("critic", compare=False),
+            "verifiable": arm("verifiable", "model.init_from={critic}"),
+            "verifiable_control": arm("verifiable", "model.init_from={critic}", "weighting.control=True"),
+        }
+    )
+    c.study.print_commands = False
+    c.study.report_only = False
+    c.study.bootstrap = 1000  # paired bootstrap resamples
+    c.study.flips = 10_000  # Monte-Carlo sign flips when the exact test is too large
+    c.study.register_alias = ""  # e.g. "candidate": register the best arm's final/ in the MLflow model registry
+    c.study.registered_model = ""  # "" = {mlflow.project}-{study.name}
+
+    if preset == "micro":
+        # the synthetic task (wmtp_jax/data/synthetic.py): a random micro model learns it in a few hundred steps,
+        # so the arms' pass@1 is far from 0 and can differ
+        c.study.seeds = (0,)
+        c.eval.benchmarks = ("synthetic",)
+        c.eval.limit = 60
+        c.eval.n_samples, c.eval.k, c.eval.temperature = 1, (1,), 0.0
+        c.eval.max_new_tokens = 24
+        c.eval.batch_size = 20
+        c.eval.prompt_buckets = (64, 128)
+        c.study.common = (
+            "data.prepare_micro=synthetic",
+            "data.buckets=(128,)",
+            "train.num_steps=300",
+            "train.batch_size=8",
+            "train.warmup_steps=20",
+            "train.learning_rate=3e-3",
+            "checkpoint.every_steps=100",
+            "train.eval_batches=2",
+        )
+        c.study.arms = ml_collections.ConfigDict(
+            {
+                "baseline": arm("baseline"),
+                "rho1": arm("rho1"),
+                "rho1_control": arm("rho1", "weighting.control=True"),
+            }
+        )
+    return c

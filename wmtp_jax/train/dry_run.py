@@ -1,0 +1,116 @@
+"""``--config.dry_run=True``: validate, resolve the model shapes, compile the step on the real mesh from abstract
+shapes, print per-device memory and FLOPs per token, and exit — no weights are read or allocated.
+
+A 7B user learns in a minute whether a config fits before the GPU bill starts. The figure is XLA's compiled
+buffer assignment for the devices at hand (``Compiled.memory_analysis``): on a GPU that is the GPU's, on
+XLA:CPU an estimate (see the README's memory table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wmtp_jax import sharding
+from wmtp_jax.checkpoint.convert import peek_config
+from wmtp_jax.checkpoint.micro import write_micro_models
+from wmtp_jax.checkpoint.store import abstract_model
+from wmtp_jax.config import layout_options, model_options
+from wmtp_jax.model import ModelConfig
+from wmtp_jax.train.step import BATCH_KEYS
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryFigures:
+    """Per-device bytes of a compiled step: ``arguments`` (params, optimizer state, batch), ``outputs``,
+    ``aliased`` (donated outputs that reuse argument buffers, counted once), ``temporaries``; ``total`` =
+    arguments + outputs - aliased + temporaries."""
+
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+
+    @property
+    def total(self) -> int:
+        return self.arguments + self.outputs - self.aliased + self.temporaries
+
+    @classmethod
+    def of(cls, compiled) -> MemoryFigures:
+        stats = compiled.memory_analysis()
+        return cls(
+            stats.argument_size_in_bytes,
+            stats.output_size_in_bytes,
+            stats.alias_size_in_bytes,
+            stats.temp_size_in_bytes,
+        )
+
+    def describe(self) -> str:
+        return (
+            f"arguments {self.arguments / GIB:.2f} GiB, outputs {self.outputs / GIB:.2f} GiB, aliased (donated) "
+            f"{self.aliased / GIB:.2f} GiB, temporaries {self.temporaries / GIB:.2f} GiB; "
+            f"per-device total {self.total / GIB:.2f} GiB"
+        )
+
+
+def sharded_abstract_model(cfg: ModelConfig, mesh):
+    """``MTPTransformer(cfg)`` whose parameters are ShapeDtypeStructs carrying their shardings over ``mesh``."""
+    graphdef, state = abstract_model(cfg)
+    shardings = sharding.state_shardings(state, mesh)
+    state = jax.tree.map(
+        lambda v, s: v.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
+        state,
+        shardings,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return nnx.merge(graphdef, state)
+
+
+def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training batch of ``rows`` x ``length`` tokens as ShapeDtypeStructs split over the batch axes."""
+    spec = sharding.batch_sharding(mesh)
+    return {
+        k: jax.ShapeDtypeStruct((rows, length), jnp.float32 if k == "rewards" else jnp.int32, sharding=spec)
+        for k in BATCH_KEYS
+    }
+
+
+def dry_run(c) -> dict:
+    """Compiles the configured step on abstract shapes; prints and returns the figures."""
+    from wmtp_jax.train.loop import make_trainer
+    from wmtp_jax.train.objectives import WeightingConfig, make_objective
+
+    if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
+        write_micro_models(Path(c.model.checkpoint).parent)
+    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
+    vocab = c.model.vocab_size or None
+    policy_cfg = peek_config(c.model.init_from or c.model.checkpoint, vocab).replace(**model_options(c))
+    reference = None
+    if make_objective(c.objective, WeightingConfig.from_config(c.weighting)).needs_reference:
+        ref_cfg = peek_config(c.reference.checkpoint, vocab).replace(
+            dtype=c.reference.dtype, param_dtype=c.reference.dtype, **layout_options(c)
+        )
+        reference = sharded_abstract_model(ref_cfg, mesh)
+    trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh), reference, mesh)
+    length = max(c.data.buckets)
+    figures = MemoryFigures.of(trainer.compile(abstract_batch(c.train.batch_size, length, mesh)))
+    n_devices = jax.device_count()
+    print(
+        f"dry run: {c.objective} step of a {policy_cfg.n_layers}-layer, d={policy_cfg.dim} model "
+        f"({policy_cfg.n_future_tokens} heads{', + reference' if reference is not None else ''}), mesh "
+        f"{dict(mesh.shape)} on {n_devices} {jax.devices()[0].platform} device(s), global batch "
+        f"{c.train.batch_size} x {length} tokens, {c.train.grad_accum_steps} micro-batch(es)"
+    )
+    print(f"  {figures.describe()}")
+    print(f"  {trainer.flops_per_token / 1e9:.3g} GFLOP per token (6N rule, attention scores left out)")
+    return {
+        "memory": dataclasses.asdict(figures),
+        "total_bytes": figures.total,
+        "flops_per_token": trainer.flops_per_token,
+    }

@@ -1,0 +1,123 @@
+"""Evaluation inside training: pass@k of the live parameters on a validation slice every N steps, and the full
+evaluation of ``final/`` at the end, with the generator and sandbox of the eval job on the training mesh (no
+save / restore round trip). Both also report each head's teacher-forced CE of the benchmarks' reference solutions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from wmtp_jax.eval import benchmarks
+from wmtp_jax.eval.generate import Generator
+from wmtp_jax.eval.run import run_benchmarks
+from wmtp_jax.eval.teacher_forced import head_ce, reference_rows
+from wmtp_jax.train.hooks import ExportFinal
+from wmtp_jax.train.trainer import StepEvent, Trainer
+
+REFERENCE_LENGTH = 512  # tokens per teacher-forced row (prompt cut on the left)
+
+
+def validation_settings(c) -> ml_collections.ConfigDict:
+    """The eval section as the in-training evaluation uses it: ``train.eval_benchmarks``, the first
+    ``train.eval_limit`` problems, one greedy sample, pass@1."""
+    e = ml_collections.ConfigDict(c.eval.to_dict())
+    e.benchmarks, e.limit = tuple(c.train.eval_benchmarks), c.train.eval_limit
+    e.n_samples, e.k, e.temperature, e.speculative = 1, (1,), 0.0, False
+    return e
+
+
+def _broadcast(values: dict[str, float]) -> dict[str, float]:
+    """Process 0's metrics on every process (only process 0 executes code), so decisions such as early stopping
+    agree across processes."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    keys = sorted(values)
+    array = multihost_utils.broadcast_one_to_all(np.asarray([values[k] for k in keys], np.float64))
+    return dict(zip(keys, map(float, array)))
+
+
+def reference_head_ce(model, mesh, tok, e, split: str) -> dict[str, float]:
+    """``{"{benchmark}/ref_ce_head_{k}": CE}`` for every benchmark of ``e`` whose problems have references."""
+    out = {}
+    for name in e.benchmarks:
+        problems = benchmarks.load(
+            name,
+            mbpp_format=e.mbpp_format,
+            mbpp_split=split,
+            synthetic_split=split,
+            codecontests_paths=tuple(e.codecontests),
+        )
+        rows = reference_rows(problems[: e.limit] if e.limit else problems, tok, REFERENCE_LENGTH)
+        if rows is not None:
+            ce = head_ce(model, mesh, rows, e.batch_size)
+            out.update({f"{name}/ref_ce_head_{k}": float(v) for k, v in enumerate(ce)})
+    return out
+
+
+class ValidationPassAtK:
+    """Every ``every`` steps: ``val/{benchmark}/pass@1`` (greedy, validation split, first ``limit`` problems) and
+    ``val/{benchmark}/ref_ce_head_{k}`` of the live parameters, into ``event.metrics`` (for early stopping and the
+    metrics log)."""
+
+    def __init__(self, e, tok, *, isolation: str, seed: int):
+        self.e, self.tok, self.isolation, self.seed = e, tok, isolation, seed
+
+    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
+        model = trainer.model(event.state)
+        results = run_benchmarks(
+            Generator(model, trainer.mesh, self.tok, self.e.batch_size),
+            self.e,
+            seed=self.seed,
+            isolation=self.isolation,
+            split="validation",
+            progress=False,
+        )
+        values = {f"val/{name}/pass@1": r["pass@1"]["mean"] for name, r in results["benchmarks"].items()}
+        values = _broadcast(
+            values
+            | {f"val/{k}": v for k, v in reference_head_ce(model, trainer.mesh, self.tok, self.e, "validation").items()}
+        )
+        event.metrics.update(values)  # logged by the metrics log, after this hook
+
+
+class EvalAtEnd:
+    """When the run finishes: the eval section's evaluation of what ``final/`` holds (``export``'s state) on the
+    test split, written to ``out_dir`` (results.json with the per-head reference CE, samples.jsonl) and logged in
+    the training run."""
+
+    def __init__(self, e, tok, tracker, out_dir: Path, export: ExportFinal, *, isolation: str, seed: int):
+        self.e, self.tok, self.tracker, self.out_dir, self.export = e, tok, tracker, Path(out_dir), export
+        self.isolation, self.seed = isolation, seed
+        self.results: dict | None = None
+
+    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
+        pass
+
+    def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
+        if status != "FINISHED" or self.export.state is None:
+            return
+        model = trainer.model(self.export.state)
+        header = {
+            "model": f"training run final/ ({self.export.selection})",
+            "sandbox_isolation": self.isolation,
+            "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            "mesh": dict(trainer.mesh.shape),
+            "reference_ce": reference_head_ce(model, trainer.mesh, self.tok, self.e, "test"),
+        }
+        self.tracker.log_metrics(header["reference_ce"], event.step)
+        self.results = run_benchmarks(
+            Generator(model, trainer.mesh, self.tok, self.e.batch_size),
+            self.e,
+            seed=self.seed,
+            isolation=self.isolation,
+            tracker=self.tracker,
+            out_dir=self.out_dir,
+            header=header,
+            step=event.step,
+        )
