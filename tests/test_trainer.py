@@ -141,7 +141,7 @@ def test_strength_zero_gives_the_unweighted_baseline_loss_exactly(mesh):
 
     baseline = loss("baseline")
     assert loss("rho1", strength=0.0) == baseline
-    assert loss("rho1", strength=0.0, rho1_select="seed") == baseline
+    assert loss("rho1", strength=0.0, rho1_scheme="seed") == baseline
     assert loss("rho1") != baseline  # the weights do matter at strength 1
 
 

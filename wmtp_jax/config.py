@@ -11,6 +11,7 @@ from ml_collections.config_flags import config_path
 
 from wmtp_jax import sharding
 from wmtp_jax.model.config import ATTENTION_IMPLS, DTYPES, REMAT_POLICIES
+from wmtp_jax.schema import Checker
 
 JOBS = (
     "train",
@@ -74,34 +75,14 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> list[
     return out
 
 
-class _Checks:
-    """``check`` / ``one_of`` over dotted keys of a config, collecting ``{key}={value!r}: expected ...`` lines."""
+class _Checks(Checker):
+    """``Checker`` over dotted keys of a whole config (``model.dtype``)."""
 
     def __init__(self, c):
-        self.c, self.found = c, []
+        super().__init__(c)
 
-    def check(self, key, ok, expected):
-        try:
-            value = config_path.get_value(key, self.c)
-        except (KeyError, AttributeError):
-            self.found.append(f"{key}: missing from the config")
-            return
-        try:
-            good = ok(value)
-        except TypeError:
-            good = False
-        if not good:
-            self.found.append(f"{key}={value!r}: expected {expected}")
-
-    def one_of(self, key, allowed):
-        self.check(key, lambda v: v in allowed, f"one of {list(allowed)}")
-
-    def positive(self, key, integer=True):
-        self.check(
-            key,
-            lambda v: (isinstance(v, int) if integer else isinstance(v, (int, float))) and v > 0,
-            "a positive " + ("integer" if integer else "number"),
-        )
+    def _value(self, key: str):
+        return config_path.get_value(key, self.values)
 
 
 def problems(c: ml_collections.ConfigDict, n_devices: int | None = None, n_processes: int | None = None) -> list[str]:

@@ -13,19 +13,28 @@ from typing import Any
 
 
 class Checker:
-    """Collects one line per bad value: ``{prefix}.{key}={value!r}: expected {what}``."""
+    """Collects one line per bad value: ``{prefix}.{key}={value!r}: expected {what}`` (``key`` alone without a
+    prefix). Values are attributes of ``values``; subclasses may look them up otherwise (``_value``)."""
 
-    def __init__(self, values: Any, prefix: str):
+    def __init__(self, values: Any, prefix: str = ""):
         self.values, self.prefix, self.found = values, prefix, []
 
+    def _value(self, key: str):
+        return getattr(self.values, key)
+
     def check(self, key: str, ok: Callable[[Any], bool], expected: str) -> None:
-        value = getattr(self.values, key)
+        name = f"{self.prefix}.{key}" if self.prefix else key
+        try:
+            value = self._value(key)
+        except (KeyError, AttributeError):
+            self.found.append(f"{name}: missing from the config")
+            return
         try:
             good = ok(value)
         except TypeError:
             good = False
         if not good:
-            self.found.append(f"{self.prefix}.{key}={value!r}: expected {expected}")
+            self.found.append(f"{name}={value!r}: expected {expected}")
 
     def one_of(self, key: str, allowed) -> None:
         self.check(key, lambda v: v in allowed, f"one of {list(allowed)}")

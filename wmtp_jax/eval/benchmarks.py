@@ -233,6 +233,18 @@ def load(
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}")
 
 
+def load_for(name: str, e, split: str = "test") -> list[Problem]:
+    """Benchmark ``name`` as an eval config section ``e`` asks for it (MBPP format, CodeContests files), from
+    ``split`` (MBPP and synthetic; the others have one evaluation split)."""
+    return load(
+        name,
+        mbpp_format=e.mbpp_format,
+        mbpp_split=split,
+        synthetic_split=split,
+        codecontests_paths=tuple(e.codecontests),
+    )
+
+
 # ------------------------------------------------------------------------------------------------ judging
 def _same_output(actual: str, expected: str) -> bool:
     return actual.split() == expected.split()

@@ -132,13 +132,7 @@ def run_benchmarks(
     results = {**(header or {}), "split": split, "benchmarks": {}}
     rows = []
     for name in e.benchmarks:
-        problems = benchmarks.load(
-            name,
-            mbpp_format=e.mbpp_format,
-            mbpp_split=split,
-            synthetic_split=split,
-            codecontests_paths=tuple(e.codecontests),
-        )
+        problems = benchmarks.load_for(name, e, split)
         n_available = len(problems)
         problems = problems[: e.limit] if e.limit else problems
         config = GenerationConfig.from_config(e, stop=problems[0].stop)

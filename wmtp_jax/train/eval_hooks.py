@@ -46,13 +46,7 @@ def reference_head_ce(model, mesh, tok, e, split: str) -> dict[str, float]:
     """``{"{benchmark}/ref_ce_head_{k}": CE}`` for every benchmark of ``e`` whose problems have references."""
     out = {}
     for name in e.benchmarks:
-        problems = benchmarks.load(
-            name,
-            mbpp_format=e.mbpp_format,
-            mbpp_split=split,
-            synthetic_split=split,
-            codecontests_paths=tuple(e.codecontests),
-        )
+        problems = benchmarks.load_for(name, e, split)
         rows = reference_rows(problems[: e.limit] if e.limit else problems, tok, REFERENCE_LENGTH)
         if rows is not None:
             ce = head_ce(model, mesh, rows, e.batch_size)

@@ -37,7 +37,8 @@ class WeightingConfig(Section):
     ``value_coef``, ``value_loss`` (mse | huber), ``huber_delta``, ``value_target`` (mc | lambda); Rho-1:
     ``rho1_mode`` (signed | absolute), ``rho1_select`` (hard | soft), ``rho1_ratio``, ``rho1_temperature``,
     ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
-    reference-CE table instead of a reference forward), ``rho1_top_p`` and ``rho1_alpha`` (the "seed" selection);
+    reference-CE table instead of a reference forward), ``rho1_scheme`` ("rho1", the paper, or "seed", the
+    PyTorch project's variant, with ``rho1_top_p`` and ``rho1_alpha``);
     ``control``: shuffle the weights over the valid targets; ``strength`` lambda: every scheme's weights move toward
     uniform, ``w <- 1 + lambda (w - 1)``, and its normaliser toward the valid count (0 = the unweighted baseline's
     loss exactly, 1 = the scheme as it is).
@@ -63,6 +64,7 @@ class WeightingConfig(Section):
     rho1_w_max: float = 3.0
     rho1_normalize: str = "selected"
     rho1_reference_ce: str = ""
+    rho1_scheme: str = "rho1"
     rho1_top_p: float = 0.2
     rho1_alpha: float = 0.3
     strength: float = 1.0
@@ -77,6 +79,7 @@ class WeightingConfig(Section):
         c.one_of("value_target", ("mc", "lambda"))
         c.one_of("rho1_mode", ("signed", "absolute"))
         c.one_of("rho1_select", rho1.SELECTIONS)
+        c.one_of("rho1_scheme", rho1.SCHEMES)
         for key in ("rho1_top_p", "rho1_alpha"):
             c.fraction(key)
         c.check("strength", lambda v: v >= 0, "a non-negative number (0 = unweighted, 1 = the scheme's weights)")
@@ -195,13 +198,16 @@ class Rho1(Objective):
             temperature=w.rho1_temperature,
             eps=w.rho1_eps,
             w_max=w.rho1_w_max,
+            scheme=w.rho1_scheme,
             top_p=w.rho1_top_p,
             alpha=w.rho1_alpha,
         )
 
     def normaliser(self, n_valid: jax.Array) -> jax.Array:
         w = self.weighting
-        if w.rho1_select == "hard" and w.rho1_normalize == "selected":  # Rho-1 eq. 4: the selected tokens
+        if (
+            w.rho1_scheme == "rho1" and w.rho1_select == "hard" and w.rho1_normalize == "selected"
+        ):  # Rho-1 eq. 4: the selected tokens
             return jnp.ceil(w.rho1_ratio * n_valid)
         return n_valid
 

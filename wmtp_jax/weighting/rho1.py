@@ -75,7 +75,8 @@ def seed_weights(
     return jax.lax.stop_gradient(jnp.where(valid, w.reshape(b, s_len, h), 0.0))
 
 
-SELECTIONS = ("hard", "soft", "seed")
+SELECTIONS = ("hard", "soft")
+SCHEMES = ("rho1", "seed")
 
 
 def rho1_weights(
@@ -89,16 +90,20 @@ def rho1_weights(
     temperature=1.0,
     eps=0.05,
     w_max=3.0,
+    scheme="rho1",
     top_p=0.2,
     alpha=0.3,
 ):
-    """Rho-1 weights ``[B, S, H]`` from per-head policy CE and per-head-aligned reference CE: ``select`` "hard"
-    (top ``ratio``), "soft" (softmax of z-scores) or "seed" (``seed_weights``, which scores |CE_pol - CE_ref|)."""
+    """Excess-loss weights ``[B, S, H]`` from per-head policy CE and per-head-aligned reference CE: ``scheme``
+    "rho1" (the paper: ``select`` "hard", the top ``ratio``, or "soft", a softmax of z-scores) or "seed"
+    (``seed_weights``, which scores |CE_pol - CE_ref|)."""
     score = excess_loss(jax.lax.stop_gradient(ce_policy), jax.lax.stop_gradient(ce_reference), mode)
+    if scheme == "seed":
+        return seed_weights(score, valid, top_p, alpha, temperature)
+    if scheme != "rho1":
+        raise ValueError(f"rho1 scheme={scheme!r}: expected one of {list(SCHEMES)}")
     if select == "hard":
         return top_k_select(score, valid, ratio)
     if select == "soft":
         return soft_weights(score, valid, temperature, eps, w_max)
-    if select == "seed":
-        return seed_weights(score, valid, top_p, alpha, temperature)
     raise ValueError(f"rho1 select={select!r}: expected one of {list(SELECTIONS)}")
