@@ -127,3 +127,18 @@ def test_print_commands_gives_one_runnable_command_per_arm_and_seed(study, capsy
     args = shlex.split(lines[1])
     assert "--config=configs/rho1.py:micro" in args and "--config.weighting.control=True" in args
     assert "--config.train.eval_at_end=True" in args and any(a.startswith("--config.workdir=") for a in args)
+
+
+def test_the_best_arm_is_registered_with_an_alias(study):
+    from mlflow import MlflowClient
+
+    c, summary = study
+    c.study.register_alias = "candidate"
+    try:
+        registered = runner.register(c, summary, runner.expand(c.study))
+    finally:
+        c.study.register_alias = ""
+    client = MlflowClient(runner._tracking_uri(c))
+    version = client.get_model_version_by_alias(registered["model"], "candidate")
+    assert version.version == registered["version"] and registered["arm"] in ("baseline", "rho1_control")
+    assert version.source.endswith(f"{registered['arm']}/seed0/final") and "sign-flip" in version.description

@@ -59,8 +59,8 @@ def load_counts(workdir: Path) -> tuple[dict[str, dict[str, tuple[int, int]]], d
 
 
 def _curves(workdir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per metric, ``(step, value)`` from the run's metrics.jsonl (validation metrics come from MLflow-logged rows
-    too: val_loss is in metrics.jsonl only when logged there)."""
+    """Per metric (loss, per-head CE, validation metrics), ``[(step, value), ...]`` from the run's metrics.jsonl;
+    a step written twice (a resumed run) counts once, with its last row."""
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)
     path = Path(workdir) / "metrics.jsonl"
     if not path.is_file():

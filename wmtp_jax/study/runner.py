@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import itertools
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -26,7 +27,7 @@ import ml_collections
 from wmtp_jax import config as config_lib
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.study import report
-from wmtp_jax.tracking import Tracker, local_tracking_uri
+from wmtp_jax.tracking import Tracker, experiment_name, local_tracking_uri
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_\-\[\]=,.]+)\}")
 
@@ -103,7 +104,7 @@ def arm_overrides(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> list[
     ]
     out += [
         f"mlflow.tracking_uri={_tracking_uri(c)}",
-        f"mlflow.experiment_name={_experiment(c)}",
+        f"mlflow.experiment_name={experiment_name(c)}",
         f"mlflow.run_name={spec.name}/seed{seed}",
         f"mlflow.artifact_location={_artifacts(c)}",
     ]
@@ -120,27 +121,17 @@ def _literal(value) -> str:
 
 
 def _tracking_uri(c) -> str:
-    import os
-
+    """The study's MLflow store, shared by every arm: the configured one, else the study workdir's SQLite store."""
     return c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(Path(c.workdir))
 
 
 def _artifacts(c) -> str:
+    """Where the arms' artifacts go: the configured location, the server's default for a configured server, else
+    the study workdir's ``mlartifacts``."""
     if c.mlflow.get("artifact_location"):
         return c.mlflow.artifact_location
-    return "" if (c.mlflow.tracking_uri or _env_uri()) else (Path(c.workdir) / "mlartifacts").absolute().as_uri()
-
-
-def _env_uri() -> str:
-    import os
-
-    return os.environ.get("MLFLOW_TRACKING_URI", "")
-
-
-def _experiment(c) -> str:
-    from wmtp_jax.tracking import experiment_name
-
-    return experiment_name(c)
+    configured = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return "" if configured else (Path(c.workdir) / "mlartifacts").absolute().as_uri()
 
 
 def arm_config(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> ml_collections.ConfigDict:
