@@ -7,6 +7,8 @@ Writes, with a tiny MTP model (vocab 32000 so the shipped tokenizer fits, dim 8,
   model/        an Orbax model directory as ``convert_torch_checkpoint`` wrote it
   workdir/      a baseline training workdir after 2 steps (train-state checkpoint + Grain iterator state)
   expected.json the logits of ``model/`` on fixed tokens, and the losses of an uninterrupted 3-step run
+model/ and workdir/ were then packed (``tar -czf legacy_checkpoints.tar.gz model workdir``) and removed, so the
+repository holds one archive instead of Orbax's generated files.
 """
 
 import importlib
