@@ -293,17 +293,41 @@ def make_train_step(
     return step
 
 
+def optimizer_shardings(tx, params, mesh: Mesh):
+    """Shardings for ``tx.init(params)``: a leaf that mirrors a parameter (Adam's mu and nu: same path suffix and
+    shape) gets that parameter's sharding, anything else (step counts) is replicated. ``jax.jit(tx.init)`` alone
+    leaves the moments replicated on every device (zeros do not inherit their input's sharding)."""
+    replicated = sharding.replicated(mesh)
+    by_path = {tuple(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def place(path, leaf):
+        path = tuple(path)
+        for start in range(len(path)):
+            twin = by_path.get(path[start:])
+            if (
+                twin is not None
+                and twin.shape == leaf.shape
+                and isinstance(getattr(twin, "sharding", None), NamedSharding)
+            ):
+                return twin.sharding
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
+
+
 def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> TrainState:
-    """Train state for trainable ``params``: optimizer state follows the params' shardings, the small
-    bookkeeping arrays (step, TD-whitening EMA, rng) are replicated over ``mesh``."""
+    """Train state for trainable ``params``: the optimizer state is created in the params' shardings
+    (``optimizer_shardings``), the small bookkeeping arrays (step, TD-whitening EMA, rng) are replicated over
+    ``mesh``."""
+    init = jax.jit(tx.init) if mesh is None else jax.jit(tx.init, out_shardings=optimizer_shardings(tx, params, mesh))
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=jax.jit(tx.init)(params),
+        opt_state=init(params),
         ema={"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())},
         rng=jax.random.key_data(jax.random.key(seed)),
     )
-    if mesh is not None:  # scalars (step, optimizer counts, ...) would otherwise sit on device 0 only
+    if mesh is not None:  # scalars (step, EMA, rng) would otherwise sit on device 0 only
         state = jax.tree.map(
             lambda x: x if isinstance(x.sharding, NamedSharding) else jax.device_put(x, sharding.replicated(mesh)),
             state,
@@ -311,13 +335,23 @@ def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> TrainState:
     return state
 
 
-def abstract_state(params, tx) -> TrainState:
-    """``TrainState`` of ShapeDtypeStructs for (abstract) ``params``; allocates nothing."""
-    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+def abstract_state(params, tx, mesh: Mesh | None = None) -> TrainState:
+    """``TrainState`` of ShapeDtypeStructs for (abstract or concrete) ``params`` with the shardings ``init_state``
+    gives them; allocates nothing."""
+
+    def spec(x, sharding_=None):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_)
+
+    replicated = None if mesh is None else sharding.replicated(mesh)
+    params = jax.tree.map(lambda x: spec(x, getattr(x, "sharding", None)), params)
+    opt = jax.eval_shape(tx.init, params)
+    if mesh is not None:
+        opt = jax.tree.map(spec, opt, optimizer_shardings(tx, params, mesh))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
     return TrainState(
-        step=jax.ShapeDtypeStruct((), jnp.int32),
+        step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
         params=params,
-        opt_state=jax.eval_shape(jax.jit(tx.init), params),
+        opt_state=opt,
         ema={"mean": scalar, "var": scalar, "count": scalar},
-        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
     )

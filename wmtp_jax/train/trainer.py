@@ -6,7 +6,7 @@
     state = trainer.run(state, batches, num_steps=100)
 
 A hook is any object with ``on_step(trainer, event)`` (called every ``every`` steps and at the last step)
-and optionally ``on_end(trainer, event, status)`` (status ``FINISHED``, ``STOPPED`` after too many non-finite
+and / or ``on_end(trainer, event, status)`` (status ``FINISHED``, ``STOPPED`` after too many non-finite
 updates, or ``FAILED`` on an exception). Hooks run in the order they were added and may add entries to
 ``event.metrics`` for the hooks after them (validation adds ``val_loss`` before checkpointing reads it). The
 standard hooks (metrics file, MLflow, validation, checkpoints with a "committed" event, ``final/`` export,
@@ -145,32 +145,9 @@ class Trainer:
         return init_state(self.params, self.tx, self.seed, self.mesh)
 
     def abstract_state(self) -> TrainState:
-        """The train state's shapes, dtypes and shardings; allocates nothing (works on an abstract model)."""
-        return abstract_state(self.params, self.tx)
-
-    def abstract_state_with_shardings(self) -> TrainState:
-        """The train state's ShapeDtypeStructs with the shardings ``initial_state`` would give; allocates nothing."""
-        if self.mesh is None:
-            return self.abstract_state()
-        return jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            self.abstract_state(),
-            self._state_shardings(),
-        )
-
-    def _state_shardings(self):
-        from wmtp_jax import sharding as sharding_lib
-
-        replicated = sharding_lib.replicated(self.mesh)
-        params = jax.tree.map(lambda x: x.sharding, self.params)
-        opt = jax.eval_shape(jax.jit(self.tx.init), self.params)
-        return TrainState(
-            step=replicated,
-            params=params,
-            opt_state=jax.tree.map(lambda x: getattr(x, "sharding", None) or replicated, opt),
-            ema={"mean": replicated, "var": replicated, "count": replicated},
-            rng=replicated,
-        )
+        """The train state's shapes, dtypes and the shardings ``initial_state`` gives; allocates nothing (works on an
+        abstract model)."""
+        return abstract_state(self.params, self.tx, self.mesh)
 
     def model(self, state: TrainState):
         """The full model with ``state``'s trained parameters."""
@@ -245,8 +222,9 @@ class Trainer:
                 hist = np.asarray(metrics["weight_hist"]) if "weight_hist" in metrics else None
                 event = StepEvent(step + 1, state, scalars, step + 1 == num_steps, hist)
                 for registered in self.hooks:
-                    if event.last or event.step % registered.every == 0:
-                        registered.hook.on_step(self, event)
+                    on_step = getattr(registered.hook, "on_step", None)
+                    if on_step is not None and (event.last or event.step % registered.every == 0):
+                        on_step(self, event)
                 if nonfinite_run >= self.max_nonfinite_steps:
                     status = "STOPPED"
                     raise NonFiniteError(
