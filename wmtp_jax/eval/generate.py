@@ -214,6 +214,13 @@ class Generator:
         self.mesh, self.tok, self.batch_size = mesh, tokenizer, batch_size
         self._fns = {}
 
+    def set_model(self, model) -> None:
+        """Generates with ``model``'s parameters from now on, reusing the compiled prefill / decode (the model must
+        have this generator's graph: same config, e.g. the live parameters of a training run)."""
+        graphdef, self.state = nnx.split(model)
+        if graphdef != self.graphdef:
+            raise ValueError("Generator.set_model: the model's graph differs from the one this generator compiled for")
+
     def _compiled(self, name, **static):
         key = (name, tuple(sorted(static.items())))
         if key not in self._fns:

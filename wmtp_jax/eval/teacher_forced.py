@@ -8,6 +8,8 @@ the reference and EOS; head k's CE is averaged over its valid targets (head k at
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,22 +41,26 @@ def reference_rows(problems, tok, length: int) -> dict[str, np.ndarray] | None:
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "chunk"))
+def head_ce_sums(graphdef, states: tuple, batch: dict[str, jax.Array], *, chunk: int = 256):
+    """``(sum of CE [H], valid targets [H])`` of the model ``nnx.merge(graphdef, *states)`` on ``batch`` (teacher
+    forced; every head). Compiled once per model graph and batch shape: the validation loss and the reference
+    CE of every evaluation reuse it."""
+    m = nnx.merge(graphdef, *states)
+    out = m.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
+    targets, valid = alignment.mtp_targets(
+        batch["tokens"], batch["loss_mask"], batch["segment_ids"], m.cfg.n_future_tokens
+    )
+    ce = losses.token_ce(m.output_projection(), out.head_hidden, targets, chunk=chunk)
+    return jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)), valid.sum(axis=(0, 1))
+
+
 def head_ce(model, mesh, rows: dict[str, np.ndarray], batch_size: int = 8, chunk: int = 256) -> np.ndarray:
     """float64 ``[n_future_tokens]``: each head's mean CE (nats per target) over the valid targets of ``rows``,
     computed ``batch_size`` rows at a time (rounded up to the data-parallel devices; extra rows are padding)."""
     graphdef, state = nnx.split(model)
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     batch_size = -(-batch_size // shards) * shards
-
-    @jax.jit
-    def sums(state, batch):
-        m = nnx.merge(graphdef, state)
-        out = m.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
-        targets, valid = alignment.mtp_targets(
-            batch["tokens"], batch["loss_mask"], batch["segment_ids"], m.cfg.n_future_tokens
-        )
-        ce = losses.token_ce(m.output_projection(), out.head_hidden, targets, chunk=chunk)
-        return jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)), valid.sum(axis=(0, 1))
 
     total = count = 0.0
     n = len(rows["tokens"])
@@ -63,6 +69,6 @@ def head_ce(model, mesh, rows: dict[str, np.ndarray], batch_size: int = 8, chunk
         pad = batch_size - len(batch["tokens"])
         if pad:  # padding rows have segment 0: no valid target
             batch = {k: np.concatenate([v, np.zeros((pad, v.shape[1]), v.dtype)]) for k, v in batch.items()}
-        s, c = sums(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+        s, c = head_ce_sums(graphdef, (state,), jax.device_put(batch, sharding.batch_sharding(mesh)), chunk=chunk)
         total, count = total + np.asarray(s, np.float64), count + np.asarray(c, np.float64)
     return total / np.maximum(count, 1.0)

@@ -84,7 +84,7 @@ def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStru
 def dry_run(c) -> dict:
     """Compiles the configured step on abstract shapes; prints and returns the figures."""
     from wmtp_jax.train.loop import make_trainer
-    from wmtp_jax.train.objectives import WeightingConfig, make_objective
+    from wmtp_jax.train.objectives import objective_of
 
     if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
         write_micro_models(Path(c.model.checkpoint).parent)
@@ -92,7 +92,7 @@ def dry_run(c) -> dict:
     vocab = c.model.vocab_size or None
     policy_cfg = peek_config(c.model.init_from or c.model.checkpoint, vocab).replace(**model_options(c))
     reference = None
-    if make_objective(c.objective, WeightingConfig.from_config(c.weighting)).needs_reference:
+    if objective_of(c).needs_reference:
         ref_cfg = peek_config(c.reference.checkpoint, vocab).replace(
             dtype=c.reference.dtype, param_dtype=c.reference.dtype, **layout_options(c)
         )

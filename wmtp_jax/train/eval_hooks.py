@@ -42,16 +42,25 @@ def _broadcast(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, map(float, array)))
 
 
-def reference_head_ce(model, mesh, tok, e, split: str) -> dict[str, float]:
-    """``{"{benchmark}/ref_ce_head_{k}": CE}`` for every benchmark of ``e`` whose problems have references."""
+def reference_rows_by_benchmark(e, tok, split: str) -> dict[str, dict[str, np.ndarray]]:
+    """The teacher-forced rows (``teacher_forced.reference_rows``) of every benchmark of ``e`` whose problems have
+    reference solutions (the first ``e.limit`` problems when limited)."""
     out = {}
     for name in e.benchmarks:
         problems = benchmarks.load_for(name, e, split)
         rows = reference_rows(problems[: e.limit] if e.limit else problems, tok, REFERENCE_LENGTH)
         if rows is not None:
-            ce = head_ce(model, mesh, rows, e.batch_size)
-            out.update({f"{name}/ref_ce_head_{k}": float(v) for k, v in enumerate(ce)})
+            out[name] = rows
     return out
+
+
+def reference_head_ce(model, mesh, rows_by_benchmark: dict, batch_size: int) -> dict[str, float]:
+    """``{"{benchmark}/ref_ce_head_{k}": CE}`` of ``model`` on the rows of ``reference_rows_by_benchmark``."""
+    return {
+        f"{name}/ref_ce_head_{k}": float(v)
+        for name, rows in rows_by_benchmark.items()
+        for k, v in enumerate(head_ce(model, mesh, rows, batch_size))
+    }
 
 
 class ValidationPassAtK:
@@ -61,23 +70,21 @@ class ValidationPassAtK:
 
     def __init__(self, e, tok, *, isolation: str, seed: int):
         self.e, self.tok, self.isolation, self.seed = e, tok, isolation, seed
+        self.generator = None  # built at the first evaluation, then reused with the live parameters
+        self.rows = reference_rows_by_benchmark(e, tok, "validation")
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
         model = trainer.model(event.state)
+        if self.generator is None:
+            self.generator = Generator(model, trainer.mesh, self.tok, self.e.batch_size)
+        else:
+            self.generator.set_model(model)
         results = run_benchmarks(
-            Generator(model, trainer.mesh, self.tok, self.e.batch_size),
-            self.e,
-            seed=self.seed,
-            isolation=self.isolation,
-            split="validation",
-            progress=False,
+            self.generator, self.e, seed=self.seed, isolation=self.isolation, split="validation", progress=False
         )
         values = {f"val/{name}/pass@1": r["pass@1"]["mean"] for name, r in results["benchmarks"].items()}
-        values = _broadcast(
-            values
-            | {f"val/{k}": v for k, v in reference_head_ce(model, trainer.mesh, self.tok, self.e, "validation").items()}
-        )
-        event.metrics.update(values)  # logged by the metrics log, after this hook
+        ce = reference_head_ce(model, trainer.mesh, self.rows, self.e.batch_size)
+        event.metrics.update(_broadcast(values | {f"val/{k}": v for k, v in ce.items()}))  # the metrics log writes them
 
 
 class EvalAtEnd:
@@ -90,9 +97,6 @@ class EvalAtEnd:
         self.isolation, self.seed = isolation, seed
         self.results: dict | None = None
 
-    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
-        pass
-
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
         if status != "FINISHED" or self.export.state is None:
             return
@@ -102,7 +106,9 @@ class EvalAtEnd:
             "sandbox_isolation": self.isolation,
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
             "mesh": dict(trainer.mesh.shape),
-            "reference_ce": reference_head_ce(model, trainer.mesh, self.tok, self.e, "test"),
+            "reference_ce": reference_head_ce(
+                model, trainer.mesh, reference_rows_by_benchmark(self.e, self.tok, "test"), self.e.batch_size
+            ),
         }
         self.tracker.log_metrics(header["reference_ce"], event.step)
         self.results = run_benchmarks(

@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
-from flax import nnx
 from tqdm.auto import tqdm
 
-from wmtp_jax import alignment, losses
+from wmtp_jax import sharding
 from wmtp_jax.checkpoint import save_model
 from wmtp_jax.checkpoint.store import restore_renamed
+from wmtp_jax.eval.teacher_forced import head_ce_sums
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.schema import Section
 from wmtp_jax.train import step as step_lib
@@ -71,8 +71,6 @@ class ProgressBar:
 
 def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
     """Process-local rows -> global arrays sharded over the batch axes."""
-    from wmtp_jax import sharding
-
     spec = sharding.batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(spec, v) for k, v in local.items()}
 
@@ -84,26 +82,13 @@ class Validation:
 
     def __init__(self, make_batches: Callable[[], object], ce_chunk: int):
         self.make_batches, self.ce_chunk = make_batches, ce_chunk
-        self._fn = None
 
     def loss(self, trainer: Trainer, state) -> float:
-        if self._fn is None:
-            graphdef, chunk = trainer.graphdef, self.ce_chunk
-
-            @jax.jit
-            def eval_fn(params, frozen, batch):
-                m = nnx.merge(graphdef, params, frozen)
-                out = m.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
-                targets, valid = alignment.mtp_targets(
-                    batch["tokens"], batch["loss_mask"], batch["segment_ids"], m.cfg.n_future_tokens
-                )
-                ce = losses.token_ce(m.output_projection(), out.head_hidden, targets, chunk=chunk)
-                return jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)), valid.sum(axis=(0, 1))
-
-            self._fn = eval_fn
         total, count = 0.0, 0.0
         for batch in self.make_batches():
-            sums, n = self._fn(state.params, trainer.frozen, global_batch(batch, trainer.mesh))
+            sums, n = head_ce_sums(
+                trainer.graphdef, (state.params, trainer.frozen), global_batch(batch, trainer.mesh), chunk=self.ce_chunk
+            )
             total, count = total + float(jnp.sum(sums)), count + float(jnp.sum(n))
         return total / max(count, 1.0)
 
@@ -267,10 +252,7 @@ class Checkpoints:
         step = self.latest_step() if step is None else step
         if step is None:
             return None
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-            trainer.abstract_state_with_shardings(),
-        )
+        abstract = trainer.abstract_state()
         stored = self.checkpointer.checkpointables_metadata(step).metadata["state"]
         self.checkpointer.load_checkpointables(step, {"data": self.data})
         return restore_renamed(
@@ -323,9 +305,6 @@ class ExportFinal:
             provenance,
         )
 
-    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
-        pass
-
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
         if status != "FINISHED":
             return
@@ -376,9 +355,6 @@ class CloseTracker:
 
     def __init__(self, tracker):
         self.tracker = tracker
-
-    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
-        pass
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
         self.tracker.close("FINISHED" if status == "FINISHED" else "FAILED")

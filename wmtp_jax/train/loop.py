@@ -28,7 +28,7 @@ from wmtp_jax.files import atomic_write_text
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import hooks
-from wmtp_jax.train.objectives import WeightingConfig, make_objective
+from wmtp_jax.train.objectives import objective_of
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import NonFiniteError, Trainer
 
@@ -87,7 +87,7 @@ def prepare(c) -> Inputs:
     vocab = c.model.vocab_size or None
     model_dir = c.model.init_from or ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=vocab)
     reference_dir = ""
-    if make_objective(c.objective, WeightingConfig.from_config(c.weighting)).needs_reference:
+    if objective_of(c).needs_reference:
         reference_dir = ensure_orbax(c.reference.checkpoint, c.model.cache_dir, vocab_size=vocab)
     train, validation = c.data.train, c.data.validation
     if c.data.prepare_micro and not train:
@@ -136,7 +136,7 @@ def make_trainer(c, model, reference, mesh) -> Trainer:
     abstract (``dry_run``)."""
     loop = LoopConfig.from_config(c.train)
     return Trainer(
-        make_objective(c.objective, WeightingConfig.from_config(c.weighting)),
+        objective_of(c),
         model,
         mesh=mesh,
         step_config=StepConfig.from_config(c.train),
@@ -171,6 +171,14 @@ def train(c) -> dict:
     """Runs (or resumes) training; returns ``{"final_dir", "steps", "losses"}`` (losses: step -> loss)."""
     workdir = Path(c.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    final_dir = workdir / "final"
+    if _early_stopped(final_dir):  # a finished early-stopped run is not trained further when re-run
+        print(f"{workdir}: already stopped early ({final_dir / 'selection.json'}); nothing to do")
+        return {
+            "final_dir": final_dir,
+            "steps": json.loads((final_dir / "selection.json").read_text())["step"],
+            "losses": {},
+        }
     inputs = distributed.main_process_first(lambda: prepare(c), "prepare_inputs")
     is_main = jax.process_index() == 0
     if is_main:
@@ -184,11 +192,8 @@ def train(c) -> dict:
     index = RecordIndex.load(index_path(inputs.train))
     plan = build_plan(index, SamplingConfig.from_config(c.data), loop.num_steps * loop.batch_size, c.seed)
     local = shard_plan(plan, loop.batch_size, jax.process_index(), jax.process_count())
-    reference_ce = (
-        ReferenceCE(c.weighting.rho1_reference_ce)
-        if trainer.objective.name == "rho1" and c.weighting.rho1_reference_ce
-        else None
-    )
+    table = trainer.objective.reference_table
+    reference_ce = ReferenceCE(table) if table else None
     pipeline = PipelineConfig.from_config(c.data, batch_size=loop.batch_size // jax.process_count())
     iterator = iter(
         make_dataset(inputs.train, index.offsets(local), tok, pipeline, rows=local, reference_ce=reference_ce)
@@ -202,14 +207,6 @@ def train(c) -> dict:
         )
     checkpoints = hooks.Checkpoints(workdir / "checkpoints", iterator, checkpoint_config)
     every = checkpoint_config.every_steps
-    final_dir = workdir / "final"
-    if _early_stopped(final_dir):  # a finished early-stopped run is not trained further when re-run
-        print(f"{workdir}: already stopped early ({final_dir / 'selection.json'}); nothing to do")
-        return {
-            "final_dir": final_dir,
-            "steps": json.loads((final_dir / "selection.json").read_text())["step"],
-            "losses": {},
-        }
     state = checkpoints.restore(trainer) or trainer.initial_state()
     start = int(state.step)
 

@@ -113,6 +113,11 @@ class Objective:
     def needs_reference(self) -> bool:
         return False
 
+    @property
+    def reference_table(self) -> str:
+        """Prefix of a precomputed reference-CE table streamed with each batch ("" = none)."""
+        return ""
+
     def trainable(self):
         """nnx filter of the trained parameters (the rest is frozen and gets no optimizer state)."""
         return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
@@ -185,6 +190,10 @@ class Rho1(Objective):
     def needs_reference(self) -> bool:
         return not self.weighting.rho1_reference_ce
 
+    @property
+    def reference_table(self) -> str:
+        return self.weighting.rho1_reference_ce
+
     def token_weights(self, s: Signals) -> jax.Array:
         w = self.weighting
         ref_tok = s.batch["ref_ce"] if "ref_ce" in s.batch else reference_ce(s.reference, s.batch)
@@ -220,6 +229,11 @@ def make_objective(name: str, weighting: WeightingConfig = WeightingConfig()) ->
     if name not in OBJECTIVES:
         raise ValueError(f"objective {name!r}: expected one of {list(OBJECTIVES)}")
     return OBJECTIVES[name](weighting)
+
+
+def objective_of(c) -> Objective:
+    """The objective a training config names (``c.objective`` with its ``weighting`` section)."""
+    return make_objective(c.objective, WeightingConfig.from_config(c.weighting))
 
 
 def reference_ce(reference, batch) -> jax.Array:
