@@ -155,6 +155,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.weighting = section(WeightingConfig)
     # checkpoint.every_steps, .keep (the last N, plus the best by validation loss), .async_save: CheckpointConfig
     c.checkpoint = section(CheckpointConfig)
+    # final/ also as a Hugging Face LlamaForCausalLM in {workdir}/final_hf (head hf_head's path of an MTP model);
+    # any model directory: scripts/export_checkpoint.py SRC DST --format hf|meta
+    c.export = ml_collections.ConfigDict(dict(hf=False, hf_head=1))
     # train.early_stopping.metric ("" = off), .mode, .patience, .min_delta: EarlyStoppingConfig
     c.train.early_stopping = section(EarlyStoppingConfig)
 

@@ -12,4 +12,5 @@ def get_config(preset: str = ""):
     c.workdir = "workdir/ref_tuning"
     c.data.strategy = "correct"
     c.model.checkpoint = c.reference.get_ref("checkpoint")  # the reference model is the one trained (one value)
+    c.export.hf = True  # the reference-tuning plan's checkpoint_final in Hugging Face format: {workdir}/final_hf
     return c

@@ -102,9 +102,12 @@ def test_verifiable_starts_from_the_critic(stage_one, shared, tmp_path):
 
 
 def test_rho1_with_the_ref_tuning_output_as_reference(stage_one, shared, tmp_path):
-    ref_dir = stage_one["ref_tuning"]["final_dir"]
+    """ref_tuning writes final/ and its Hugging Face copy final_hf/ (export.hf); rho1 takes the HF copy."""
+    ref_dir = Path(stage_one["ref_tuning"]["final_dir"])
     assert load_model(ref_dir, sharding.make_mesh()).cfg.n_future_tokens == 1
-    run("rho1", shared, tmp_path / "r", **{"reference.checkpoint": str(ref_dir)})
+    hf_dir = ref_dir.parent / "final_hf"
+    assert (hf_dir / "config.json").is_file() and (hf_dir / "model.safetensors").is_file()
+    run("rho1", shared, tmp_path / "r", **{"reference.checkpoint": str(hf_dir)})
     m = read_metrics(tmp_path / "r")
     # hard top-60% selection per head over the global batch
     assert all(abs(r["weight_frac_selected"] - 0.6) < 0.02 for r in m.values())

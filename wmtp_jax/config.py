@@ -247,6 +247,9 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     ):
         k.found += section.from_config(c[name]).problems(name)
     k.found += EarlyStoppingConfig.from_config(c.train.early_stopping).problems("train.early_stopping")
+    if "export" in c:
+        k.check("export.hf", lambda v: isinstance(v, bool), "true or false")
+        k.positive("export.hf_head")
     if c.train.eval_every_steps or c.train.eval_at_end:
         _generation_problems(c, k, data, fsdp, group="eval")
     k.found += [f"data.{p}" for p in SamplingConfig.from_config(c.data).problems()]

@@ -24,11 +24,12 @@ import numpy as np
 from orbax.checkpoint.experimental.v1 import partial as ocp_partial
 from tqdm.auto import tqdm
 
-from wmtp_jax.checkpoint.sources import SourceError, open_file
+from wmtp_jax.checkpoint.sources import SafetensorsFile, SourceError, open_file
 from wmtp_jax.checkpoint.store import PARAMS_DIR, CheckpointError, flat_param_shapes, unflatten, write_config
 from wmtp_jax.model import ModelConfig, ModelConfigError
 from wmtp_jax.model.config import DTYPES
 
+VALUE_HEAD_FILE = "value_head.safetensors"  # beside exported weights (``wmtp_jax.checkpoint.export``)
 # Buffers some releases store that carry no weights (recomputed by the model).
 _IGNORED_SOURCE_KEYS = re.compile(r"(^rope\.freqs$|\.rotary_emb\.inv_freq$)")
 _STORAGE_DTYPES = {None: None, **{name: np.dtype(DTYPES[name]) for name in ("float32", "bfloat16")}}
@@ -139,7 +140,8 @@ def detect_layout(src: Path, vocab_size: int | None = None) -> _Layout:
             "Hugging Face (config.json + *.safetensors / pytorch_model*.bin) checkpoint directory"
         )
     meta_files = sorted(src.glob("consolidated*.pth"))
-    hf_files = sorted(src.glob("*.safetensors")) or sorted(src.glob("pytorch_model*.bin"))
+    hf_files = sorted(p for p in src.glob("*.safetensors") if p.name != VALUE_HEAD_FILE)
+    hf_files = hf_files or sorted(src.glob("pytorch_model*.bin"))
     try:
         if (src / "params.json").is_file() and meta_files:
             files = [open_file(p) for p in meta_files]
@@ -248,9 +250,22 @@ def _converted(layout: _Layout, dtype) -> Iterator[tuple[str, np.ndarray]]:
     for rule in layout.rules:
         x = _read(layout, rule)
         yield rule.target, (x if dtype is None else x.astype(dtype))
-    value_dtype = dtype or np.float32
-    yield "value_head/kernel", np.zeros((layout.cfg.dim, 1), value_dtype)
-    yield "value_head/bias", np.zeros((1,), value_dtype)
+    kernel, bias = _value_head(layout)
+    yield "value_head/kernel", kernel if dtype is None else kernel.astype(dtype)
+    yield "value_head/bias", bias if dtype is None else bias.astype(dtype)
+
+
+def _value_head(layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """``(kernel [dim, 1], bias [1])`` from ``value_head.safetensors`` beside the weights (written by
+    ``wmtp_jax.checkpoint.export``), else zeros (float32)."""
+    path = layout.src / VALUE_HEAD_FILE
+    if not path.is_file():
+        return np.zeros((layout.cfg.dim, 1), np.float32), np.zeros((1,), np.float32)
+    f = SafetensorsFile(path)
+    expected = {"value_head.weight": (1, layout.cfg.dim), "value_head.bias": (1,)}
+    if f.shapes != expected:
+        raise CheckpointError(f"{path}: expected tensors {expected}, found {f.shapes}")
+    return f.read("value_head.weight", lambda x: np.array(x.T, order="C")), f.read("value_head.bias")
 
 
 def convert_torch_checkpoint(
@@ -265,7 +280,8 @@ def convert_torch_checkpoint(
     """Converts a Meta or Hugging Face torch checkpoint directory into an Orbax model directory.
 
     Streams one tensor at a time (memory-mapped read -> transform -> Orbax partial save), so peak host
-    memory is about the largest single tensor, not the checkpoint. The value head is written as zeros.
+    memory is about the largest single tensor, not the checkpoint. The value head is read from
+    ``value_head.safetensors`` beside the weights when an export wrote one, else written as zeros.
 
     Args:
       src_dir: Meta (``params.json`` + ``consolidated[.NN].pth``) or Hugging Face (``config.json`` +

@@ -22,7 +22,7 @@ from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
 from wmtp_jax.checkpoint.store import CheckpointError, flatten, load_model, model_name, param_tree, unflatten
 
 
-def _training_step(path: Path) -> tuple[Path, Path] | None:
+def training_step(path: Path) -> tuple[Path, Path] | None:
     """``(workdir, step_dir)`` if ``path`` is a training workdir or one of its checkpoint steps."""
     if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
         steps = sorted(
@@ -52,7 +52,7 @@ def _starting_model(workdir: Path) -> Path:
 def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
     """Converts ``path`` into ``cache_dir`` (once) if it is a torch checkpoint; anything else is left alone."""
     path = Path(path)
-    if path.is_dir() and not is_orbax_model_dir(path) and _training_step(path.absolute()) is None:
+    if path.is_dir() and not is_orbax_model_dir(path) and training_step(path.absolute()) is None:
         ensure_orbax(path, cache_dir)
 
 
@@ -70,7 +70,7 @@ def load_policy(
         raise CheckpointError(f"{path}: checkpoint not found")
     if is_orbax_model_dir(path):
         return load_model(path, mesh, **config_overrides), f"orbax model {path}"
-    found = _training_step(path.absolute())
+    found = training_step(path.absolute())
     if found is None:  # a torch checkpoint directory (the converter names anything it cannot read)
         model_dir = ensure_orbax(path, cache_dir)
         return load_model(model_dir, mesh, **config_overrides), f"torch checkpoint {path} (converted: {model_dir})"

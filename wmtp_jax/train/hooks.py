@@ -328,6 +328,29 @@ class ExportFinal:
             atomic_write_text(self.final_dir / "selection.json", json.dumps(selection, indent=2) + "\n")
 
 
+class ExportHF:
+    """After ``ExportFinal``: a Hugging Face ``LlamaForCausalLM`` copy of ``final/`` in ``hf_dir`` (``head``'s
+    path for an MTP model; see ``wmtp_jax.checkpoint.export``), written by process 0 and logged in the run."""
+
+    def __init__(self, final_dir: Path, hf_dir: Path, head: int = 1, tokenizer: str = ""):
+        self.final_dir, self.hf_dir, self.head, self.tokenizer = Path(final_dir), Path(hf_dir), head, tokenizer
+
+    def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
+        if status != "FINISHED" or not _is_main():
+            return
+        from wmtp_jax.checkpoint.export import export_checkpoint
+
+        export_checkpoint(
+            self.final_dir,
+            self.hf_dir,
+            format="hf",
+            head=self.head,
+            tokenizer=self.tokenizer or None,
+            overwrite=True,
+            progress=False,
+        )
+
+
 class WeightPlot:
     """Sums the token-weight histogram over the run; at the end writes ``weight_distribution.png`` and logs it."""
 

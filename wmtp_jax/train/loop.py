@@ -244,6 +244,13 @@ def train(c) -> dict:
         final_dir, checkpoints, checkpoint_config.final, objective=c.objective, steps=loop.num_steps
     )
     trainer.add_hook(export)
+    if c.export.hf:
+        if c.export.hf_head > trainer.model_cfg.n_future_tokens:
+            raise ValueError(
+                f"export.hf_head={c.export.hf_head}: the model has {trainer.model_cfg.n_future_tokens} "
+                "next-token heads (1 = the next token)"
+            )
+        trainer.add_hook(hooks.ExportHF(final_dir, workdir / "final_hf", c.export.hf_head, c.tokenizer))
     if loop.eval_at_end:
         trainer.add_hook(
             eval_hooks.EvalAtEnd(c.eval, tok, tracker, workdir / "eval", export, isolation=isolation, seed=c.seed)
