@@ -1,11 +1,12 @@
-"""Benchmark: peak host memory and throughput of torch -> Orbax conversion.
+"""Benchmark: peak host memory and throughput of torch -> Orbax conversion, and of the export back to the Meta and
+Hugging Face layouts.
 
     uv run python scripts/bench_convert.py [--dim 2048] [--layers 14] [--workdir /tmp/wmtp_bench_convert]
 
 Writes a synthetic Meta-layout MTP checkpoint (bf16, 7B-like proportions, >= 1 GB by default), converts
-it in a fresh subprocess and prints: checkpoint size, wall time, MB/s, the subprocess's peak RSS
-(``VmHWM``, file-backed pages included), the RSS of the same subprocess after imports only, and
-both ratios to the checkpoint size.
+it in a fresh subprocess, exports the conversion to Meta and to Hugging Face layout (one fresh subprocess each)
+and prints for each: wall time, MB/s, the subprocess's peak RSS (``VmHWM``, file-backed pages included) and
+its peak above the RSS of the same subprocess after imports only, as ratios to the checkpoint size.
 """
 
 import argparse
@@ -18,6 +19,7 @@ from pathlib import Path
 CHILD = r"""
 import json, sys, time
 from wmtp_jax.checkpoint import convert_torch_checkpoint
+from wmtp_jax.checkpoint.export import export_checkpoint
 
 def hwm_kib():  # VmHWM: this process's peak RSS (ru_maxrss would include the parent's RSS at fork)
     for line in open("/proc/self/status"):
@@ -28,6 +30,10 @@ base = hwm_kib()
 if sys.argv[1] == "convert":
     t = time.perf_counter()
     convert_torch_checkpoint(sys.argv[2], sys.argv[3], overwrite=True, progress=False)
+    dt = time.perf_counter() - t
+elif sys.argv[1] == "export":
+    t = time.perf_counter()
+    export_checkpoint(sys.argv[2], sys.argv[3], format=sys.argv[4], overwrite=True, progress=False)
     dt = time.perf_counter() - t
 else:
     dt = 0.0
@@ -65,18 +71,25 @@ def main() -> int:
     write_meta_checkpoint(work / "src", cfg, seed=0, dtype=torch.bfloat16)
     size = sum(p.stat().st_size for p in (work / "src").iterdir())
     idle = run_child("idle")
-    res = run_child("convert", str(work / "src"), str(work / "dst"))
-    peak, base = res["peak_kib"] * 1024, idle["peak_kib"] * 1024
     print(
         f"checkpoint         : {size / 1e9:.2f} GB (Meta layout, bf16, dim {cfg.dim}, {cfg.n_layers} layers, "
         f"vocab {cfg.vocab_size})"
     )
-    print(f"conversion         : {res['seconds']:.1f} s, {size / 1e6 / res['seconds']:.0f} MB/s")
-    print(f"peak RSS           : {peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint")
+    base = idle["peak_kib"] * 1024
     print(f"RSS after imports  : {base / 1e9:.2f} GB")
-    print(
-        f"peak RSS - imports : {(peak - base) / 1e9:.2f} GB = {(peak - base) / size:.2f} x checkpoint (target <= 0.3 x)"
-    )
+    jobs = {
+        "convert -> orbax": ("convert", str(work / "src"), str(work / "dst")),
+        "export -> meta": ("export", str(work / "dst"), str(work / "meta"), "meta"),
+        "export -> hf": ("export", str(work / "dst"), str(work / "hf"), "hf"),
+    }
+    for name, job in jobs.items():
+        res = run_child(*job)
+        peak = res["peak_kib"] * 1024
+        print(
+            f"{name:17}  : {res['seconds']:.1f} s, {size / 1e6 / res['seconds']:.0f} MB/s; peak RSS "
+            f"{peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint; peak - imports {(peak - base) / 1e9:.2f} GB "
+            f"= {(peak - base) / size:.2f} x"
+        )
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
