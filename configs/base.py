@@ -99,6 +99,7 @@ def section(schema) -> ml_collections.ConfigDict:
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """The training defaults; each experiment file sets ``objective`` (baseline | critic | verifiable | rho1 |
     ref_tuning, see ``wmtp_jax.train.objectives``) and edits the rest."""
+    from wmtp_jax.model.lora import LoraConfig
     from wmtp_jax.train.hooks import CheckpointConfig, EarlyStoppingConfig
     from wmtp_jax.train.objectives import WeightingConfig
 
@@ -155,6 +156,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.weighting = section(WeightingConfig)
     # checkpoint.every_steps, .keep (the last N, plus the best by validation loss), .async_save: CheckpointConfig
     c.checkpoint = section(CheckpointConfig)
+    # LoRA adapters (rank 0 = full fine-tuning; the value head stays fully trainable); final/ is merged
+    c.model.lora = section(LoraConfig)
     # final/ also as a Hugging Face LlamaForCausalLM in {workdir}/final_hf (head hf_head's path of an MTP model);
     # any model directory: scripts/export_checkpoint.py SRC DST --format hf|meta
     c.export = ml_collections.ConfigDict(dict(hf=False, hf_head=1))

@@ -247,6 +247,10 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     ):
         k.found += section.from_config(c[name]).problems(name)
     k.found += EarlyStoppingConfig.from_config(c.train.early_stopping).problems("train.early_stopping")
+    if "lora" in c.model:
+        from wmtp_jax.model.lora import LoraConfig
+
+        k.found += LoraConfig.from_config(c.model.lora).problems("model.lora")
     if "export" in c:
         k.check("export.hf", lambda v: isinstance(v, bool), "true or false")
         k.positive("export.hf_head")

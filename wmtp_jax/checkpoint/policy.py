@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 
 from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
 from wmtp_jax.checkpoint.store import CheckpointError, flatten, load_model, model_name, param_tree, unflatten
+from wmtp_jax.model.lora import LoraConfig, apply_lora
 
 
 def training_step(path: Path) -> tuple[Path, Path] | None:
@@ -47,6 +48,17 @@ def _starting_model(workdir: Path) -> Path:
         model_cfg.get("init_from")
         or ensure_orbax(model_cfg["checkpoint"], model_cfg["cache_dir"], vocab_size=model_cfg.get("vocab_size") or None)
     )
+
+
+def _lora_config(workdir: Path) -> LoraConfig:
+    """The run's ``model.lora`` (runs written before LoRA existed have none: rank 0)."""
+    values = json.loads((workdir / "config.json").read_text())["model"].get("lora") or {}
+    return LoraConfig.from_config(values)
+
+
+def _model_mesh(model: nnx.Module):
+    """The mesh ``model``'s parameters are sharded over."""
+    return jax.tree.leaves(nnx.state(model))[0].sharding.mesh
 
 
 def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
@@ -77,6 +89,9 @@ def load_policy(
     workdir, step_dir = found
     base = _starting_model(workdir)
     model = load_model(base, mesh, **config_overrides)
+    lora = _lora_config(workdir)
+    if lora.enabled:  # the train state holds the adapters; they run unmerged
+        apply_lora(model, lora, _model_mesh(model))
     state = nnx.state(model)
     current = flatten(param_tree(state))
     stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")

@@ -36,10 +36,22 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, init=None) -> nnx.Param:
 
 class Linear(nnx.Linear):
     """``nnx.Linear`` (kernel ``[in, out]``). Indexing reads the kernel (``proj[...]``), as when projections were
-    bare parameters; ``proj["kernel"]`` / ``proj["bias"]`` return the parameter itself."""
+    bare parameters; ``proj["kernel"]`` / ``proj["bias"]`` return the parameter itself.
+
+    ``lora``: an optional ``nnx.LoRA`` adapter (``wmtp_jax.model.lora``) added to the output, scaled by
+    ``lora_scale`` (alpha / rank)."""
+
+    lora: nnx.LoRA | None = None
+    lora_scale: float = 1.0
 
     def __getitem__(self, index):
         return getattr(self, index) if isinstance(index, str) else self.kernel[index]
+
+    def __call__(self, inputs: jax.Array, **kwargs) -> jax.Array:
+        y = super().__call__(inputs, **kwargs)
+        if self.lora is None:
+            return y
+        return y + (self.lora_scale * self.lora(inputs)).astype(y.dtype)
 
 
 def linear(

@@ -21,6 +21,7 @@ from wmtp_jax.checkpoint import save_model
 from wmtp_jax.checkpoint.store import restore_renamed
 from wmtp_jax.eval.teacher_forced import head_ce_sums
 from wmtp_jax.files import atomic_write_text
+from wmtp_jax.model.lora import has_lora, merge_lora
 from wmtp_jax.schema import Section
 from wmtp_jax.train import step as step_lib
 from wmtp_jax.train.trainer import StepEvent, Trainer
@@ -323,7 +324,11 @@ class ExportFinal:
             selection["note"] = "no checkpoint recorded the best-model metric; final/ is the last state"
         selection["early_stopped"] = trainer.stop_reason
         self.state, self.selection = state, selection  # what final/ holds, for the hooks after this one
-        save_model(trainer.model(state), self.final_dir, **self.provenance)
+        model = trainer.model(state)
+        if has_lora(model):  # final/ is a plain model: W + (alpha / r) A B
+            model = merge_lora(model)
+            selection["lora"] = "merged"
+        save_model(model, self.final_dir, **self.provenance)
         if _is_main():
             atomic_write_text(self.final_dir / "selection.json", json.dumps(selection, indent=2) + "\n")
 

@@ -25,6 +25,7 @@ from wmtp_jax.data.records import RecordIndex, index_path
 from wmtp_jax.data.sampling import SamplingConfig, build_plan, shard_plan
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.files import atomic_write_text
+from wmtp_jax.model.lora import LoraConfig, apply_lora
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import hooks
@@ -117,6 +118,9 @@ def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Pa
 def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     """The Trainer for ``c.objective`` with the policy (and reference) restored into ``mesh``."""
     model = load_model(inputs.model_dir, mesh, **model_options(c))
+    lora = LoraConfig.from_config(c.model.lora)
+    if lora.enabled:
+        apply_lora(model, lora, mesh, seed=c.seed)
     reference = None
     if inputs.reference_dir:
         # frozen: stored in its compute dtype (every weight is cast to it anyway, so results are unchanged)

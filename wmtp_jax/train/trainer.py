@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from wmtp_jax import sharding
+from wmtp_jax.model.lora import has_lora, trainable_filter
 from wmtp_jax.train.objectives import Objective
 from wmtp_jax.train.step import (
     OptimizerConfig,
@@ -123,7 +124,10 @@ class Trainer:
         self.objective, self.mesh, self.seed, self.model_cfg = objective, mesh, seed, model.cfg
         self.step_config = step_config.for_heads(model.cfg.n_future_tokens)
         self.max_nonfinite_steps = max_nonfinite_steps
-        self.graphdef, self.params, self.frozen = nnx.split(model, objective.trainable(), ...)
+        trainable = objective.trainable()
+        if has_lora(model):  # only the adapters (and a trained value head) learn; the base stays frozen
+            trainable = trainable_filter(trainable)
+        self.graphdef, self.params, self.frozen = nnx.split(model, trainable, ...)
         self.ref_graphdef = self.reference_state = None
         if reference is not None:
             self.ref_graphdef, self.reference_state = nnx.split(reference)

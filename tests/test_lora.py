@@ -1,0 +1,139 @@
+"""LoRA adapters (nnx.LoRA on the projection modules): B = 0 keeps the base's logits, only adapters (and the value
+head) train, merged final/ equals base + adapters, sharded == unsharded, exact resume."""
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_train import micro_config, read_metrics, run, shared  # noqa: F401 - shared is a session fixture
+
+from wmtp_jax import config as config_lib
+from wmtp_jax import sharding
+from wmtp_jax.checkpoint import load_model
+from wmtp_jax.checkpoint.policy import load_policy
+from wmtp_jax.model import ModelConfig, create_model
+from wmtp_jax.model.lora import LoraConfig, apply_lora, has_lora, merge_lora, trainable_filter
+from wmtp_jax.train.objectives import Baseline, Verifiable
+from wmtp_jax.train.step import StepConfig
+from wmtp_jax.train.trainer import Trainer
+
+CFG = ModelConfig(dim=64, n_layers=5, n_heads=4, n_kv_heads=2, vocab_size=160, multiple_of=32, n_future_tokens=3)
+LORA = LoraConfig(rank=4, alpha=8.0)
+
+
+def _tokens(shape=(4, 16), seed=0):
+    return jnp.asarray(np.random.RandomState(seed).randint(0, CFG.vocab_size, shape), jnp.int32)
+
+
+def _batch(seed=0, rows=4, length=16):
+    tokens = np.random.RandomState(seed).randint(3, CFG.vocab_size, (rows, length)).astype(np.int32)
+    loss_mask = np.ones_like(tokens)
+    loss_mask[:, :4] = 0
+    return {
+        "tokens": tokens,
+        "loss_mask": loss_mask,
+        "rewards": np.full((rows, length), 0.5, np.float32),
+        "segment_ids": np.ones_like(tokens),
+        "positions": np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+    }
+
+
+def test_zero_b_keeps_the_base_logits_and_merge_equals_adapters():
+    mesh = sharding.make_mesh()
+    model = create_model(CFG.replace(scan_layers=False), mesh)  # unrolled here; scanned in the training tests
+    base = np.asarray(model(_tokens()))
+    apply_lora(model, LORA, mesh)
+    np.testing.assert_array_equal(np.asarray(model(_tokens())), base)  # B = 0: exactly the base
+    for m in (model.layers.attention.wq, model.heads.feed_forward.w2):
+        m.lora.lora_b[...] = 0.05 * jax.random.normal(jax.random.key(1), m.lora.lora_b.shape)
+    adapted = np.asarray(model(_tokens()))
+    assert np.abs(adapted - base).max() > 1e-3
+    merged = np.asarray(merge_lora(model)(_tokens()))
+    assert not has_lora(model)
+    np.testing.assert_allclose(merged, adapted, atol=2e-5, rtol=0)  # float32: only the summation order differs
+
+
+def test_targets_must_select_block_projections():
+    model = create_model(CFG, sharding.make_mesh())
+    with pytest.raises(ValueError, match="'output' selects \\['output'\\]"):
+        apply_lora(model, LoraConfig(rank=2, targets=("output",)), None)
+    with pytest.raises(ValueError, match="selects no projection"):
+        apply_lora(model, LoraConfig(rank=2, targets=("attention/wz",)), None)
+    assert LoraConfig(rank=-1, base_dtype="nf3").problems("model.lora") == [
+        "model.lora.rank=-1: expected a non-negative integer",
+        "model.lora.base_dtype='nf3': expected one of ['', 'float32', 'bfloat16']",
+    ]
+
+
+@pytest.mark.parametrize("objective", [Baseline(), Verifiable()], ids=["baseline", "verifiable"])
+def test_only_adapters_and_value_head_train(objective):
+    mesh = sharding.make_mesh()
+    model = create_model(CFG, mesh)
+    apply_lora(model, LORA, mesh)
+    before = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    trainer = Trainer(objective, model, mesh=mesh, step_config=StepConfig(), seed=0)
+    trained = set(dict(nnx.to_flat_state(trainer.initial_state().params)))
+    expected = set(dict(nnx.to_flat_state(nnx.state(model, trainable_filter(objective.trainable())))))
+    assert trained == expected and all("lora" in k or "value_head" in k for k in trained)
+    state = trainer.initial_state()
+    for s in range(3):
+        state, _ = trainer.step(state, _batch(s))
+    after = {k: np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(trainer.model(state), nnx.Param))}
+    changed = {k for k in before if not np.array_equal(before[k], after[k])}
+    assert changed and changed <= trained
+    assert any("lora_b" in "/".join(map(str, k)) for k in changed)
+    assert (any("value_head" in k for k in changed)) == objective.trains_value
+
+
+def test_sharded_equals_unsharded():
+    def losses(mesh):
+        model = create_model(CFG, mesh)
+        apply_lora(model, LORA, mesh)
+        trainer = Trainer(Baseline(), model, mesh=mesh, step_config=StepConfig(), seed=0)
+        state, out = trainer.initial_state(), []
+        for s in range(3):
+            state, metrics = trainer.step(state, _batch(s))
+            out.append(float(metrics["loss"]))
+        return out
+
+    with jax.default_matmul_precision("highest"):
+        one = losses(sharding.make_mesh(devices=jax.devices()[:1]))
+        four = losses(sharding.make_mesh())
+    np.testing.assert_allclose(four, one, rtol=1e-5)
+
+
+def test_micro_training_resumes_exactly_and_exports_merged(shared, tmp_path):  # noqa: F811
+    lora = {"model.lora.rank": 4, "model.lora.alpha": 8.0, "train.learning_rate": 1e-2}
+    steps = {"train.num_steps": 4, "checkpoint.every_steps": 2, "checkpoint.async_save": False}
+    full = run("baseline", shared, tmp_path / "full", **lora, **steps)
+    # the same run cut after its step-2 checkpoint, then resumed
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for later in ("checkpoints/4", "final"):
+        shutil.rmtree(tmp_path / "cut" / later)
+    run("baseline", shared, tmp_path / "cut", **lora, **steps)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert [a[s]["loss"] for s in (3, 4)] == [b[s]["loss"] for s in (3, 4)]  # bit-identical after resume
+    stored = json.loads((tmp_path / "full" / "checkpoints" / "2" / "state" / "_METADATA").read_text())
+    params = {k for k in stored["tree_metadata"] if k.startswith("('params'")}
+    assert params and all("'lora', 'lora_" in k for k in params)  # adapters only: the frozen base is not saved
+    # the checkpoint holds the adapters only; final/ is merged and equals the workdir's unmerged adapters
+    mesh = sharding.make_mesh()
+    final = load_model(full["final_dir"], mesh)
+    adapted, _ = load_policy(tmp_path / "full", mesh, cache_dir=shared["model.cache_dir"])
+    assert has_lora(adapted) and not has_lora(final)
+    tokens = jnp.asarray(np.random.RandomState(0).randint(3, 32000, (2, 12)), jnp.int32)
+    np.testing.assert_allclose(np.asarray(final(tokens)), np.asarray(adapted(tokens)), atol=1e-4, rtol=0)
+    start = load_model(next(Path(shared["model.cache_dir"]).glob("mtp_meta-*")), mesh)
+    assert not np.array_equal(np.asarray(final.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...]))
+
+
+def test_lora_config_is_validated(shared, tmp_path):  # noqa: F811
+    c = micro_config("baseline", shared, tmp_path / "w")
+    c.model.lora.rank = -2
+    with pytest.raises(ValueError, match="model.lora.rank=-2"):
+        config_lib.validate(c)
