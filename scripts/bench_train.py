@@ -11,6 +11,7 @@ memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-
   float32 master weights and AdamW state, full remat) for a 4-device FSDP mesh from abstract shapes only, and
   prints the per-device sizes XLA reports (arguments, outputs, temporaries; aliased donations counted once).
   Runs on virtual CPU devices when no accelerator is present (XLA's CPU buffer assignment, not a GPU's).
+  ``--lora-rank 64 [--lora-base bfloat16]``: the same step with LoRA adapters on the 7 block projections.
 mfu: real train steps of a randomly initialised model on all local devices (FSDP), production layout and
   bf16 compute; prints tokens/s and MFU = tokens/s x FLOPs per token / (devices x peak FLOP/s), with the
   FLOPs and peaks the training loop logs (``wmtp_jax.train.trainer.flops_per_token`` / ``peak_flops``). The 7b
@@ -165,7 +166,7 @@ def make_trainer(
     )
 
 
-def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
+def jax_throughput(experiment: str, batch: int, seq: int, steps: int, lora_rank: int = 0) -> float:
     import jax
 
     from wmtp_jax import sharding
@@ -175,7 +176,12 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int) -> float:
     mesh = sharding.make_mesh(devices=jax.devices()[:1])
     cfg = MICRO_MTP if experiment != "ref_tuning" else MICRO_MTP.replace(n_future_tokens=1)
     reference = create_model(cfg.replace(n_future_tokens=1, n_layers=3), mesh, 1) if experiment == "rho1" else None
-    trainer = make_trainer(experiment, create_model(cfg, mesh), mesh, reference, ce_chunk=64, learning_rate=1e-4)
+    model = create_model(cfg, mesh)
+    if lora_rank:
+        from wmtp_jax.model.lora import LoraConfig, apply_lora
+
+        apply_lora(model, LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank), mesh)
+    trainer = make_trainer(experiment, model, mesh, reference, ce_chunk=64, learning_rate=1e-4)
     b = jax.device_put(random_batch(batch, seq, cfg.vocab_size), sharding.batch_sharding(mesh))
     return batch * seq / seconds_per_step(trainer, b, steps)
 
@@ -217,6 +223,10 @@ def throughput(args) -> None:
         j = jax_throughput(experiment, args.batch, args.seq, args.steps)
         t = torch_throughput(experiment, args.batch, args.seq, args.steps)
         print(f"{experiment:<12} {j:>10,.0f} {t:>12,.0f} {j / t:>9.2f}x")
+    if args.lora_rank:
+        for experiment in ("baseline", "rho1"):
+            j = jax_throughput(experiment, args.batch, args.seq, args.steps, args.lora_rank)
+            print(f"{experiment + f' + LoRA r{args.lora_rank}':<12} {j:>10,.0f}")
 
 
 def memory(args) -> None:
@@ -254,9 +264,14 @@ def memory(args) -> None:
         attention_chunk=args.attention_chunk,
     )
 
+    lora = None
+    if args.lora_rank:
+        from wmtp_jax.model.lora import LoraConfig
+
+        lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank, base_dtype=args.lora_base)
     trainer = make_trainer(
         "rho1",
-        sharded_abstract_model(policy_cfg, mesh),
+        sharded_abstract_model(policy_cfg, mesh, lora),
         mesh,
         sharded_abstract_model(ref_cfg, mesh),
         ce_chunk=args.ce_chunk,
@@ -266,14 +281,17 @@ def memory(args) -> None:
     rows = args.per_device_batch * args.devices * args.grad_accum
     compiled = trainer.compile(abstract_batch(rows, args.seq, mesh))
     figures = MemoryFigures.of(compiled)
+    base_dtype = args.lora_base or "float32"
+    adapters = f", LoRA r{args.lora_rank} on the 7 block projections, base {base_dtype}" if lora else ""
     print(
-        f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}), {args.devices}-device FSDP mesh, "
+        f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}){adapters}, {args.devices}-device FSDP mesh, "
         f"per-device batch {args.per_device_batch} x {args.seq}"
         f"{f' x {args.grad_accum} accumulated micro-batches' if args.grad_accum > 1 else ''}, "
         f"compiled for {jax.devices()[0].platform} "
         f"in {time.perf_counter() - t:.0f} s"
     )
-    print(f"  {figures.describe()} (target <= 36 GiB for 4 x A100-40GB)")
+    target = "16 GiB for 4 x 24 GB cards" if lora else "36 GiB for 4 x A100-40GB"
+    print(f"  {figures.describe()} (target <= {target})")
     if args.show_largest:
         import re
 
@@ -350,6 +368,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--lora-rank", type=int, default=0, help="also time the LoRA step of this rank (JAX only)")
     m = sub.add_parser("memory")
     m.add_argument("--per-device-batch", type=int, default=2, help="rows per device in each micro-batch")
     m.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per step")
@@ -357,6 +376,8 @@ def main() -> int:
     m.add_argument("--devices", type=int, default=4)
     m.add_argument("--ce-chunk", type=int, default=256)
     m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    m.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0 = full fine-tuning)")
+    m.add_argument("--lora-base", default="", choices=["", "bfloat16"], help="storage dtype of the frozen base")
     m.add_argument("--show-largest", type=int, default=0, help="list the N largest buffers of the compiled step")
     m.add_argument(
         "--no-scan-layers",

@@ -20,7 +20,8 @@ from wmtp_jax.checkpoint.convert import peek_config
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.checkpoint.store import abstract_model
 from wmtp_jax.config import layout_options, model_options
-from wmtp_jax.model import ModelConfig
+from wmtp_jax.model import ModelConfig, MTPTransformer
+from wmtp_jax.model.lora import LoraConfig, apply_lora
 from wmtp_jax.train.step import BATCH_KEYS
 
 GIB = 2**30
@@ -59,9 +60,15 @@ class MemoryFigures:
         )
 
 
-def sharded_abstract_model(cfg: ModelConfig, mesh):
-    """``MTPTransformer(cfg)`` whose parameters are ShapeDtypeStructs carrying their shardings over ``mesh``."""
-    graphdef, state = abstract_model(cfg)
+def sharded_abstract_model(cfg: ModelConfig, mesh, lora: LoraConfig | None = None):
+    """``MTPTransformer(cfg)`` (with ``lora`` adapters when enabled) whose parameters are ShapeDtypeStructs
+    carrying their shardings over ``mesh``."""
+    if lora is not None and lora.enabled:
+        graphdef, state = nnx.split(
+            nnx.eval_shape(lambda: apply_lora(MTPTransformer(cfg, rngs=nnx.Rngs(0)), lora, seed=0))
+        )
+    else:
+        graphdef, state = abstract_model(cfg)
     shardings = sharding.state_shardings(state, mesh)
     state = jax.tree.map(
         lambda v, s: v.replace(value=jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)),
@@ -97,7 +104,8 @@ def dry_run(c) -> dict:
             dtype=c.reference.dtype, param_dtype=c.reference.dtype, **layout_options(c)
         )
         reference = sharded_abstract_model(ref_cfg, mesh)
-    trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh), reference, mesh)
+    lora = LoraConfig.from_config(c.model.lora)
+    trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)
     length = max(c.data.buckets)
     figures = MemoryFigures.of(trainer.compile(abstract_batch(c.train.batch_size, length, mesh)))
     n_devices = jax.device_count()
