@@ -136,6 +136,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.train.b2 = 0.95
     c.train.max_grad_norm = 1.0
     c.train.ce_chunk = 256  # positions per chunk of the cross-entropy
+    c.train.ce_tokens = 0  # > 0: only valid targets reach the output projection, at most this many per micro-batch
     c.train.head_weights = ()  # per-head loss weights; () = 1 for every head
     c.train.log_every = 1
     c.train.eval_batches = 4  # validation batches at every checkpoint

@@ -45,10 +45,11 @@ class Batches:
 
 class Recorder:
     def __init__(self):
-        self.steps, self.ends = [], []
+        self.steps, self.ends, self.metrics = [], [], []
 
     def on_step(self, trainer, event):
         self.steps.append(event.step)
+        self.metrics.append(event.metrics)
 
     def on_end(self, trainer, event, status):
         self.ends.append((event.step, status))
@@ -59,14 +60,14 @@ def mesh():
     return sharding.make_mesh()
 
 
-def tiny_trainer(mesh, objective="baseline", **weighting):
+def tiny_trainer(mesh, objective="baseline", ce_tokens=0, **weighting):
     from wmtp_jax.train.objectives import WeightingConfig
 
     return Trainer(
         make_objective(objective, WeightingConfig(**weighting)),
         create_model(TINY, mesh),
         mesh=mesh,
-        step_config=StepConfig(ce_chunk=8),
+        step_config=StepConfig(ce_chunk=8, ce_tokens=ce_tokens),
         optimizer=OptimizerConfig(learning_rate=1e-2, num_steps=10),
         max_nonfinite_steps=2,
     )
@@ -190,3 +191,19 @@ def test_early_stopping_stops_at_the_right_step_and_exports_the_best_checkpoint(
     )
     assert sorted(saved) == [2, 4, 6, 8]  # each measurement saved; step 4 (the best) and 8 (the last) are kept
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["4", "8"]
+
+
+def test_valid_targets_only_ce_trains_like_the_dense_ce_and_refuses_to_truncate(mesh):
+    """``train.ce_tokens``: 4 rows x 10 output tokens x 2 heads = 80 valid targets fit in 96."""
+    losses = []
+    for ce_tokens in (0, 96):
+        trainer, recorder = tiny_trainer(mesh, ce_tokens=ce_tokens), Recorder()
+        trainer.add_hook(recorder)
+        trainer.run(trainer.initial_state(), Batches(mesh), num_steps=3)
+        losses.append([m["loss"] for m in recorder.metrics])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    trainer, recorder = tiny_trainer(mesh, ce_tokens=40), Recorder()
+    trainer.add_hook(recorder)
+    with pytest.raises(ValueError, match="40 more valid targets than train.ce_tokens=40"):
+        trainer.run(trainer.initial_state(), Batches(mesh), num_steps=3)
+    assert recorder.steps == [] and recorder.ends == [(0, "FAILED")]

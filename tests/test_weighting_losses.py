@@ -153,3 +153,29 @@ def test_rho1_seed_variant_hand_computed():
     assert w.mean() == pytest.approx(1.0) and w.argmax() == 4
     masked = np.asarray(rho1.seed_weights(score, valid.at[0, 4, 0].set(False), top_p=0.2, alpha=0.5))[0, :, 0]
     assert masked[4] == 0.0 and masked[:4].sum() == pytest.approx(4.0)
+
+
+def test_valid_token_ce_equals_dense_ce_at_valid_targets_and_counts_overflow():
+    rng = np.random.RandomState(1)
+    h = jnp.asarray(rng.randn(2, 10, 3, 16).astype(np.float32))
+    w = jnp.asarray(rng.randn(16, 50).astype(np.float32))
+    t = jnp.asarray(rng.randint(0, 50, (2, 10, 3)))
+    valid = jnp.asarray(rng.rand(2, 10, 3) < 0.3)
+    n_valid = int(valid.sum())
+
+    def project(w):
+        return lambda x: jnp.einsum("...d,dv->...v", x, w, preferred_element_type=jnp.float32)
+
+    def dense(w):
+        return jnp.where(valid, losses.token_ce(project(w), h, t, chunk=4), 0.0)
+
+    def sparse(w, capacity):
+        return losses.valid_token_ce(project(w), h, t, valid, capacity=capacity, chunk=4)
+
+    ce, over = sparse(w, n_valid + 5)
+    assert int(over) == 0
+    np.testing.assert_allclose(np.asarray(ce), np.asarray(dense(w)), rtol=1e-6, atol=1e-6)
+    g = jax.grad(lambda w: sparse(w, n_valid)[0].sum())(w)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(lambda w: dense(w).sum())(w)), rtol=1e-5, atol=1e-5)
+    _, over = sparse(w, n_valid - 3)
+    assert int(over) == 3

@@ -43,6 +43,37 @@ def token_ce(project, head_hidden: jax.Array, targets: jax.Array, *, chunk: int 
     return ce.swapaxes(0, 1).reshape(b, n * chunk, h)[:, :s]
 
 
+def valid_token_ce(
+    project, head_hidden: jax.Array, targets: jax.Array, valid: jax.Array, *, capacity: int, chunk: int = 256
+) -> tuple[jax.Array, jax.Array]:
+    """``token_ce`` at the valid targets only: the logits of at most ``capacity`` (position, head) pairs.
+
+    Prompt positions carry no loss, yet ``token_ce`` projects them onto the whole vocabulary. When outputs are
+    short and prompts long (the synthetic task, CodeContests statements), most of that projection is wasted.
+    Here the valid pairs are gathered (``jnp.nonzero`` with a static ``size``), their CE is computed in chunks as
+    in ``token_ce``, and the result is scattered back. Values equal ``token_ce`` at valid targets up to
+    float32 summation order.
+
+    Args:
+      project, head_hidden, targets, chunk: as ``token_ce``.
+      valid: bool ``[B, S, H]``.
+      capacity: static number of pairs to project; pairs beyond it get CE 0 and are counted.
+    Returns:
+      (float32 ``[B, S, H]`` CE, 0 where not valid; int32 scalar: valid pairs that did not fit). A caller must
+      treat a non-zero count as an error (``Trainer`` raises).
+    """
+    b, s, h, d = head_hidden.shape
+    flat_valid = valid.reshape(-1)
+    (index,) = jnp.nonzero(flat_valid, size=capacity, fill_value=0)
+    n_valid = jnp.sum(flat_valid, dtype=jnp.int32)
+    kept = jnp.arange(capacity) < n_valid
+    hidden = head_hidden.reshape(-1, d)[index]
+    ce = token_ce(project, hidden[None, :, None], targets.reshape(-1)[index][None, :, None], chunk=chunk)
+    ce = jnp.where(kept, ce[0, :, 0], 0.0)
+    out = jnp.zeros((b * s * h,), jnp.float32).at[index].add(ce)
+    return out.reshape(b, s, h), jnp.maximum(n_valid - capacity, 0)
+
+
 def weighted_ce_sums(ce: jax.Array, weights: jax.Array, valid: jax.Array) -> jax.Array:
     """Per-head sums ``sum_{b,p} w * ce`` over valid targets: float32 ``[H]`` (divide by the normaliser)."""
     return jnp.sum(jnp.where(valid, weights * ce, 0.0), axis=(0, 1))

@@ -97,6 +97,7 @@ class Signals:
     n_heads: int
     reference: Any = None  # the frozen reference model (``needs_reference``), or None
     td_weights: jax.Array | None = None  # [B, S] target-aligned TD-exp weights (``uses_td``)
+    ce_tokens: int = 0  # ``train.ce_tokens``: the reference, too, projects only the valid targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +197,7 @@ class Rho1(Objective):
 
     def token_weights(self, s: Signals) -> jax.Array:
         w = self.weighting
-        ref_tok = s.batch["ref_ce"] if "ref_ce" in s.batch else reference_ce(s.reference, s.batch)
+        ref_tok = s.batch["ref_ce"] if "ref_ce" in s.batch else reference_ce(s.reference, s.batch, s.ce_tokens)
         return rho1.rho1_weights(
             s.ce,
             alignment.per_head(ref_tok, s.n_heads),
@@ -236,11 +237,17 @@ def objective_of(c) -> Objective:
     return make_objective(c.objective, WeightingConfig.from_config(c.weighting))
 
 
-def reference_ce(reference, batch) -> jax.Array:
-    """The frozen reference's next-token CE, target-token aligned ``[B, S]`` (no gradient)."""
-    targets, _ = alignment.mtp_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"], 1)
+def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:
+    """The frozen reference's next-token CE, target-token aligned ``[B, S]`` (no gradient). ``ce_tokens > 0``:
+    only the valid targets are projected (they are a subset of the policy's, which the step checks fit)."""
+    targets, valid = alignment.mtp_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"], 1)
     out = reference.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
-    ce = losses.token_ce(reference.output_projection(), out.head_hidden, targets)
+    if ce_tokens:
+        ce, _ = losses.valid_token_ce(
+            reference.output_projection(), out.head_hidden, targets, valid, capacity=ce_tokens
+        )
+    else:
+        ce = losses.token_ce(reference.output_projection(), out.head_hidden, targets)
     return jax.lax.stop_gradient(alignment.next_token_to_target(ce[..., 0]))
 
 

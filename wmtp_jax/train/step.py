@@ -36,11 +36,14 @@ class StepConfig(Section):
     """Static settings of the train step from the ``train`` section (hashable: part of the jit cache key).
 
     ``head_weights``: the loss weight lambda_k of each head; () = 1 for every head (``for_heads`` resolves it).
+    ``ce_tokens``: 0 projects every position onto the vocabulary (``losses.token_ce``); N > 0 only the valid
+    targets, at most N per micro-batch (``losses.valid_token_ce``; more is an error naming this key).
     """
 
     grad_accum_steps: int = 1
     head_weights: tuple[float, ...] = ()
     ce_chunk: int = 256
+    ce_tokens: int = 0  # > 0: project only the valid (position, head) targets, at most this many per micro-batch
 
     def for_heads(self, n_heads: int) -> StepConfig:
         """This config with one head weight per head; raises ValueError for a wrong count."""
@@ -53,6 +56,7 @@ class StepConfig(Section):
         c = self.checker(prefix)
         for key in ("grad_accum_steps", "ce_chunk"):
             c.positive(key)
+        c.non_negative("ce_tokens")
         c.check(
             "head_weights",
             lambda v: all(isinstance(x, (int, float)) and x >= 0 for x in v),
@@ -162,9 +166,22 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
     if objective.uses_td:  # TD errors from the value head
         w_tok, adv, new_ema = td_weights(objective.weighting, out.values, mb, ema)
     if objective.trains_policy:
-        ce = losses.token_ce(model.output_projection(), out.head_hidden, targets, chunk=cfg.ce_chunk)
+        if cfg.ce_tokens:
+            ce, metrics["ce_tokens_over"] = losses.valid_token_ce(
+                model.output_projection(), out.head_hidden, targets, valid, capacity=cfg.ce_tokens, chunk=cfg.ce_chunk
+            )
+        else:
+            ce = losses.token_ce(model.output_projection(), out.head_hidden, targets, chunk=cfg.ce_chunk)
         weights = objective.weights(
-            Signals(ce=ce, valid=valid, batch=mb, n_heads=n_heads, reference=reference, td_weights=w_tok)
+            Signals(
+                ce=ce,
+                valid=valid,
+                batch=mb,
+                n_heads=n_heads,
+                reference=reference,
+                td_weights=w_tok,
+                ce_tokens=cfg.ce_tokens,
+            )
         )
         if objective.weighting.control:
             weights = common.control_shuffle(weights, valid, key)
@@ -197,8 +214,12 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
     return total, (metrics, new_ema)
 
 
-_MIN_KEYS, _MAX_KEYS = ("weight_min",), ("weight_max",)
+_MIN_KEYS, _MAX_KEYS = ("weight_min",), ("weight_max", "ce_tokens_over")
 _SUM_KEYS = ("loss", "loss_head", "ce_head", "value_loss", "weight_hist")
+
+
+def _lowest(dtype):
+    return -jnp.inf if jnp.issubdtype(dtype, jnp.floating) else jnp.iinfo(dtype).min
 
 
 def _combine(acc, m, n):
@@ -247,7 +268,13 @@ def make_train_step(
         shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), state.ema, key))
         metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1][0])
         metrics0 = {
-            k: (jnp.full_like(v, jnp.inf) if k in _MIN_KEYS else jnp.full_like(v, -jnp.inf) if k in _MAX_KEYS else v)
+            k: (
+                jnp.full_like(v, jnp.inf)
+                if k in _MIN_KEYS
+                else jnp.full_like(v, _lowest(v.dtype))
+                if k in _MAX_KEYS
+                else v
+            )
             for k, v in metrics0.items()
         }
 
@@ -266,6 +293,8 @@ def make_train_step(
             (grads, metrics, ema), _ = jax.lax.scan(body, (zeros, metrics0, state.ema), (micro, jnp.arange(n)))
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+        if "ce_tokens_over" in metrics:  # a truncated loss is never applied (the Trainer raises)
+            finite = finite & (metrics["ce_tokens_over"] == 0)
 
         def update(params, opt_state):
             updates, opt_state = tx.update(grads, opt_state, params)

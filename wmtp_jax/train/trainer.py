@@ -216,6 +216,13 @@ class Trainer:
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 finite = bool(metrics.pop("finite"))
+                over = int(metrics.pop("ce_tokens_over", 0))
+                if over:
+                    raise ValueError(
+                        f"step {step + 1}: a micro-batch has {over} more valid targets than train.ce_tokens="
+                        f"{self.step_config.ce_tokens} (the update was not applied); raise train.ce_tokens or set "
+                        "it to 0 (project every position)"
+                    )
                 nonfinite_run = 0 if finite else nonfinite_run + 1
                 nonfinite_total += not finite
                 scalars = scalar_metrics(metrics)
