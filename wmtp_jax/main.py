@@ -70,7 +70,9 @@ def main(argv) -> None:
         from wmtp_jax.train import loop
 
         result = loop.train(c)
-        print(f"done: {result['steps']} steps; final model in {result['final_dir']}")
+        failed = result.get("mlflow_failed_calls")
+        note = f"; {failed} MLflow calls failed (metrics.jsonl is complete)" if failed else ""
+        print(f"done: {result['steps']} steps; final model in {result['final_dir']}{note}")
 
 
 def _runs_generated_code(c) -> bool:

@@ -64,8 +64,9 @@ def local_tracking_uri(workdir: Path) -> str:
 
 
 class Tracker:
-    """Thin MLflow wrapper (an explicit ``MlflowClient``, no global MLflow state); every call is a no-op on
-    processes other than 0 or after a tracking failure."""
+    """Thin MLflow wrapper (an explicit ``MlflowClient``, no global MLflow state). Every call is a no-op on
+    processes other than 0 or when the run could not be opened. Once the run is open, a failing call (the server
+    went away) is counted in ``failed_calls`` and the run goes on; ``close`` reports the count."""
 
     def __init__(self, c, workdir: Path, resume: bool = True, parent_run_id: str | None = None):
         """``resume``: continue the MLflow run recorded in ``workdir`` (a resumed training run); False for jobs
@@ -74,6 +75,7 @@ class Tracker:
         ``experiment_name(c)``; ``mlflow.tags`` are set on the run."""
         self.enabled = jax.process_index() == 0
         self.run_id = None
+        self.calls = self.failed_calls = 0  # MLflow calls made after the run was opened, and how many failed
         if not self.enabled:
             return
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -117,34 +119,47 @@ class Tracker:
         warnings.warn(redact(message), stacklevel=3)
         self.enabled = False
 
+    def _call(self, what: str, fn, *args, **kwargs) -> None:
+        """One MLflow call. A failure (the server went away, a timeout) is counted and warned about once; the
+        next calls are tried again, so a server that comes back gets the rest of the run."""
+        if not self.enabled:
+            return
+        self.calls += 1
+        try:
+            fn(*args, **kwargs)
+        except Exception as e:
+            self.failed_calls += 1
+            if self.failed_calls == 1:
+                warnings.warn(
+                    redact(
+                        f"MLflow {what} failed ({type(e).__name__}: {e}); the run goes on (metrics.jsonl keeps "
+                        "every metric) and counts the failed MLflow calls"
+                    ),
+                    stacklevel=3,
+                )
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.enabled:
-            try:
-                now = int(time.time() * 1000)
-                self.client.log_batch(
-                    self.run_id, metrics=[self._metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()]
-                )
-            except Exception as e:
-                self._disable(f"MLflow log_metrics failed ({type(e).__name__}: {e}); tracking disabled")
+            now = int(time.time() * 1000)
+            batch = [self._metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()]
+            self._call("log_metrics", self.client.log_batch, self.run_id, metrics=batch)
 
     def log_params(self, params: dict[str, object]) -> None:
         """Extra run parameters (values as strings, at most 500 characters)."""
         if self.enabled:
-            try:
-                self.client.log_batch(self.run_id, params=[self._param(k, str(v)[:500]) for k, v in params.items()])
-            except Exception as e:
-                self._disable(f"MLflow log_params failed ({type(e).__name__}: {e}); tracking disabled")
+            batch = [self._param(k, str(v)[:500]) for k, v in params.items()]
+            self._call("log_params", self.client.log_batch, self.run_id, params=batch)
 
     def log_artifact(self, path: str | os.PathLike) -> None:
-        if self.enabled:
-            try:
-                self.client.log_artifact(self.run_id, str(path))
-            except Exception as e:
-                self._disable(f"MLflow log_artifact failed ({type(e).__name__}: {e}); tracking disabled")
+        self._call("log_artifact", lambda: self.client.log_artifact(self.run_id, str(path)))
 
     def close(self, status: str = "FINISHED") -> None:
+        """Ends the run with ``status`` and, if any MLflow call failed, says how many (also in ``failed_calls``)."""
         if self.enabled and self.run_id is not None:
-            try:
-                self.client.set_terminated(self.run_id, status=status)
-            except Exception:
-                pass
+            self._call("set_terminated", lambda: self.client.set_terminated(self.run_id, status=status))
+            if self.failed_calls:
+                warnings.warn(
+                    f"MLflow: {self.failed_calls} of {self.calls} calls failed for run {self.run_id}; the "
+                    "workdir's metrics.jsonl and result files are complete",
+                    stacklevel=2,
+                )

@@ -10,11 +10,11 @@ Each instance asks for a one-line arithmetic function whose body follows from th
 The 300 instances are every (operation, digit, parameter) for 3 operations (the function is named after it), the
 digits 0..9 and 10 parameter names; they are generated deterministically (no randomness, no files). Writing the
 answer needs the instruction's parameter name and digit copied into the code, which a tiny transformer learns by
-attending to them: the micro model learns the name within ~200 steps of 8 instances and the digit between steps 600
-and 800, when held-out pass@1 jumps from ~0.1 to ~0.9. (The instruction spells the expression as code, "x * 7":
-after 400 steps that reached pass@1 0.133 where the operation as a word, "x times 7", reached 0.067.) Splits hold out *instances*: 10% for
-``test`` and 10% for ``validation``, chosen by a fixed rule so that every operation, order, digit and name also
-occurs in training, but never that combination. Every training instance also comes with one incorrect solution
+attending to them: the micro model learns the name within ~200 steps of 8 instances and the digit between steps
+600 and 800, when held-out pass@1 jumps from ~0.1 to ~0.9. The instruction spells the expression as code,
+"x * 7": after 400 steps that reached pass@1 0.133 where the operation as a word, "x times 7", reached 0.067.
+Splits hold out *instances*: 10% for ``test`` and 10% for ``validation``, chosen by a fixed rule so that every
+operation, digit and name also occurs in training, but never that combination. Every training instance also comes with one incorrect solution
 (operands swapped where that changes the result, else a digit off by one), labelled ``is_correct = False``, for
 the critic.
 """

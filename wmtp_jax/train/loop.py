@@ -266,4 +266,9 @@ def train(c) -> dict:
         trainer.run(state, batches, loop.num_steps)
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; checkpoints in {workdir / 'checkpoints'}") from None
-    return {"final_dir": final_dir, "steps": loop.num_steps, "losses": metrics.losses}
+    return {
+        "final_dir": final_dir,
+        "steps": loop.num_steps,
+        "losses": metrics.losses,
+        "mlflow_failed_calls": tracker.failed_calls,
+    }

@@ -1,0 +1,93 @@
+"""A real ``mlflow server`` on localhost (SQLite backend store, proxied artifacts): a micro training with its
+evaluation logs over HTTP; when the server goes away mid-run, training finishes, metrics.jsonl stays complete and
+the run counts the failed MLflow calls."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_train import read_metrics, run, shared  # noqa: F401 - shared is a session fixture
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            f"--backend-store-uri=sqlite:///{root}/mlflow.db",
+            f"--artifacts-destination={root}/artifacts",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--workers=1",
+        ],
+        stdout=open(root / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                log = (root / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"mlflow server did not start: {log}") from None
+            time.sleep(0.5)
+    yield uri, proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away(server, shared, tmp_path):  # noqa: F811
+    from mlflow import MlflowClient
+
+    uri, proc = server
+    evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
+    up = {"mlflow.tracking_uri": uri, "train.num_steps": 3}
+    result = run("baseline", shared, tmp_path / "up", **up, **evaluation)
+    assert result["mlflow_failed_calls"] == 0
+    client = MlflowClient(uri)
+    run_id = json.loads((tmp_path / "up" / "mlflow_run.json").read_text())["run_id"]
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FINISHED"
+    assert client.get_experiment(logged.info.experiment_id).name == "wmtp/baseline/mbpp"
+    assert logged.data.params["model.n_future_tokens"] == "4" and "data.sha256" in logged.data.params
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]
+    assert "humaneval/pass_at_1" in logged.data.metrics  # the evaluation at the end, in the same run
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"config.json", "weight_distribution.png"} <= artifacts
+    assert {"results.json", "samples.jsonl"} <= {a.path for a in client.list_artifacts(run_id, "eval")} | artifacts
+
+    def kill_after_step_2():
+        metrics = tmp_path / "down" / "metrics.jsonl"
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_step_2, daemon=True)
+    killer.start()
+    result = run("baseline", shared, tmp_path / "down", **{"mlflow.tracking_uri": uri, "train.num_steps": 6})
+    killer.join(timeout=60)
+    assert proc.poll() is not None  # the server is gone
+    assert sorted(read_metrics(tmp_path / "down")) == [1, 2, 3, 4, 5, 6]
+    assert result["mlflow_failed_calls"] >= 4  # steps 3..6 at least, and the run's end
+    assert (Path(result["final_dir"]) / "model_config.json").is_file()
