@@ -5,7 +5,10 @@
     uv run python scripts/prepare_data.py --source codecontests --input cc/train-*.parquet cc/valid-*.parquet \
         --output data/codecontests --max-length 2048
 
-MBPP and HumanEval default to the copies shipped in wmtp_jax/assets. Exits 1 only when nothing usable remains.
+MBPP and HumanEval default to the copies shipped in wmtp_jax/assets. Training splits (train, validation) are
+decontaminated against HumanEval and the MBPP test split (13-grams of whitespace tokens; see
+wmtp_jax/data/decontaminate.py): overlapping records are dropped, counted and listed with the evaluation problem
+they overlap. Exits 1 only when nothing usable remains.
 """
 
 import argparse
@@ -23,6 +26,18 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default=None, help="only this split (mbpp) / force this split name (codecontests)")
     parser.add_argument("--max-length", type=int, default=2048, help="drop records longer than this many tokens")
     parser.add_argument("--tokenizer", default=None, help="SentencePiece model (default: shipped LLaMA tokenizer)")
+    parser.add_argument(
+        "--no-decontaminate",
+        action="store_true",
+        help="keep training records that overlap an evaluation problem (default: drop them, listed in the report)",
+    )
+    parser.add_argument(
+        "--decontaminate-against",
+        nargs="*",
+        default=(),
+        help="more evaluation files (e.g. CodeContests test/valid parquet) besides HumanEval and the MBPP test split",
+    )
+    parser.add_argument("--ngram", type=int, default=13, help="n-gram length for decontamination (whitespace tokens)")
     args = parser.parse_args(argv)
     try:
         results = prepare(
@@ -33,6 +48,9 @@ def main(argv=None) -> int:
             max_length=args.max_length,
             tokenizer=Tokenizer(args.tokenizer) if args.tokenizer else None,
             progress=True,
+            decontaminate=not args.no_decontaminate,
+            decontaminate_against=args.decontaminate_against,
+            ngram=args.ngram,
         )
     except NothingUsable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ from wmtp_jax.data.records import RecordIndex, format_prompt
 
 
 def test_mbpp_splits_follow_task_ids(tmp_path):
-    results = {r.split: r for r in prepare("mbpp", tmp_path)}
+    results = {r.split: r for r in prepare("mbpp", tmp_path, decontaminate=False)}
     assert {k: r.stats["problems"] + r.stats["filtered"].get("too_long", 0) for k, r in results.items()} == {
         "prompt": 10,
         "test": 500,
@@ -152,3 +152,40 @@ def test_cli_exit_codes(tmp_path):
         text=True,
     )
     assert bad.returncode == 1 and "no usable record" in bad.stderr
+
+
+def test_training_splits_are_decontaminated_against_the_evaluation_sets(tmp_path):
+    """MBPP's known near-duplicates across splits, a HumanEval solution re-spaced, and an extra evaluation file."""
+    results = {r.split: r for r in prepare("mbpp", tmp_path / "mbpp")}
+    assert {k: r.stats["filtered"].get("contaminated:mbpp_test", 0) for k, r in results.items()} == {
+        "prompt": 0,
+        "test": 0,  # evaluation splits are never filtered
+        "validation": 5,
+        "train": 23,
+    }
+    report = json.loads((tmp_path / "mbpp" / "train.report.json").read_text())
+    assert {"location", "task_id", "field", "overlaps"} <= set(report["contaminated"][0])
+    bell = next(e for e in report["contaminated"] if e["task_id"] == "mbpp/608")  # nth Bell number
+    assert bell == {**bell, "field": "output", "overlaps": "mbpp_test/mbpp/67"}
+    stats = results["train"].stats["decontamination"]
+    assert stats["n"] == 13 and stats["dropped"] == 23 and stats["problems"] == {"humaneval": 164, "mbpp_test": 500}
+
+    from wmtp_jax.data.prepare import humaneval_problems
+
+    humaneval = next(iter(humaneval_problems(assets.HUMANEVAL))).records[0].output  # HumanEval/0
+    respaced = "\n".join("  " + line.strip() for line in humaneval.splitlines())  # other indentation: still found
+    test_problem = problem("9_Z. Secret", 3, [(PY3, GOOD)], [], description=" ".join(f"w{i}" for i in range(20)))
+    extra = write_jsonl(tmp_path / "cc_test.jsonl", [test_problem])
+    rows = [
+        problem("copy_humaneval", 2, [(PY3, respaced)], []),
+        problem("copy_test", 2, [(PY3, GOOD)], [], description="Intro. " + test_problem["description"]),
+        problem("clean", 2, [(PY3, GOOD)], []),
+    ]
+    src = write_jsonl(tmp_path / "cc_train.jsonl", rows)
+    (result,) = prepare("codecontests", tmp_path / "cc", [str(src)], decontaminate_against=[str(extra)])
+    assert result.n_records == 1
+    assert result.report["filtered_by_reason"] == {"contaminated:cc_test.jsonl": 1, "contaminated:humaneval": 1}
+    overlaps = {e["task_id"]: e["overlaps"] for e in result.report["contaminated"]}
+    assert overlaps == {"copy_humaneval": "humaneval/HumanEval/0", "copy_test": "cc_test.jsonl/9_Z. Secret"}
+    (kept,) = prepare("codecontests", tmp_path / "cc_all", [str(src)], decontaminate=False)
+    assert kept.n_records == 3

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from wmtp_jax.data import assets
+from wmtp_jax.data.decontaminate import DEFAULT_N, Decontaminator, evaluation_problems
 from wmtp_jax.data.records import AlpacaRecord, IndexBuilder, format_prompt
 from wmtp_jax.data.tokenizer import Tokenizer
 
@@ -38,6 +39,7 @@ PYTHON_LANGUAGES = {1: "python2", 3: "python3"}
 OTHER_LANGUAGES = {2: "cpp", 4: "java"}
 MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 LENGTH_BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 2**31]
+TRAINING_SPLITS = ("train", "validation")  # decontaminated by default (CodeContests "valid" is an evaluation split)
 
 
 class NothingUsable(RuntimeError):
@@ -339,10 +341,13 @@ def write_split(
     tokenizer: Tokenizer,
     max_length: int,
     progress: bool = False,
+    decontaminator: Decontaminator | None = None,
 ) -> SplitResult:
     """Writes ``{split}.jsonl``, ``{split}.index.npz``, ``{split}.stats.json`` and ``{split}.report.json``.
 
-    All four are written under temporary names and renamed only after everything succeeded.
+    ``decontaminator``: records overlapping an evaluation problem are dropped, counted as
+    ``contaminated:{benchmark}`` and listed with the problem they overlap. All four files are written under
+    temporary names and renamed only after everything succeeded.
     """
     from tqdm.auto import tqdm
 
@@ -352,7 +357,7 @@ def write_split(
     tmp = {k: v.with_name(f".{v.name}.tmp") for k, v in final.items()}
     builder, skipped, filtered = IndexBuilder(), [], collections.Counter()
     counts = collections.Counter()
-    lengths = []
+    lengths, contaminated = [], []
     try:
         with open(tmp["jsonl"], "wb") as out:
             for problem in tqdm(problems, desc=f"prepare {split}", unit="problem", disable=not progress):
@@ -360,6 +365,11 @@ def write_split(
                 filtered += problem.filtered
                 prompt_cache: dict[tuple[str, str], list[int]] = {}
                 for rec in problem.records:
+                    if decontaminator is not None and (hit := decontaminator.overlap(rec.instruction, rec.output)):
+                        filtered[hit.reason] += 1
+                        where = {"location": problem.location, "task_id": rec.task_id, "field": hit.field}
+                        contaminated.append({**where, "overlaps": f"{hit.benchmark}/{hit.task_id}"})
+                        continue
                     key = (rec.instruction, rec.input)
                     if key not in prompt_cache:
                         prompt_cache[key] = tokenizer.encode(format_prompt(*key), bos=True)
@@ -380,6 +390,7 @@ def write_split(
             "skipped_by_reason": dict(sorted(reasons.items())),
             "filtered_by_reason": dict(sorted(filtered.items())),
             "skipped": [{"location": loc, "reason": reason} for loc, reason in skipped],
+            "contaminated": contaminated,
         }
         hist, _ = np.histogram(np.asarray(lengths, np.int64), bins=LENGTH_BINS)
         stats = {
@@ -396,6 +407,9 @@ def write_split(
             },
             "skipped": len(skipped),
             "filtered": dict(sorted(filtered.items())),
+            "decontamination": (
+                {**decontaminator.describe(), "dropped": len(contaminated)} if decontaminator is not None else None
+            ),
             "sha256": {
                 "inputs": {str(p): _sha256(Path(p)) for p in inputs},
                 "outputs": {
@@ -434,10 +448,27 @@ def prepare(
     max_length: int = 2048,
     tokenizer: Tokenizer | None = None,
     progress: bool = False,
+    decontaminate: bool = True,
+    decontaminate_against: Iterable[str | Path] = (),
+    ngram: int = DEFAULT_N,
 ) -> list[SplitResult]:
-    """Prepares every split of ``source``; raises NothingUsable when no split kept a record."""
+    """Prepares every split of ``source``; raises NothingUsable when no split kept a record.
+
+    ``decontaminate`` (default on): the training splits (``TRAINING_SPLITS``: CodeContests train, MBPP train and
+    validation, Alpaca) drop records sharing an ``ngram``-gram with HumanEval, the MBPP test split or
+    ``decontaminate_against`` files (``wmtp_jax.data.decontaminate``). Evaluation splits are never filtered."""
     tokenizer = tokenizer or Tokenizer()
     results = []
+    index: list[Decontaminator] = []
+
+    def write(problems, name, paths):
+        guard = None
+        if decontaminate and name in TRAINING_SPLITS:
+            if not index:
+                index.append(Decontaminator(evaluation_problems(decontaminate_against), ngram))
+            guard = index[0]
+        return write_split(problems, out_dir, name, paths, tokenizer, max_length, progress, guard)
+
     if source == "codecontests":
         if not inputs:
             raise ValueError("--source codecontests needs --input FILE... (parquet shards or JSONL)")
@@ -445,27 +476,19 @@ def prepare(
         for p in map(Path, inputs):
             by_split[split or split_of(p)].append(p)
         for name, paths in sorted(by_split.items()):
-            results.append(
-                write_split(codecontests_problems(paths), out_dir, name, paths, tokenizer, max_length, progress)
-            )
+            results.append(write(codecontests_problems(paths), name, paths))
     elif source == "mbpp":
         path = Path(inputs[0]) if inputs else assets.MBPP
         for name in [split] if split else list(MBPP_SPLITS):
-            results.append(
-                write_split(mbpp_problems(path, name), out_dir, name, [path], tokenizer, max_length, progress)
-            )
+            results.append(write(mbpp_problems(path, name), name, [path]))
     elif source == "alpaca":
         if not inputs:
             raise ValueError("--source alpaca needs --input FILE... (Alpaca JSONL)")
         paths = [Path(p) for p in inputs]
-        results.append(
-            write_split(alpaca_problems(paths), out_dir, split or "train", paths, tokenizer, max_length, progress)
-        )
+        results.append(write(alpaca_problems(paths), split or "train", paths))
     elif source == "humaneval":
         path = Path(inputs[0]) if inputs else assets.HUMANEVAL
-        results.append(
-            write_split(humaneval_problems(path), out_dir, split or "test", [path], tokenizer, max_length, progress)
-        )
+        results.append(write(humaneval_problems(path), split or "test", [path]))
     elif source == "synthetic":
         from wmtp_jax.data.synthetic import SPLITS
 

@@ -14,9 +14,9 @@ attending to them: the micro model learns the name within ~200 steps of 8 instan
 600 and 800, when held-out pass@1 jumps from ~0.1 to ~0.9. The instruction spells the expression as code,
 "x * 7": after 400 steps that reached pass@1 0.133 where the operation as a word, "x times 7", reached 0.067.
 Splits hold out *instances*: 10% for ``test`` and 10% for ``validation``, chosen by a fixed rule so that every
-operation, digit and name also occurs in training, but never that combination. Every training instance also comes with one incorrect solution
-(operands swapped where that changes the result, else a digit off by one), labelled ``is_correct = False``, for
-the critic.
+operation, digit and name also occurs in training, but never that combination. Every training instance also
+comes with one incorrect solution (operands swapped where that changes the result, else a digit off by one),
+labelled ``is_correct = False``, for the critic.
 """
 
 from __future__ import annotations

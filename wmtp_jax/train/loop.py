@@ -98,7 +98,11 @@ def prepare(c) -> Inputs:
 
 def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Path, Path]:
     """``(train, validation)`` jsonl of the shipped data: "mbpp" (train / validation splits), "labelled" (MBPP
-    train with execution-labelled incorrect solutions; MBPP validation) or "synthetic" (``data/synthetic.py``)."""
+    train with execution-labelled incorrect solutions; MBPP validation) or "synthetic" (``data/synthetic.py``).
+
+    The micro stand-in keeps the shipped MBPP splits as they are, without decontamination (its random models never
+    solve MBPP, and the loss traces recorded in tests/data were made from these files); ``prepare_data.py``
+    decontaminates training splits by default."""
     if kind == "synthetic":
         out = cache_dir / "synthetic"
         if not index_path(out / "validation.jsonl").exists():
@@ -106,12 +110,12 @@ def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Pa
         return out / "train.jsonl", out / "validation.jsonl"
     mbpp = cache_dir / "mbpp"
     if not index_path(mbpp / "validation.jsonl").exists():
-        prepare_data("mbpp", mbpp, max_length=max_length)
+        prepare_data("mbpp", mbpp, max_length=max_length, decontaminate=False)
     if kind == "mbpp":
         return mbpp / "train.jsonl", mbpp / "validation.jsonl"
     out = cache_dir / kind
     if not index_path(out / "train.jsonl").exists():
-        prepare_data("alpaca", out, [str(assets.MICRO_LABELLED)], max_length=max_length)
+        prepare_data("alpaca", out, [str(assets.MICRO_LABELLED)], max_length=max_length, decontaminate=False)
     return out / "train.jsonl", mbpp / "validation.jsonl"
 
 
