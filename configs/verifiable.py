@@ -4,6 +4,8 @@ trains the policy and the value head.
 uv run python -m wmtp_jax.main --config=configs/verifiable.py:micro --config.model.init_from=workdir/critic/final
 """
 
+import ml_collections
+
 from configs import base
 
 
@@ -12,6 +14,8 @@ def get_config(preset: str = ""):
     c.objective = "verifiable"
     c.workdir = "workdir/verifiable"
     c.data.strategy = "curriculum"
+    # stage 2 needs stage 1's critic (model.init_from); True runs from a zero value head (weights from R alone)
+    c.critic = ml_collections.ConfigDict(dict(allow_untrained=False))
     if preset == "micro":
         c.data.prepare_micro = "labelled"
         c.data.strategy = "all"  # MBPP has no difficulty labels, so no curriculum bins

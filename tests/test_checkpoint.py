@@ -142,3 +142,19 @@ def test_load_model_errors(tmp_path, converted):
     (bad / "params").mkdir()
     with pytest.raises(CheckpointError, match="not an Orbax parameter checkpoint"):
         load_model(bad, sharding.make_mesh())
+
+
+def test_cached_conversion_is_keyed_by_options_and_redone_when_the_source_changes(tmp_path, capsys):
+    from wmtp_jax.checkpoint.convert import ensure_orbax
+
+    micro.write_meta_checkpoint(tmp_path / "meta", CFG, seed=0)
+    first = ensure_orbax(tmp_path / "meta", tmp_path / "cache")
+    assert ensure_orbax(tmp_path / "meta", tmp_path / "cache") == first  # reused
+    sliced = ensure_orbax(tmp_path / "meta", tmp_path / "cache", vocab_size=CFG.vocab_size - 10)
+    assert sliced != first and load_model(sliced).cfg.vocab_size == CFG.vocab_size - 10
+    micro.write_meta_checkpoint(tmp_path / "meta", CFG, seed=1)  # new weights, same path
+    assert ensure_orbax(tmp_path / "meta", tmp_path / "cache") == first
+    assert "changed since it was converted" in capsys.readouterr().err
+    fresh = load_model(first).tok_embeddings[...]
+    expected = micro.meta_state_dict(CFG, seed=1)["tok_embeddings.weight"].numpy()
+    np.testing.assert_array_equal(np.asarray(fresh), expected)

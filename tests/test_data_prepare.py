@@ -189,3 +189,21 @@ def test_training_splits_are_decontaminated_against_the_evaluation_sets(tmp_path
     assert overlaps == {"copy_humaneval": "humaneval/HumanEval/0", "copy_test": "cc_test.jsonl/9_Z. Secret"}
     (kept,) = prepare("codecontests", tmp_path / "cc_all", [str(src)], decontaminate=False)
     assert kept.n_records == 3
+
+
+def test_prepared_data_is_reused_only_for_the_same_inputs_options_and_code(tmp_path, capsys):
+    from wmtp_jax.data.prepare import CACHE_KEY_FILE, prepare_cached
+
+    src = write_jsonl(tmp_path / "train.jsonl", [problem("a", 2, [(PY3, GOOD)], [])])
+    out = tmp_path / "prepared"
+    assert prepare_cached("codecontests", out, [str(src)], max_length=512) is True
+    assert prepare_cached("codecontests", out, [str(src)], max_length=512) is False
+    assert "reusing" in capsys.readouterr().out
+    assert prepare_cached("codecontests", out, [str(src)], max_length=256) is True  # other options
+    assert "made from different options" in capsys.readouterr().out
+    write_jsonl(src, [problem("a", 2, [(PY3, GOOD)], []), problem("b", 2, [(PY3, GOOD)], [])])
+    assert prepare_cached("codecontests", out, [str(src)], max_length=256) is True  # the input changed
+    assert "made from different inputs" in capsys.readouterr().out
+    assert RecordIndex.load(out / "train.index.npz").n_problems == 2
+    key = json.loads((out / CACHE_KEY_FILE).read_text())
+    assert set(key) == {"source", "inputs", "tokenizer", "options", "code"} and key["options"]["max_length"] == 256

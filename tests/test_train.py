@@ -101,6 +101,12 @@ def test_verifiable_starts_from_the_critic(stage_one, shared, tmp_path):
     assert (tmp_path / "v" / "weight_distribution.png").is_file()
 
 
+def test_verifiable_without_a_trained_critic_is_a_configuration_error(shared, tmp_path):
+    with pytest.raises(ValueError, match="the verifiable objective needs a trained critic"):
+        micro_config("verifiable", shared, tmp_path / "v")
+    micro_config("verifiable", shared, tmp_path / "v", **{"critic.allow_untrained": True})
+
+
 def test_rho1_with_the_ref_tuning_output_as_reference(stage_one, shared, tmp_path):
     """ref_tuning writes final/ and its Hugging Face copy final_hf/ (export.hf); rho1 takes the HF copy."""
     ref_dir = Path(stage_one["ref_tuning"]["final_dir"])

@@ -247,6 +247,12 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     ):
         k.found += section.from_config(c[name]).problems(name)
     k.found += EarlyStoppingConfig.from_config(c.train.early_stopping).problems("train.early_stopping")
+    if c.objective == "verifiable" and not c.model.get("init_from") and not c.get("critic", {}).get("allow_untrained"):
+        k.found.append(
+            "model.init_from='': the verifiable objective needs a trained critic; set model.init_from to stage 1's "
+            "output (e.g. workdir/critic/final) or critic.allow_untrained=True to start from a zero value head "
+            "(every token weight then comes from the reward alone)"
+        )
     if "lora" in c.model:
         from wmtp_jax.model.lora import LoraConfig
 

@@ -328,21 +328,44 @@ def is_orbax_model_dir(path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / PARAMS_DIR).is_dir()
 
 
+def source_fingerprint(checkpoint: Path, **options) -> dict:
+    """What a cached conversion was made from: name, size and modification time of every file of the torch
+    checkpoint directory, and the conversion options that change the result (``vocab_size``, ``dtype``)."""
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in checkpoint.iterdir() if p.is_file())
+    return {"files": [list(f) for f in files], **{k: v for k, v in sorted(options.items()) if v is not None}}
+
+
 def ensure_orbax(checkpoint, cache_dir, **convert_kwargs) -> Path:
     """An Orbax model directory for ``checkpoint``: itself if already converted, else a cached conversion.
 
-    The cache entry is ``cache_dir/<name>-<hash of the absolute source path>``; a conversion interrupted
-    before ``model_config.json`` was written is redone.
+    The cache entry is ``cache_dir/<name>-<hash of the absolute source path and the options>``. It is reused only
+    when its recorded ``source_fingerprint`` matches the checkpoint's files and options; a changed checkpoint, or a
+    conversion interrupted before ``model_config.json`` was written, is converted again (and says so).
     """
     import hashlib
+    import sys
+
+    from wmtp_jax.checkpoint.store import CONFIG_FILE
+    from wmtp_jax.files import atomic_write_text
 
     checkpoint = Path(checkpoint)
     if is_orbax_model_dir(checkpoint):
         return checkpoint
-    digest = hashlib.sha256(str(checkpoint.resolve()).encode()).hexdigest()[:8]
-    dst = Path(cache_dir) / f"{checkpoint.name}-{digest}"
-    if not is_orbax_model_dir(dst):
-        convert_torch_checkpoint(checkpoint, dst, overwrite=True, **convert_kwargs)
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"{checkpoint}: checkpoint directory not found")
+    options = {k: convert_kwargs.get(k) for k in ("vocab_size", "dtype")}
+    fingerprint = source_fingerprint(checkpoint, **options)
+    identity = json.dumps({"path": str(checkpoint.resolve()), **fingerprint, "files": None}, sort_keys=True)
+    dst = Path(cache_dir) / f"{checkpoint.name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
+    if is_orbax_model_dir(dst):
+        written = json.loads((dst / CONFIG_FILE).read_text())
+        if written.get("source", {}).get("fingerprint") == fingerprint:
+            return dst
+        print(f"{dst}: {checkpoint} changed since it was converted; converting again", file=sys.stderr)
+    convert_torch_checkpoint(checkpoint, dst, overwrite=True, **convert_kwargs)
+    written = json.loads((dst / CONFIG_FILE).read_text())
+    written["source"]["fingerprint"] = fingerprint
+    atomic_write_text(dst / CONFIG_FILE, json.dumps(written, indent=2) + "\n")
     return dst
 
 

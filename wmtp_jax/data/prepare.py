@@ -34,6 +34,7 @@ from wmtp_jax.data import assets
 from wmtp_jax.data.decontaminate import DEFAULT_N, Decontaminator, evaluation_problems
 from wmtp_jax.data.records import AlpacaRecord, IndexBuilder, format_prompt
 from wmtp_jax.data.tokenizer import Tokenizer
+from wmtp_jax.files import atomic_write_text
 
 PYTHON_LANGUAGES = {1: "python2", 3: "python3"}
 OTHER_LANGUAGES = {2: "cpp", 4: "java"}
@@ -499,3 +500,51 @@ def prepare(
     if not any(r.n_records for r in results):
         raise NothingUsable(f"no usable record in {inputs or source}; see the *.report.json files in {out_dir}")
     return results
+
+
+# --------------------------------------------------------------------------------------------- versioned caches
+
+CACHE_KEY_FILE = "cache_key.json"
+_CODE = ("prepare.py", "records.py", "synthetic.py", "decontaminate.py")  # the code that shapes prepared records
+
+
+def cache_key(source: str, inputs: Iterable[str | Path] = (), tokenizer: Tokenizer | None = None, **options) -> dict:
+    """What a prepared dataset directory was made from: the source, the SHA-256 of every input file and of the
+    tokenizer, the preparation options and the SHA-256 of the preparation code (a change of record format or of the
+    synthetic task invalidates the cache)."""
+    tokenizer = tokenizer or Tokenizer()
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in _CODE)).hexdigest()
+    return {
+        "source": source,
+        "inputs": {str(p): _sha256(Path(p)) for p in inputs},
+        "tokenizer": _sha256(Path(tokenizer.path)),
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(options.items())},
+        "code": code,
+    }
+
+
+def prepare_cached(
+    source: str, out_dir, inputs: list[str] | None = None, *, tokenizer: Tokenizer | None = None, **options
+) -> bool:
+    """``prepare`` into ``out_dir`` unless it already holds data made from the same ``cache_key``; returns True when
+    it (re)built. A directory made from other inputs, options, tokenizer or code is rebuilt, and says why."""
+    out_dir = Path(out_dir)
+    key = cache_key(source, inputs or (), tokenizer, **options)
+    path = out_dir / CACHE_KEY_FILE
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            stored = {}
+        if stored == key:
+            print(f"prepared data: reusing {out_dir} (same inputs, options, tokenizer and code)")
+            return False
+        changed = sorted(k for k in key if stored.get(k) != key[k])
+        print(f"prepared data: {out_dir} was made from different {', '.join(changed)}; preparing it again")
+    elif out_dir.is_dir() and any(out_dir.glob("*.jsonl")):
+        print(f"prepared data: {out_dir} has no {CACHE_KEY_FILE} (made before caches were versioned); preparing again")
+    path.unlink(missing_ok=True)
+    prepare(source, out_dir, inputs, tokenizer=tokenizer, **options)
+    atomic_write_text(path, json.dumps(key, indent=2) + "\n")
+    return True

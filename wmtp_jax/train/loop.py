@@ -19,8 +19,7 @@ from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.config import layout_options, model_options
 from wmtp_jax.data import assets
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
-from wmtp_jax.data.prepare import data_sha256
-from wmtp_jax.data.prepare import prepare as prepare_data
+from wmtp_jax.data.prepare import data_sha256, prepare_cached
 from wmtp_jax.data.records import RecordIndex, index_path
 from wmtp_jax.data.sampling import SamplingConfig, build_plan, shard_plan
 from wmtp_jax.data.tokenizer import load_tokenizer
@@ -105,17 +104,14 @@ def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Pa
     decontaminates training splits by default."""
     if kind == "synthetic":
         out = cache_dir / "synthetic"
-        if not index_path(out / "validation.jsonl").exists():
-            prepare_data("synthetic", out, max_length=max_length)
+        prepare_cached("synthetic", out, max_length=max_length)
         return out / "train.jsonl", out / "validation.jsonl"
     mbpp = cache_dir / "mbpp"
-    if not index_path(mbpp / "validation.jsonl").exists():
-        prepare_data("mbpp", mbpp, max_length=max_length, decontaminate=False)
+    prepare_cached("mbpp", mbpp, max_length=max_length, decontaminate=False)
     if kind == "mbpp":
         return mbpp / "train.jsonl", mbpp / "validation.jsonl"
     out = cache_dir / kind
-    if not index_path(out / "train.jsonl").exists():
-        prepare_data("alpaca", out, [str(assets.MICRO_LABELLED)], max_length=max_length, decontaminate=False)
+    prepare_cached("alpaca", out, [str(assets.MICRO_LABELLED)], max_length=max_length, decontaminate=False)
     return out / "train.jsonl", mbpp / "validation.jsonl"
 
 
