@@ -42,6 +42,11 @@ def common(preset: str = "") -> ml_collections.ConfigDict:
     # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID; cluster: auto | slurm | ompi | mpi4py | k8s
     c.distributed = ml_collections.ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1, cluster=""))
 
+    # any model, reference, data or tokenizer path may be s3://bucket/key: mirrored once into storage.cache_dir
+    # (keyed by ETag); remote_workdir=s3://...: checkpoints uploaded as committed, final/ and results at the end,
+    # and a fresh node resumes from the newest complete remote checkpoint. Credentials: environment / role only.
+    c.storage = ml_collections.ConfigDict(dict(cache_dir="artifacts/remote", endpoint_url="", remote_workdir=""))
+
     c.mlflow = ml_collections.ConfigDict()
     c.mlflow.tracking_uri = ""  # "" = $MLFLOW_TRACKING_URI, else a local store under the workdir
     c.mlflow.project = "wmtp"

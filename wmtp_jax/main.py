@@ -41,6 +41,14 @@ def main(argv) -> None:
                 file=sys.stderr,
             )
             sys.exit(2)
+    if not found:
+        from wmtp_jax import storage
+
+        try:  # s3:// inputs become local mirrors before anything reads them (every process: its own disk)
+            storage.localize(c)
+        except storage.StorageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     found += config_lib.problems(c)
     if found:
         print("error: " + str(config_lib.ConfigError(found)), file=sys.stderr)

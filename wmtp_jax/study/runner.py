@@ -25,6 +25,7 @@ from pathlib import Path
 import ml_collections
 
 from wmtp_jax import config as config_lib
+from wmtp_jax import storage
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.study import report
 from wmtp_jax.tracking import Tracker, experiment_name, local_tracking_uri
@@ -139,6 +140,11 @@ def arm_config(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> ml_colle
     module = importlib.import_module(f"configs.{spec.config}")
     arm = module.get_config(c.preset if c.preset != "default" else "")
     found = config_lib.apply_overrides(arm, arm_overrides(c, spec, seed, parent_run_id))
+    if not found:
+        try:
+            storage.localize(arm)  # s3:// inputs as local mirrors, as the training job's command line does
+        except storage.StorageError as e:
+            found.append(str(e))
     found += config_lib.problems(arm) if not found else []
     if found:
         raise StudyError(f"study arm {spec.name!r} (seed {seed}):\n  " + "\n  ".join(found))

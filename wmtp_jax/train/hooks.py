@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 from tqdm.auto import tqdm
 
-from wmtp_jax import sharding
+from wmtp_jax import sharding, storage
 from wmtp_jax.checkpoint import save_model
 from wmtp_jax.checkpoint.store import restore_renamed
 from wmtp_jax.eval.teacher_forced import head_ce_sums
@@ -354,6 +355,93 @@ class ExportHF:
             overwrite=True,
             progress=False,
         )
+
+
+class RemoteWorkdir:
+    """Keeps ``remote`` (``s3://...``, ``storage.remote_workdir``) a copy of the run (process 0 only).
+
+    Each committed checkpoint is uploaded in a background thread (the step never waits), followed by
+    ``metrics.jsonl``; remote checkpoints that the local retention removed are deleted. At the end (add it last)
+    the uploads are awaited and ``final/``, ``eval/`` and the run's files are uploaded. A failed upload is a
+    warning with the URL, counted in ``failed``; training goes on.
+    """
+
+    FILES = ("metrics.jsonl", "config.json", "inputs.json", "weight_distribution.png", "weight_hist.json")
+
+    def __init__(self, workdir: Path, remote: str, checkpoints: Checkpoints, endpoint_url: str = ""):
+        import concurrent.futures
+
+        self.workdir, self.remote, self.endpoint = Path(workdir), remote.rstrip("/"), endpoint_url
+        self.checkpoints = checkpoints
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self.pending: list = []
+        self.failed = 0
+        if _is_main():
+            checkpoints.on_commit.append(self.committed)
+
+    def committed(self, step: int, path: Path) -> None:
+        self.pending.append(self.pool.submit(self._upload_step, step, Path(path)))
+
+    def _guarded(self, what: str, fn, *args) -> None:
+        try:
+            fn(*args)
+        except storage.StorageError as e:
+            self.failed += 1
+            warnings.warn(f"remote workdir: {what} failed: {e}", stacklevel=2)
+
+    def _upload_step(self, step: int, path: Path) -> None:
+        self._guarded(
+            f"checkpoint {step}", storage.upload_dir, path, f"{self.remote}/checkpoints/{step}", self.endpoint
+        )
+        metrics = self.workdir / "metrics.jsonl"
+        if metrics.is_file():
+            self._guarded("metrics.jsonl", storage.upload_file, metrics, f"{self.remote}/metrics.jsonl", self.endpoint)
+        local = {int(p.name) for p in self.checkpoints.directory.iterdir() if p.name.isdigit()}
+        try:
+            remote_steps = storage.complete_steps(f"{self.remote}/checkpoints", self.endpoint)
+        except storage.StorageError:
+            return
+        for old in remote_steps:
+            if old not in local:  # retention (keep / best) applies remotely too
+                old_uri = f"{self.remote}/checkpoints/{old}"
+                self._guarded(f"removing checkpoint {old}", storage.delete_prefix, old_uri, self.endpoint)
+
+    def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
+        if not _is_main():
+            return
+        self.checkpoints.wait()
+        for future in self.pending:
+            future.result()
+        self.pool.shutdown()
+        for name in ("final", "final_hf", "eval"):
+            if (self.workdir / name).is_dir():
+                self._guarded(name, storage.upload_dir, self.workdir / name, f"{self.remote}/{name}", self.endpoint)
+        for name in self.FILES:
+            if (self.workdir / name).is_file():
+                self._guarded(name, storage.upload_file, self.workdir / name, f"{self.remote}/{name}", self.endpoint)
+        if self.failed:
+            warnings.warn(f"remote workdir {self.remote}: {self.failed} uploads failed", stacklevel=2)
+
+
+def resume_from_remote(workdir: Path, remote: str, endpoint_url: str = "") -> int | None:
+    """On a node whose ``{workdir}/checkpoints`` holds no checkpoint: downloads the newest complete remote
+    checkpoint (partial uploads are skipped with a warning) and the run's ``metrics.jsonl``; returns its step, or
+    None when there is nothing to resume from. Every process downloads (to its own local disk)."""
+    local = Path(workdir) / "checkpoints"
+    if local.is_dir() and any(p.name.isdigit() for p in local.iterdir()):
+        return None
+    remote = remote.rstrip("/")
+    steps = storage.complete_steps(f"{remote}/checkpoints", endpoint_url)
+    if not steps:
+        return None
+    step = steps[-1]
+    local.mkdir(parents=True, exist_ok=True)
+    storage.download_dir(f"{remote}/checkpoints/{step}", local / str(step), endpoint_url)
+    try:
+        storage.download_file(f"{remote}/metrics.jsonl", Path(workdir) / "metrics.jsonl", endpoint_url)
+    except storage.StorageError:
+        pass  # a run that never logged a metric
+    return step
 
 
 class WeightPlot:

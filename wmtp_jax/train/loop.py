@@ -209,6 +209,12 @@ def train(c) -> dict:
         checkpoint_config = dataclasses.replace(
             checkpoint_config, best_metric=early.metric, best_mode=early.mode, final="best"
         )
+    remote = c.get("storage", {}).get("remote_workdir", "")
+    endpoint = c.get("storage", {}).get("endpoint_url", "")
+    if remote:  # a fresh node: the newest complete remote checkpoint (and the metrics so far) come down first
+        resumed = hooks.resume_from_remote(workdir, remote, endpoint)
+        if resumed is not None:
+            print(f"resuming from {remote}/checkpoints/{resumed}")
     checkpoints = hooks.Checkpoints(workdir / "checkpoints", iterator, checkpoint_config)
     every = checkpoint_config.every_steps
     state = checkpoints.restore(trainer) or trainer.initial_state()
@@ -260,6 +266,8 @@ def train(c) -> dict:
             eval_hooks.EvalAtEnd(c.eval, tok, tracker, workdir / "eval", export, isolation=isolation, seed=c.seed)
         )
     trainer.add_hook(hooks.WeightPlot(workdir / "weight_distribution.png", tracker))
+    if remote:
+        trainer.add_hook(hooks.RemoteWorkdir(workdir, remote, checkpoints, endpoint))
     trainer.add_hook(hooks.CloseTracker(tracker))
     batches = (hooks.global_batch(batch, mesh) for batch in iterator)
     try:

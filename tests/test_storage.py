@@ -1,0 +1,113 @@
+"""S3 storage against a real S3-protocol server (moto's standalone ``moto_server``, started here): local-first
+mirrors keyed by ETag, clear errors, checkpoints uploaded as they are committed, and a run on a fresh node that
+resumes from the newest complete remote checkpoint (a partial one skipped) with the same losses."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_train import read_metrics, run, shared  # noqa: F401 - shared is a session fixture
+
+from wmtp_jax import storage
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """``(boto3 client, bucket)`` on a fresh moto server; AWS_* point at it for the module."""
+    import boto3
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint, timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("moto_server did not start") from None
+            time.sleep(0.2)
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="wmtp")
+    yield client, "wmtp"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.kill()
+
+
+def test_mirror_is_local_first_fetched_once_and_again_when_the_etag_changes(s3, tmp_path):
+    client, bucket = s3
+    assert storage.local_path(tmp_path / "here", tmp_path / "cache") == tmp_path / "here"  # local: as is
+    for name, body in (("params.json", b"{}"), ("sub/weights.bin", b"x" * 1000)):
+        client.put_object(Bucket=bucket, Key=f"models/m/{name}", Body=body)
+    first = storage.local_path(f"s3://{bucket}/models/m", tmp_path / "cache", progress=False)
+    assert (first / "params.json").read_bytes() == b"{}" and (first / "sub" / "weights.bin").stat().st_size == 1000
+    (first / "params.json").write_bytes(b"touched locally")  # a second fetch would overwrite this
+    assert storage.local_path(f"s3://{bucket}/models/m", tmp_path / "cache", progress=False) == first
+    assert (first / "params.json").read_bytes() == b"touched locally"
+    client.put_object(Bucket=bucket, Key="models/m/params.json", Body=b'{"dim": 64}')
+    second = storage.local_path(f"s3://{bucket}/models/m", tmp_path / "cache", progress=False)
+    assert second != first and (second / "params.json").read_bytes() == b'{"dim": 64}'
+    one = storage.local_path(f"s3://{bucket}/models/m/params.json", tmp_path / "cache", progress=False)
+    assert one.name == "params.json" and one.read_bytes() == b'{"dim": 64}'
+    assert not list((tmp_path / "cache").rglob("*.partial-*"))
+
+
+def test_bad_remote_paths_name_the_url(s3, tmp_path, monkeypatch):
+    _, bucket = s3
+    with pytest.raises(storage.StorageError, match="s3://nobucket/x: bucket 'nobucket' does not exist"):
+        storage.local_path("s3://nobucket/x", tmp_path)
+    with pytest.raises(storage.StorageError, match=f"s3://{bucket}/missing: no such object or prefix"):
+        storage.local_path(f"s3://{bucket}/missing", tmp_path)
+    with pytest.raises(storage.StorageError, match="expected s3://bucket/key"):
+        storage.split_uri("s3:///key")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(storage.StorageError, match=f"s3://{bucket}/x: no AWS credentials"):
+        storage.local_path(f"s3://{bucket}/x", tmp_path)
+
+
+def test_checkpoints_outlive_the_node(s3, shared, tmp_path):  # noqa: F811
+    """Run A uploads every committed checkpoint; its step-4 upload is then made partial. Run B starts on an empty
+    workdir, resumes from remote step 2 (the newest complete one) and reproduces A's losses bit for bit."""
+    client, bucket = s3
+    remote = f"s3://{bucket}/runs/a"
+    steps = {"train.num_steps": 4, "checkpoint.every_steps": 2, "checkpoint.keep": 3, "storage.remote_workdir": remote}
+    run("baseline", shared, tmp_path / "node1", **steps)
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="runs/a/")["Contents"]}
+    for expected in ("checkpoints/2/_COMPLETE", "checkpoints/4/_COMPLETE", "final/model_config.json", "metrics.jsonl"):
+        assert f"runs/a/{expected}" in keys, expected
+    client.delete_object(Bucket=bucket, Key="runs/a/checkpoints/4/_COMPLETE")  # an upload that never finished
+    with pytest.warns(UserWarning, match=r"ignoring incomplete remote checkpoints \[4\]"):
+        run("baseline", shared, tmp_path / "node2", **steps)
+    a, b = read_metrics(tmp_path / "node1"), read_metrics(tmp_path / "node2")
+    assert [a[s]["loss"] for s in (1, 2, 3, 4)] == [b[s]["loss"] for s in (1, 2, 3, 4)]  # 1-2 came down with it
+    assert json.loads((tmp_path / "node2" / "checkpoints" / "4" / "state" / "_METADATA").read_text())
