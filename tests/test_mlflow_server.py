@@ -1,6 +1,6 @@
-"""A real ``mlflow server`` on localhost (SQLite backend store, proxied artifacts): a micro training with its
-evaluation logs over HTTP; when the server goes away mid-run, training finishes, metrics.jsonl stays complete and
-the run counts the failed MLflow calls."""
+"""A real ``mlflow server`` on localhost (SQLite backend store, artifacts proxied into the local S3 server of
+``conftest.s3``): a micro training with its evaluation logs over HTTP; when the server goes away mid-run,
+training finishes, metrics.jsonl stays complete and the run counts the failed MLflow calls."""
 
 import json
 import os
@@ -24,7 +24,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, s3):
+    _, bucket = s3
     root = tmp_path_factory.mktemp("mlflow_server")
     port = _free_port()
     proc = subprocess.Popen(
@@ -32,7 +33,7 @@ def server(tmp_path_factory):
             str(Path(sys.executable).parent / "mlflow"),
             "server",
             f"--backend-store-uri=sqlite:///{root}/mlflow.db",
-            f"--artifacts-destination={root}/artifacts",
+            f"--artifacts-destination=s3://{bucket}/mlartifacts",
             "--host=127.0.0.1",
             f"--port={port}",
             "--workers=1",
@@ -40,6 +41,7 @@ def server(tmp_path_factory):
         stdout=open(root / "server.log", "w"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, "MLFLOW_S3_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"]},
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -57,10 +59,11 @@ def server(tmp_path_factory):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away(server, shared, tmp_path):  # noqa: F811
+def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away(server, s3, shared, tmp_path):  # noqa: F811
     from mlflow import MlflowClient
 
     uri, proc = server
+    client_s3, bucket = s3
     evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
     up = {"mlflow.tracking_uri": uri, "train.num_steps": 3}
     result = run("baseline", shared, tmp_path / "up", **up, **evaluation)
@@ -76,6 +79,8 @@ def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.json", "weight_distribution.png"} <= artifacts
     assert {"results.json", "samples.jsonl"} <= {a.path for a in client.list_artifacts(run_id, "eval")} | artifacts
+    stored = {o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket, Prefix="mlartifacts/")["Contents"]}
+    assert any(k.endswith(f"{run_id}/artifacts/config.json") for k in stored)  # the artifacts live in S3
 
     def kill_after_step_2():
         metrics = tmp_path / "down" / "metrics.jsonl"

@@ -3,62 +3,11 @@ mirrors keyed by ETag, clear errors, checkpoints uploaded as they are committed,
 resumes from the newest complete remote checkpoint (a partial one skipped) with the same losses."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from test_train import read_metrics, run, shared  # noqa: F401 - shared is a session fixture
 
 from wmtp_jax import storage
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """``(boto3 client, bucket)`` on a fresh moto server; AWS_* point at it for the module."""
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
-    env = {
-        "AWS_ENDPOINT_URL": endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="wmtp")
-    yield client, "wmtp"
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    proc.kill()
 
 
 def test_mirror_is_local_first_fetched_once_and_again_when_the_etag_changes(s3, tmp_path):
