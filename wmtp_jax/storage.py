@@ -272,7 +272,7 @@ _FILE_KEYS = ("tokenizer",)
 def localize(c) -> list[str]:
     """Replaces every ``s3://`` path of config ``c`` by its local mirror (``storage.cache_dir``), in place; returns
     the keys it mirrored. Local paths are left as they are (local first). Raises StorageError naming the URL."""
-    from ml_collections import config_path
+    from ml_collections.config_flags import config_path
 
     section = c.get("storage", {})
     cache, endpoint = section.get("cache_dir", "artifacts/remote"), section.get("endpoint_url", "")
