@@ -60,3 +60,24 @@ def test_checkpoints_outlive_the_node(s3, shared, tmp_path):  # noqa: F811
     a, b = read_metrics(tmp_path / "node1"), read_metrics(tmp_path / "node2")
     assert [a[s]["loss"] for s in (1, 2, 3, 4)] == [b[s]["loss"] for s in (1, 2, 3, 4)]  # 1-2 came down with it
     assert json.loads((tmp_path / "node2" / "checkpoints" / "4" / "state" / "_METADATA").read_text())
+
+
+def test_config_paths_on_s3_become_local_mirrors(s3, tmp_path):
+    """``storage.localize``: a data file arrives with its index beside it; local paths stay as they are."""
+    import ml_collections
+
+    client, bucket = s3
+    for name in ("train.jsonl", "train.index.npz"):
+        client.put_object(Bucket=bucket, Key=f"data/cc/{name}", Body=name.encode())
+    c = ml_collections.ConfigDict(
+        {
+            "storage": {"cache_dir": str(tmp_path / "mirror"), "endpoint_url": ""},
+            "model": {"checkpoint": str(tmp_path / "local_model")},
+            "data": {"train": f"s3://{bucket}/data/cc/train.jsonl", "validation": ""},
+        }
+    )
+    assert storage.localize(c) == ["data.train"]
+    train = c.data.train
+    assert train.startswith(str(tmp_path / "mirror")) and open(train).read() == "train.jsonl"
+    assert (tmp_path / "mirror").exists() and c.model.checkpoint == str(tmp_path / "local_model")
+    assert open(train.replace("train.jsonl", "train.index.npz")).read() == "train.index.npz"
