@@ -137,3 +137,13 @@ def test_lora_config_is_validated(shared, tmp_path):  # noqa: F811
     c.model.lora.rank = -2
     with pytest.raises(ValueError, match="model.lora.rank=-2"):
         config_lib.validate(c)
+
+
+def test_bfloat16_base_stores_the_frozen_weights_in_bfloat16():
+    mesh = sharding.make_mesh()
+    model = create_model(CFG.replace(dtype="bfloat16"), mesh)
+    base = np.asarray(model(_tokens()))
+    apply_lora(model, LoraConfig(rank=4, base_dtype="bfloat16"), mesh)
+    assert model.layers.attention.wq.kernel[...].dtype == jnp.bfloat16 == model.tok_embeddings[...].dtype
+    assert model.layers.attention.wq.lora.lora_a[...].dtype == jnp.float32 == model.value_head.kernel[...].dtype
+    np.testing.assert_array_equal(np.asarray(model(_tokens())), base)  # bf16 compute: casting first changes nothing

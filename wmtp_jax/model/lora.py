@@ -133,9 +133,8 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
         module.lora_scale = cfg.scale
     if cfg.base_dtype:
         dtype = DTYPES[cfg.base_dtype]
-        for path, var in nnx.iter_graph(model):
-            if isinstance(var, nnx.Param) and not isinstance(var, nnx.LoRAParam) and "value_head" not in path:
-                var[...] = var[...].astype(dtype)
+        frozen = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam), nnx.Not(nnx.PathContains("value_head")))
+        nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(model, frozen)))
     if mesh is not None:
         state = nnx.state(model)
         nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
