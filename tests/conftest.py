@@ -20,6 +20,18 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture(scope="session")
+def shared(tmp_path_factory):
+    """Micro checkpoints, conversions and prepared data shared by every training test."""
+    root = tmp_path_factory.mktemp("train_shared")
+    return {
+        "model.checkpoint": str(root / "micro" / "mtp_meta"),
+        "reference.checkpoint": str(root / "micro" / "reference_hf"),
+        "model.cache_dir": str(root / "converted"),
+        "data.cache_dir": str(root / "data"),
+    }
+
+
+@pytest.fixture(scope="session")
 def devices():
     assert jax.device_count() == 4, "tests expect 4 virtual CPU devices"
     return jax.devices()

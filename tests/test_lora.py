@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import micro_config, read_metrics, run, shared  # noqa: F401 - shared is a session fixture
+from test_train import micro_config, read_metrics, run
 
 from wmtp_jax import config as config_lib
 from wmtp_jax import sharding
@@ -107,7 +107,7 @@ def test_sharded_equals_unsharded():
     np.testing.assert_allclose(four, one, rtol=1e-5)
 
 
-def test_micro_training_resumes_exactly_and_exports_merged(shared, tmp_path):  # noqa: F811
+def test_micro_training_resumes_exactly_and_exports_merged(shared, tmp_path):
     lora = {"model.lora.rank": 4, "model.lora.alpha": 8.0, "train.learning_rate": 1e-2}
     steps = {"train.num_steps": 4, "checkpoint.every_steps": 2, "checkpoint.async_save": False}
     full = run("baseline", shared, tmp_path / "full", **lora, **steps)
@@ -132,7 +132,7 @@ def test_micro_training_resumes_exactly_and_exports_merged(shared, tmp_path):  #
     assert not np.array_equal(np.asarray(final.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...]))
 
 
-def test_lora_config_is_validated(shared, tmp_path):  # noqa: F811
+def test_lora_config_is_validated(shared, tmp_path):
     c = micro_config("baseline", shared, tmp_path / "w")
     c.model.lora.rank = -2
     with pytest.raises(ValueError, match="model.lora.rank=-2"):

@@ -25,15 +25,21 @@ STEPS = 20
 RTOL = 0.0
 
 
-def micro_job(experiment: str, root: Path):
-    """The ``configs/{experiment}.py:micro`` config with its artifacts under ``root`` and 20 steps."""
+def micro_job(experiment: str, root: Path, shared: dict | None = None):
+    """The ``configs/{experiment}.py:micro`` config with its artifacts under ``root`` (or the test session's
+    ``shared`` micro models, conversions and data) and 20 steps."""
     sys.path.insert(0, str(REPO))
     c = importlib.import_module(f"configs.{experiment}").get_config("micro")
     micro = root / "micro"
-    c.model.checkpoint = str(micro / ("reference_hf" if experiment == "ref_tuning" else "mtp_meta"))
-    c.reference.checkpoint = str(micro / "reference_hf")
-    c.model.cache_dir = str(root / "converted")
-    c.data.cache_dir = str(root / "data")
+    shared = shared or {
+        "model.checkpoint": str(micro / "mtp_meta"),
+        "reference.checkpoint": str(micro / "reference_hf"),
+        "model.cache_dir": str(root / "converted"),
+        "data.cache_dir": str(root / "data"),
+    }
+    c.reference.checkpoint = shared["reference.checkpoint"]
+    c.model.checkpoint = shared["reference.checkpoint" if experiment == "ref_tuning" else "model.checkpoint"]
+    c.model.cache_dir, c.data.cache_dir = shared["model.cache_dir"], shared["data.cache_dir"]
     c.workdir = str(root / experiment)
     c.train.num_steps = STEPS
     c.checkpoint.every_steps = STEPS
@@ -47,22 +53,22 @@ def losses(workdir: Path) -> list[float]:
     return [r["loss"] for r in sorted(rows, key=lambda r: r["step"])]
 
 
-def trace(experiment: str, root: Path) -> list[float]:
+def trace(experiment: str, root: Path, shared: dict | None = None) -> list[float]:
     import jax
 
     from wmtp_jax.train import loop
 
-    c = micro_job(experiment, root)
+    c = micro_job(experiment, root, shared)
     with jax.default_matmul_precision("highest"):
         loop.train(c)
     return losses(Path(c.workdir))
 
 
-def test_loss_traces_match_the_recording(tmp_path_factory):
+def test_loss_traces_match_the_recording(tmp_path_factory, shared):
     want = json.loads(TRACES.read_text())
     root = tmp_path_factory.mktemp("traces")
     for experiment in EXPERIMENTS:
-        got = trace(experiment, root)
+        got = trace(experiment, root, shared)
         assert len(got) == STEPS == len(want[experiment])
         for step, (a, b) in enumerate(zip(got, want[experiment]), start=1):
             assert abs(a - b) <= RTOL * abs(b), (experiment, step, a, b)

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from test_train import read_metrics, run, shared  # noqa: F401 - shared is a session fixture
+from test_train import read_metrics, run
 
 
 def _free_port() -> int:
@@ -59,7 +59,7 @@ def server(tmp_path_factory, s3):
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away(server, s3, shared, tmp_path):  # noqa: F811
+def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away(server, s3, shared, tmp_path):
     from mlflow import MlflowClient
 
     uri, proc = server

@@ -5,7 +5,7 @@ resumes from the newest complete remote checkpoint (a partial one skipped) with 
 import json
 
 import pytest
-from test_train import read_metrics, run, shared  # noqa: F401 - shared is a session fixture
+from test_train import read_metrics, run
 
 from wmtp_jax import storage
 
@@ -44,7 +44,7 @@ def test_bad_remote_paths_name_the_url(s3, tmp_path, monkeypatch):
         storage.local_path(f"s3://{bucket}/x", tmp_path)
 
 
-def test_checkpoints_outlive_the_node(s3, shared, tmp_path):  # noqa: F811
+def test_checkpoints_outlive_the_node(s3, shared, tmp_path):
     """Run A uploads every committed checkpoint; its step-4 upload is then made partial. Run B starts on an empty
     workdir, resumes from remote step 2 (the newest complete one) and reproduces A's losses bit for bit."""
     client, bucket = s3

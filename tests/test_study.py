@@ -16,7 +16,7 @@ from wmtp_jax.study import runner
 REPO = Path(__file__).resolve().parent.parent
 
 
-def study_config(root: Path):
+def study_config(root: Path, shared: dict):
     sys.path.insert(0, str(REPO))
     c = importlib.import_module("configs.study").get_config("micro")
     c.workdir = str(root / "study")
@@ -26,19 +26,16 @@ def study_config(root: Path):
         "train.num_steps=2",
         "checkpoint.every_steps=2",
         "checkpoint.async_save=False",
-        f"model.checkpoint={root}/micro/mtp_meta",
-        f"reference.checkpoint={root}/micro/reference_hf",
-        f"model.cache_dir={root}/converted",
-        f"data.cache_dir={root}/data",
+        *(f"{key}={value}" for key, value in shared.items()),  # the session's micro models and data
     )
     c.eval.limit, c.eval.max_new_tokens, c.eval.batch_size = 3, 8, 4
     return c
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, shared):
     root = tmp_path_factory.mktemp("study")
-    c = study_config(root)
+    c = study_config(root, shared)
     with jax.default_matmul_precision("highest"):
         summary = runner.run(c)
     return c, summary

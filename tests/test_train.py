@@ -29,18 +29,6 @@ from wmtp_jax.train.trainer import Trainer
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def shared(tmp_path_factory):
-    """Micro checkpoints, conversions and prepared data shared by every training test."""
-    root = tmp_path_factory.mktemp("train_shared")
-    return {
-        "model.checkpoint": str(root / "micro" / "mtp_meta"),
-        "reference.checkpoint": str(root / "micro" / "reference_hf"),
-        "model.cache_dir": str(root / "converted"),
-        "data.cache_dir": str(root / "data"),
-    }
-
-
 def micro_config(experiment, shared, workdir, **overrides):
     sys.path.insert(0, str(REPO))
     c = importlib.import_module(f"configs.{experiment}").get_config("micro")
@@ -167,7 +155,7 @@ def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
             "verifiable",
             shared,
             tmp_path / "nan",
-            **{"weighting.value_coef": float("nan"), "train.max_nonfinite_steps": 2},
+            **{"weighting.value_coef": float("nan"), "train.max_nonfinite_steps": 2, "critic.allow_untrained": True},
         )
     m = read_metrics(tmp_path / "nan")
     assert m[1]["nonfinite_updates"] == 1 and m[2]["nonfinite_updates"] == 2
