@@ -126,19 +126,27 @@ def local_path(
     result = root / Path(key).name if single else root
     if root.is_dir():
         return result
-    tmp = root.with_name(f".{digest}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _download(s3, bucket, _relative(objects, key, single), tmp, uri, progress)
-        tmp.rename(root)
-    except OSError:
-        if not root.is_dir():  # another process finished the same mirror first: theirs is as good
-            raise
+        _place(s3, bucket, _relative(objects, key, single), root, uri, progress)
     except Exception as e:
         raise _explain(uri, e) from None
+    return result
+
+
+def _place(s3, bucket: str, items: list[tuple[str, str, int]], dst: Path, uri: str, progress: bool) -> None:
+    """Downloads ``items`` into a temporary sibling of ``dst`` and renames it to ``dst``, so an interrupted download
+    leaves nothing that looks complete. If another process placed ``dst`` first, theirs is kept."""
+    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _download(s3, bucket, items, tmp, uri, progress)
+        try:
+            tmp.rename(dst)
+        except OSError:
+            if not dst.is_dir():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return result
 
 
 def _relative(objects, key: str, single: bool) -> list[tuple[str, str, int]]:
@@ -152,18 +160,13 @@ def download_dir(uri: str, dst: str | os.PathLike, endpoint_url: str = "", progr
     renamed when complete). Raises StorageError naming the URL."""
     dst = Path(dst)
     bucket, key = split_uri(uri.rstrip("/"))
-    tmp = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         s3 = _client(endpoint_url)
-        _download(s3, bucket, _relative(_objects(s3, f"{SCHEME}{bucket}/{key}"), key, False), tmp, uri, progress)
-        tmp.rename(dst)
+        _place(s3, bucket, _relative(_objects(s3, f"{SCHEME}{bucket}/{key}"), key, False), dst, uri, progress)
     except StorageError:
         raise
     except Exception as e:
         raise _explain(uri, e) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
