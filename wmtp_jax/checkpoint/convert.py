@@ -353,9 +353,9 @@ def ensure_orbax(checkpoint, cache_dir, **convert_kwargs) -> Path:
         return checkpoint
     if not checkpoint.is_dir():
         raise CheckpointError(f"{checkpoint}: checkpoint directory not found")
-    options = {k: convert_kwargs.get(k) for k in ("vocab_size", "dtype")}
+    options = {k: v for k in ("vocab_size", "dtype") if (v := convert_kwargs.get(k)) is not None}
     fingerprint = source_fingerprint(checkpoint, **options)
-    identity = json.dumps({"path": str(checkpoint.resolve()), **fingerprint, "files": None}, sort_keys=True)
+    identity = json.dumps({"path": str(checkpoint.resolve()), **options}, sort_keys=True)
     dst = Path(cache_dir) / f"{checkpoint.name}-{hashlib.sha256(identity.encode()).hexdigest()[:8]}"
     if is_orbax_model_dir(dst):
         written = json.loads((dst / CONFIG_FILE).read_text())

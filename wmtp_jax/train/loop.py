@@ -209,8 +209,7 @@ def train(c) -> dict:
         checkpoint_config = dataclasses.replace(
             checkpoint_config, best_metric=early.metric, best_mode=early.mode, final="best"
         )
-    remote = c.get("storage", {}).get("remote_workdir", "")
-    endpoint = c.get("storage", {}).get("endpoint_url", "")
+    remote, endpoint = c.storage.remote_workdir, c.storage.endpoint_url
     if remote:  # a fresh node: the newest complete remote checkpoint (and the metrics so far) come down first
         resumed = hooks.resume_from_remote(workdir, remote, endpoint)
         if resumed is not None:
