@@ -72,7 +72,9 @@ def eval_section(preset: str = "") -> ml_collections.ConfigDict:
     e = ml_collections.ConfigDict()
     e.benchmarks = ("mbpp", "humaneval", "codecontests")  # and "synthetic" (wmtp_jax/data/synthetic.py)
     e.mbpp_format = "3shot"  # 3shot (lm-evaluation-harness) | zeroshot (bigcode docstring)
-    e.codecontests = ()  # JSONL / parquet-converted JSONL files; () = the shipped sample
+    # the published parquet shards of the test split (private and generated tests; globs allowed); ":micro" uses the
+    # shipped 30-problem sample of the train split, and its results say "train-split smoke set"
+    e.codecontests = ("data/code_contests/test-*.parquet",)
     e.limit = 0  # > 0: only the first N problems of each benchmark (recorded)
     e.n_samples = 1  # completions per problem
     e.k = (1,)  # pass@k for each k <= n_samples
@@ -86,6 +88,9 @@ def eval_section(preset: str = "") -> ml_collections.ConfigDict:
     e.memory_mb = 1024  # per program (address space)
     e.bootstrap = 1000  # resamples for the pass@k 95% interval
     if preset == "micro":
+        from wmtp_jax.data import assets
+
+        e.codecontests = (str(assets.CODECONTESTS_SAMPLE),)
         e.limit = 3
         e.n_samples = 2
         e.k = (1, 2)
@@ -104,6 +109,7 @@ def section(schema) -> ml_collections.ConfigDict:
 def get_config(preset: str = "") -> ml_collections.ConfigDict:
     """The training defaults; each experiment file sets ``objective`` (baseline | critic | verifiable | rho1 |
     ref_tuning, see ``wmtp_jax.train.objectives``) and edits the rest."""
+    from wmtp_jax.data.sampling import SamplingConfig
     from wmtp_jax.model.lora import LoraConfig
     from wmtp_jax.train.hooks import CheckpointConfig, EarlyStoppingConfig
     from wmtp_jax.train.objectives import WeightingConfig
@@ -125,13 +131,20 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.data.correct_ratio = 0.5  # balanced
     c.data.repeat = False  # balanced: allow repeats within an epoch
     c.data.curriculum_correct_only = False
+    # curriculum: inclusive difficulty bins (lo, hi) and (start fraction of training, proportion per bin); defaults
+    # from the data design (low 1-3, medium 4-7, high 8-11; 70/30/0, then 30/60/10 from 30%, 10/50/40 from 70%)
+    c.data.bins = SamplingConfig.bins
+    c.data.schedule = SamplingConfig.schedule
+    c.data.difficulty_range = ()  # (lo, hi): only problems of these difficulties, any strategy; () = all
     c.data.buckets = (512, 1024, 2048)  # padded lengths; a batch uses the smallest that fits
-    c.data.pack = False  # first-fit packing into rows of max(buckets) tokens
+    c.data.pack = False  # first-fit packing into rows of max(buckets) tokens (train.batch_tokens needs it)
     c.data.num_workers = 0  # Grain worker processes
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 1000
+    c.train.num_epochs = 0.0  # > 0: train this many epochs of the sampling strategy instead (sets num_steps)
     c.train.batch_size = 8  # global, in sequences
+    c.train.batch_tokens = 0  # > 0: global token budget per step: data.pack rows of max(data.buckets) (sets batch_size)
     c.train.grad_accum_steps = 1
     c.train.learning_rate = 1e-5
     c.train.warmup_steps = 50

@@ -1,17 +1,25 @@
-"""Benchmark: record-index size / memory / load+sample time at CodeContests scale, and loader throughput.
+"""Benchmark: record-index size / memory / load+sample time at CodeContests scale, loader throughput, and the
+cost of decontamination in data preparation.
 
-    uv run python scripts/bench_data.py [--records 3691981] [--workers 0 2]
+    uv run python scripts/bench_data.py [--records 3691981] [--workers 0 2] [--decontam-records 3691981]
 
 1. Writes a synthetic index with 3,691,981 records in 13,328 problems (the CodeContests train split), then,
    in a fresh subprocess that has imported numpy and wmtp_jax.data only, loads it and builds a balanced
    and a curriculum plan of 1M draws: prints the file size, the RSS added, and the time.
 2. Streams the shipped MBPP train split through the Grain pipeline packed into 2048-token rows (batch 8)
    and prints tokens/s (non-padding tokens) for each worker count.
+3. Writes a synthetic CodeContests train JSONL of ``--decontam-records`` Python solutions (default: the train
+   split's 3,691,981, in 13,328 problems; statements ~300 words, solutions ~100 code tokens, as in the real split)
+   plus a 165-problem "test" file, 0.1% of the train solutions copied from it; then times ``prepare`` of the train
+   split without and with decontamination against HumanEval, the MBPP test split and the test file. Prints both
+   times, the ratio (target <= 1.5x) and the dropped records (must equal the planted copies).
+   ``--decontam-records 0`` skips it (it needs ~2x the input size in free disk).
 """
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,15 +120,108 @@ def bench_loader(workers: list[int], n_batches: int) -> None:
             )
 
 
+def _words(rng, vocab: list[str], mean: int) -> str:
+    n = max(5, int(rng.normal(mean, mean / 3)))
+    return " ".join(vocab[i] for i in rng.integers(0, len(vocab), n))
+
+
+def write_synthetic_codecontests(path: Path, n_records: int, n_problems: int, test: list[str], seed: int = 0) -> int:
+    """CodeContests-schema JSONL with ``n_records`` Python solutions; every 1000th is a copy of a ``test``
+    solution. Returns the number of planted copies."""
+    rng = np.random.default_rng(seed)
+    words = [f"w{i}" for i in range(5000)]
+    code = [f"v{i}" for i in range(1500)] + ["=", "+", "-", "*", "(", ")", "for", "in", "range(n):", "print(x)"] * 20
+    per_problem = np.diff(np.linspace(0, n_records, n_problems + 1).astype(int))
+    planted, written = 0, 0
+    with open(path, "w") as f:
+        for p, k in enumerate(per_problem):
+            solutions = []
+            for _ in range(k):
+                if written % 1000 == 999:
+                    solutions.append(test[written % len(test)])
+                    planted += 1
+                else:
+                    solutions.append(_words(rng, code, 100))
+                written += 1
+            n_good = int(k) // 2
+            row = {
+                "name": f"{p}_A. Problem {p}",
+                "description": _words(rng, words, 300),
+                "public_tests": {"input": ["1\n"], "output": ["2\n"]},
+                "difficulty": int(1 + p % 11),
+                "solutions": {"language": [3] * n_good, "solution": solutions[:n_good]},
+                "incorrect_solutions": {"language": [3] * (k - n_good), "solution": solutions[n_good:]},
+            }
+            f.write(json.dumps(row) + "\n")
+    return planted
+
+
+def bench_decontamination(n_records: int, n_problems: int) -> None:
+    from wmtp_jax.data.prepare import prepare
+
+    rng = np.random.default_rng(1)
+    code = [f"t{i}" for i in range(1500)]
+    test = [_words(rng, code, 100) for _ in range(165 * 20)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        test_rows = [
+            {
+                "name": f"test {i}",
+                "description": _words(rng, code, 300),
+                "solutions": {"language": [3] * 20, "solution": test[20 * i : 20 * i + 20]},
+            }
+            for i in range(165)
+        ]
+        (tmp / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+        t = time.perf_counter()
+        planted = write_synthetic_codecontests(tmp / "train.jsonl", n_records, n_problems, test)
+        size = (tmp / "train.jsonl").stat().st_size
+        print(
+            f"decontamination: {n_records:,} synthetic train solutions of {n_problems:,} problems "
+            f"({size / 2**30:.2f} GiB JSONL, written in {time.perf_counter() - t:.0f} s), {planted:,} copied from "
+            "the 165-problem test file"
+        )
+        seconds, dropped = {}, {}
+        for on in (False, True):
+            t = time.perf_counter()
+            (r,) = prepare(
+                "codecontests",
+                tmp / ("on" if on else "off"),
+                [str(tmp / "train.jsonl")],
+                split="train",
+                max_length=4096,
+                decontaminate=on,
+                decontaminate_against=[tmp / "test.jsonl"],
+            )
+            seconds[on] = time.perf_counter() - t
+            dropped[on] = (r.stats["decontamination"] or {}).get("dropped", 0)
+            print(
+                f"  prepare, decontamination {'on ' if on else 'off'}: {seconds[on]:.1f} s "
+                f"({n_records / seconds[on]:,.0f} records/s), {r.n_records:,} records kept, {dropped[on]:,} dropped"
+            )
+            shutil.rmtree(tmp / ("on" if on else "off"))
+        print(
+            f"  slowdown: {seconds[True] / seconds[False]:.2f}x (target <= 1.5x); dropped == planted: "
+            f"{dropped[True] == planted}"
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=3_691_981)
     parser.add_argument("--problems", type=int, default=13_328)
     parser.add_argument("--workers", type=int, nargs="*", default=[0, 2])
     parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--decontam-records", type=int, default=3_691_981, help="0 = skip")
+    parser.add_argument("--skip-index", action="store_true", help="only the loader and decontamination parts")
     args = parser.parse_args()
-    bench_index(args.records, args.problems)
-    bench_loader(args.workers, args.batches)
+    if not args.skip_index:
+        bench_index(args.records, args.problems)
+        bench_loader(args.workers, args.batches)
+    if args.decontam_records:
+        # problems scale with the records, so that a smaller run keeps the real ~277 solutions per statement
+        problems = max(1, round(args.problems * args.decontam_records / 3_691_981))
+        bench_decontamination(args.decontam_records, problems)
     return 0
 
 

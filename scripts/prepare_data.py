@@ -8,7 +8,9 @@
 MBPP and HumanEval default to the copies shipped in wmtp_jax/assets. Training splits (train, validation) are
 decontaminated against HumanEval and the MBPP test split (13-grams of whitespace tokens; see
 wmtp_jax/data/decontaminate.py): overlapping records are dropped, counted and listed with the evaluation problem
-they overlap. Exits 1 only when nothing usable remains.
+they overlap; CodeContests valid / test shards given as --input also guard the train split. A CodeContests record's
+input carries up to two public tests as worked examples (--codecontests-examples). Exits 1 only when nothing usable
+remains.
 """
 
 import argparse
@@ -38,6 +40,12 @@ def main(argv=None) -> int:
         help="more evaluation files (e.g. CodeContests test/valid parquet) besides HumanEval and the MBPP test split",
     )
     parser.add_argument("--ngram", type=int, default=13, help="n-gram length for decontamination (whitespace tokens)")
+    parser.add_argument(
+        "--codecontests-examples",
+        type=int,
+        default=2,
+        help="public tests shown as worked examples in a CodeContests record's input (0 = none)",
+    )
     args = parser.parse_args(argv)
     try:
         results = prepare(
@@ -51,6 +59,7 @@ def main(argv=None) -> int:
             decontaminate=not args.no_decontaminate,
             decontaminate_against=args.decontaminate_against,
             ngram=args.ngram,
+            codecontests_examples=args.codecontests_examples,
         )
     except NothingUsable as e:
         print(f"error: {e}", file=sys.stderr)

@@ -77,3 +77,43 @@ def test_loaders_and_prompt_formats(tmp_path):
     with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: field 'name'"):
         B.load_codecontests([bad])
     assert assets.HUMANEVAL.exists()
+
+
+def test_codecontests_eval_reads_parquet_shards_with_private_and_generated_tests(tmp_path):
+    """The published layout (parquet, nested test structs) by glob; every public, private and generated test is
+    run; the results label says which split, and the shipped sample is the "train-split smoke set"."""
+    import types
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def row(name, public, private, generated):
+        def tests(pairs):
+            return {"input": [i for i, _ in pairs], "output": [o for _, o in pairs]}
+
+        return {
+            "name": name,
+            "description": f"Print twice the number. ({name})",
+            "public_tests": tests(public),
+            "private_tests": tests(private),
+            "generated_tests": tests(generated),
+            "difficulty": 7,
+        }
+
+    rows = [
+        row("a", [("1\n", "2\n"), ("2\n", "4\n"), ("3\n", "6\n")], [("5\n", "10\n")], [("7\n", "14\n")]),
+        row("b", [], [], []),  # no test at all: not an evaluation problem
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "test-00000-of-00001.parquet")
+    e = types.SimpleNamespace(codecontests=(str(tmp_path / "test-*.parquet"),))
+    (problem,) = B.load_codecontests(e.codecontests)
+    assert len(problem.stdio) == 5 and problem.stdio[3] == ("5\n", "10\n")
+    assert problem.input.count("Example") == 2  # the Alpaca form shows two public tests, like training data
+    assert B.dataset_label("codecontests", e) == "CodeContests test split"
+    assert B.dataset_label("codecontests", types.SimpleNamespace(codecontests=())) == (
+        "CodeContests train-split smoke set"
+    )
+    outcomes = B.check([(problem, "print(int(input()) * 2)"), (problem, "print(4)")], timeout_s=5)
+    assert [o.status for o in outcomes] == ["passed", "failed"]
+    with pytest.raises(B.BenchmarkError, match=r"missing/test-\*\.parquet matches no file; download"):
+        B.load_codecontests([str(tmp_path / "missing" / "test-*.parquet")])

@@ -76,6 +76,38 @@ def test_codecontests_parquet_layout(tmp_path):
     assert {k: r.n_records for k, r in results.items()} == {"train": 9, "valid": 6}
 
 
+def test_codecontests_input_shows_two_public_tests_and_valid_shards_guard_train(tmp_path):
+    """The record's input carries the first two public tests as worked examples (the data design); a train problem
+    whose statement appears in a valid shard given alongside is dropped from train (decontamination)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    leaked = "Given a list of integers print the largest sum of any contiguous subarray of it modulo one million"
+    train = standard_problems()[:3]
+    train[0]["public_tests"] = {"input": ["1\n", "2\n", "3\n"], "output": ["2\n", "4\n", "6\n"]}
+    train[2]["description"] = leaked + " (train copy)"
+    valid = [problem("valid one", 3, [(PY3, GOOD)], [(PY3, BAD)], description=leaked)]
+    pq.write_table(pa.Table.from_pylist(train), tmp_path / "train-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(valid), tmp_path / "valid-00000-of-00001.parquet")
+    results = {
+        r.split: r
+        for r in prepare("codecontests", tmp_path / "out", [str(p) for p in sorted(tmp_path.glob("*.parquet"))])
+    }
+    assert results["train"].n_records == 6 and results["valid"].n_records == 2  # train[2]'s 3 records dropped
+    assert results["train"].stats["decontamination"]["dropped"] == 3
+    first = json.loads(open(tmp_path / "out" / "train.jsonl").readline())
+    assert first["input"] == "Example 1\nInput:\n1\nOutput:\n2\n\nExample 2\nInput:\n2\nOutput:\n4"
+    assert format_prompt(first["instruction"], first["input"]).count("Example") == 2
+    (none,) = prepare(
+        "codecontests",
+        tmp_path / "none",
+        [str(tmp_path / "train-00000-of-00001.parquet")],
+        codecontests_examples=0,
+        decontaminate=False,
+    )
+    assert json.loads(open(tmp_path / "none" / "train.jsonl").readline())["input"] == ""
+
+
 def test_every_bad_input_reason_is_counted_and_listed(tmp_path):
     rows = [problem("ok", 2, [(PY3, GOOD)], [(PY3, BAD)])]
     no_desc = problem("no_desc", 2, [(PY3, GOOD)], [])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from wmtp_jax.data.records import IndexBuilder
-from wmtp_jax.data.sampling import SamplingConfig, SamplingError, build_plan, shard_plan
+from wmtp_jax.data.sampling import SamplingConfig, SamplingError, build_plan, epoch_size, pairs_epoch, shard_plan
 
 
 def synthetic_index(n_problems=300, per_problem=10, correct_frac=0.3, seed=0):
@@ -113,3 +113,29 @@ def test_invalid_sampling_config():
         build_plan(INDEX, SamplingConfig("balanced", correct_ratio=1.5), 10, seed=0)
     with pytest.raises(SamplingError, match="strategy='best'"):
         build_plan(INDEX, SamplingConfig("best"), 10, seed=0)
+
+
+def test_difficulty_range_restricts_every_strategy_and_epoch_sizes_count_draws():
+    """``difficulty_range`` (e.g. the critic's stage-1 range) keeps every strategy inside it; ``epoch_size`` is the
+    number of draws after which a strategy starts repeating."""
+    easy = SamplingConfig("correct", difficulty_range=(1, 3))
+    in_range = (INDEX.difficulty() >= 1) & (INDEX.difficulty() <= 3)
+    for strategy in ("correct", "all", "balanced", "curriculum", "pairs"):
+        cfg = SamplingConfig(strategy, difficulty_range=(1, 3), schedule=((0.0, (1.0, 0.0, 0.0)),))
+        plan = build_plan(INDEX, cfg, 600, seed=0)
+        assert set(np.unique(INDEX.difficulty(plan))) <= {1, 2, 3}, strategy
+    n_correct = int((INDEX.is_correct & in_range).sum())
+    assert epoch_size(INDEX, easy) == n_correct
+    plan = build_plan(INDEX, easy, n_correct, seed=0)
+    assert len(set(plan)) == n_correct  # one epoch: every eligible record exactly once
+    assert epoch_size(INDEX, SamplingConfig("all")) == len(INDEX)
+    n_c, n_i = int(INDEX.is_correct.sum()), int((~INDEX.is_correct).sum())
+    assert epoch_size(INDEX, SamplingConfig("balanced", correct_ratio=0.5)) == 2 * min(n_c, n_i)
+    both = sum(0 < INDEX.is_correct[a:b].sum() < b - a for a, b in zip(INDEX.problem_start, INDEX.problem_start[1:]))
+    assert epoch_size(INDEX, SamplingConfig("pairs")) == 2 * both == len(pairs_epoch(INDEX, seed=0, epoch=0))
+    bins = SamplingConfig("curriculum", bins=((1, 2), (5, 5)), schedule=((0.0, (0.5, 0.5)),))
+    assert epoch_size(INDEX, bins) == int(np.isin(INDEX.difficulty(), (1, 2, 5)).sum())
+    with pytest.raises(SamplingError, match=r"difficulty_range=\(5, 1\)"):
+        build_plan(INDEX, SamplingConfig("all", difficulty_range=(5, 1)), 10, seed=0)
+    with pytest.raises(SamplingError, match="no eligible record"):
+        build_plan(INDEX, SamplingConfig("all", difficulty_range=(20, 30)), 10, seed=0)

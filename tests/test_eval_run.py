@@ -25,6 +25,9 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["sandbox_isolation"] in ("bwrap", "unshare", "rlimits") and results["mesh"]["fsdp"] == 4
     assert set(results["benchmarks"]) == {"mbpp", "humaneval", "codecontests"}
+    # the shipped CodeContests sample is train-split data: its results must say so
+    assert results["benchmarks"]["codecontests"]["dataset"] == "CodeContests train-split smoke set"
+    assert results["benchmarks"]["mbpp"]["dataset"] == "MBPP test split"
     for name, r in results["benchmarks"].items():
         assert r["problems"] == 2 and r["limit"] == 2 and r["n_samples"] == 2 and r["temperature"] == 0.8
         assert set(r) >= {"pass@1", "pass@2", "outcomes", "generation", "sandbox_isolation"}
@@ -55,6 +58,11 @@ def test_eval_config_problems_are_reported_together():
         "--config.eval.mbpp_format=2shot",
     )
     assert out.returncode == 2
+    assert "eval.codecontests" not in out.stderr  # the default test-split files are missing, but not evaluated
+    out2 = run_main("--config=configs/eval.py", "--config.eval.codecontests=('nowhere/test-*.parquet',)")
+    assert "eval.codecontests=('nowhere/test-*.parquet',): CodeContests: nowhere/test-*.parquet matches no file" in (
+        out2.stderr
+    )
     for expected in (
         "checkpoint='': expected an existing Orbax model directory",
         "eval.benchmarks=('mbpp', 'apps')",

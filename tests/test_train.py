@@ -377,3 +377,26 @@ def test_training_on_the_synthetic_task_raises_held_out_pass_at_1(shared, tmp_pa
     assert results["benchmarks"]["synthetic"]["problems"] == 30 and results["mesh"]["fsdp"] == 1
     # 0 / 30 before; 0.67 to 1.0 after on this machine (when the copying of the digit sets in varies a little)
     assert pass_before <= 0.1 and pass_after >= pass_before + 0.3, (pass_before, pass_after)
+
+
+def test_token_budget_batches_and_epochs_set_the_schedule(shared, tmp_path):
+    """``train.batch_tokens`` fills packed rows of max(data.buckets) up to the global budget; ``train.num_epochs``
+    replaces num_steps (epochs of the strategy's draws, counted in tokens when packing); config.json records both."""
+    from wmtp_jax.data.records import RecordIndex, index_path
+
+    overrides = {"data.pack": True, "data.buckets": (512,), "train.batch_tokens": 2048, "train.num_epochs": 0.05}
+    run("baseline", shared, tmp_path, **overrides, **{"checkpoint.every_steps": 100})
+    saved = json.loads((tmp_path / "config.json").read_text())["train"]
+    index = RecordIndex.load(index_path(Path(shared["data.cache_dir"]) / "mbpp" / "train.jsonl"))
+    records_per_row = 512 / np.minimum(index.length, 512).mean()
+    expected = math.ceil(0.05 * index.is_correct.sum() / (4 * records_per_row))
+    assert saved["batch_size"] == 4 and saved["num_steps"] == expected > 1
+    rows = read_metrics(tmp_path)
+    assert sorted(rows) == list(range(1, expected + 1))
+    assert all(1024 < rows[s]["tokens"] <= 2048 for s in rows)  # packed rows, within the budget
+
+    c = micro_config("baseline", shared, tmp_path / "bad")
+    c.train.batch_tokens = 1000
+    text = "\n".join(config_lib.problems(c, n_devices=4))
+    assert "data.pack=False: expected True when train.batch_tokens > 0" in text
+    assert "train.batch_tokens=1000: expected a multiple of the packed row length max(data.buckets)=512" in text

@@ -183,7 +183,14 @@ def _generation_problems(c, k: _Checks, data, fsdp, group: str | None = None) ->
         k.one_of("rollout.mbpp_split", tuple(MBPP_SPLITS))
         k.positive("rollout.max_length")
         paths = "rollout.codecontests"
-    k.check(paths, lambda v: all(os.path.isfile(p) for p in v), "a tuple of existing JSONL files")
+    uses_codecontests = "codecontests" in (c.eval.benchmarks if group == "eval" else (c.rollout.source,))
+    if uses_codecontests:
+        from wmtp_jax.eval.benchmarks import BenchmarkError, codecontests_files
+
+        try:
+            codecontests_files(c[group].codecontests)
+        except BenchmarkError as e:
+            k.found.append(f"{paths}={tuple(c[group].codecontests)!r}: {e}")
     for key in ("n_samples", "max_new_tokens", "batch_size", "memory_mb"):
         k.positive(f"{group}.{key}")
     k.positive(f"{group}.timeout_s", integer=False)
@@ -288,16 +295,31 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
             lambda v: bool(v) and os.path.isdir(v),
             "the Rho-1 reference checkpoint directory (torch or Orbax)",
         )
-    b, accum = c.train.batch_size, c.train.grad_accum_steps
+    if c.train.get("batch_tokens"):
+        row = max(c.data.buckets) if len(c.data.buckets) else 0
+        k.check("data.pack", bool, "True when train.batch_tokens > 0 (the budget is filled with packed rows)")
+        k.check(
+            "train.batch_tokens",
+            lambda v: row > 0 and v % row == 0,
+            f"a multiple of the packed row length max(data.buckets)={row}",
+        )
+    from wmtp_jax.train.loop import batch_rows
+
+    b, accum = batch_rows(c), c.train.grad_accum_steps
+    name = (
+        f"train.batch_tokens={c.train.batch_tokens} ({b} rows)"
+        if c.train.get("batch_tokens")
+        else f"train.batch_size={b}"
+    )
     if data is not None and isinstance(b, int) and isinstance(accum, int) and accum > 0:
         shards = data * fsdp
         if b % accum or (b // accum) % shards:
             k.found.append(
-                f"train.batch_size={b}: must split into train.grad_accum_steps={accum} micro-batches "
+                f"{name}: must split into train.grad_accum_steps={accum} micro-batches "
                 f"that each divide over the {shards} data-parallel devices (mesh data x fsdp)"
             )
         if b % n_processes:
-            k.found.append(f"train.batch_size={b}: must be divisible by the {n_processes} processes")
+            k.found.append(f"{name}: must be divisible by the {n_processes} processes")
 
 
 def layout_options(c: ml_collections.ConfigDict) -> dict:

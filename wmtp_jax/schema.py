@@ -57,18 +57,23 @@ class Checker:
         self.check(key, lambda v: lo <= v <= hi, f"a number in [{lo}, {hi}]")
 
 
+def _frozen(value):
+    """Lists (at any depth, e.g. curriculum bins) as tuples."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 class Section:
     """Mixin for frozen dataclasses that mirror one config section (field names are the section's keys)."""
 
     @classmethod
     def from_config(cls, section, **overrides):
         """The dataclass from the keys of ``section`` (a ConfigDict or mapping) that name its fields; lists
-        become tuples so the result stays hashable (it is part of jit cache keys)."""
+        (at any depth) become tuples so the result stays hashable (it is part of jit cache keys)."""
         values = {}
         for field in dataclasses.fields(cls):
             if field.name in section:
                 value = section[field.name]
-                values[field.name] = tuple(value) if isinstance(value, list) else value
+                values[field.name] = _frozen(value)
         return cls(**{**values, **overrides})
 
     def checker(self, prefix: str) -> Checker:

@@ -32,7 +32,7 @@ import numpy as np
 
 from wmtp_jax.data import assets
 from wmtp_jax.data.decontaminate import DEFAULT_N, Decontaminator, evaluation_problems
-from wmtp_jax.data.records import AlpacaRecord, IndexBuilder, format_prompt
+from wmtp_jax.data.records import CODECONTESTS_EXAMPLES, AlpacaRecord, IndexBuilder, codecontests_input, format_prompt
 from wmtp_jax.data.tokenizer import Tokenizer
 from wmtp_jax.files import atomic_write_text
 
@@ -126,8 +126,9 @@ def _clean_code(code: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- sources
-def codecontests_problem(location: str, obj: dict) -> Problem:
-    """One CodeContests problem -> records for its Python solutions (correct and incorrect)."""
+def codecontests_problem(location: str, obj: dict, examples: int = CODECONTESTS_EXAMPLES) -> Problem:
+    """One CodeContests problem -> records for its Python solutions (correct and incorrect); the records' input
+    holds up to ``examples`` public tests (``records.codecontests_input``)."""
     p = Problem(location)
     name = _field(obj, "name", str, p)
     description = _field(obj, "description", str, p)
@@ -141,6 +142,7 @@ def codecontests_problem(location: str, obj: dict) -> Problem:
         isinstance(obj.get(k), dict) and obj[k].get("input")
         for k in ("public_tests", "private_tests", "generated_tests")
     )
+    examples_text = codecontests_input(obj.get("public_tests"), examples)
     for key, group in groups.items():
         languages, solutions = group.get("language"), group.get("solution")
         if not isinstance(languages, list) or not isinstance(solutions, list) or len(languages) != len(solutions):
@@ -160,7 +162,7 @@ def codecontests_problem(location: str, obj: dict) -> Problem:
                 p.records.append(
                     AlpacaRecord(
                         instruction=description,
-                        input="",
+                        input=examples_text,
                         output=_clean_code(code),
                         task_id=name,
                         is_correct=key == "solutions",
@@ -176,10 +178,10 @@ def codecontests_problem(location: str, obj: dict) -> Problem:
     return p
 
 
-def codecontests_problems(paths: Iterable[Path]) -> Iterator[Problem]:
+def codecontests_problems(paths: Iterable[Path], examples: int = CODECONTESTS_EXAMPLES) -> Iterator[Problem]:
     for path in paths:
         for loc, obj, reason in read_rows(Path(path)):
-            yield Problem(loc, skipped=[(loc, reason)]) if obj is None else codecontests_problem(loc, obj)
+            yield Problem(loc, skipped=[(loc, reason)]) if obj is None else codecontests_problem(loc, obj, examples)
 
 
 def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
@@ -365,8 +367,9 @@ def write_split(
                 skipped += problem.skipped
                 filtered += problem.filtered
                 prompt_cache: dict[tuple[str, str], list[int]] = {}
-                for rec in problem.records:
-                    if decontaminator is not None and (hit := decontaminator.overlap(rec.instruction, rec.output)):
+                hits = decontaminator.check(problem.records) if decontaminator is not None else None
+                for j, rec in enumerate(problem.records):
+                    if hits is not None and (hit := hits[j]):
                         filtered[hit.reason] += 1
                         where = {"location": problem.location, "task_id": rec.task_id, "field": hit.field}
                         contaminated.append({**where, "overlaps": f"{hit.benchmark}/{hit.task_id}"})
@@ -452,15 +455,19 @@ def prepare(
     decontaminate: bool = True,
     decontaminate_against: Iterable[str | Path] = (),
     ngram: int = DEFAULT_N,
+    codecontests_examples: int = CODECONTESTS_EXAMPLES,
 ) -> list[SplitResult]:
     """Prepares every split of ``source``; raises NothingUsable when no split kept a record.
 
     ``decontaminate`` (default on): the training splits (``TRAINING_SPLITS``: CodeContests train, MBPP train and
-    validation, Alpaca) drop records sharing an ``ngram``-gram with HumanEval, the MBPP test split or
-    ``decontaminate_against`` files (``wmtp_jax.data.decontaminate``). Evaluation splits are never filtered."""
+    validation, Alpaca) drop records sharing an ``ngram``-gram with HumanEval, the MBPP test split,
+    ``decontaminate_against`` files and, for CodeContests, the valid / test shards among ``inputs``
+    (``wmtp_jax.data.decontaminate``). Evaluation splits are never filtered. ``codecontests_examples``: public tests
+    shown in a CodeContests record's input (``records.codecontests_input``; 0 = none)."""
     tokenizer = tokenizer or Tokenizer()
     results = []
     index: list[Decontaminator] = []
+    decontaminate_against = list(decontaminate_against)
 
     def write(problems, name, paths):
         guard = None
@@ -476,8 +483,11 @@ def prepare(
         by_split: dict[str, list[Path]] = collections.defaultdict(list)
         for p in map(Path, inputs):
             by_split[split or split_of(p)].append(p)
+        for name, paths in by_split.items():
+            if name not in TRAINING_SPLITS:  # the evaluation shards given guard the training split
+                decontaminate_against += [p for p in paths if p not in decontaminate_against]
         for name, paths in sorted(by_split.items()):
-            results.append(write(codecontests_problems(paths), name, paths))
+            results.append(write(codecontests_problems(paths, codecontests_examples), name, paths))
     elif source == "mbpp":
         path = Path(inputs[0]) if inputs else assets.MBPP
         for name in [split] if split else list(MBPP_SPLITS):

@@ -8,6 +8,10 @@ Strategies (``docs/formulas.md``, "Data"):
   "curriculum"  difficulty bins whose proportions follow a schedule over training progress (stage 2)
   "pairs"       one correct and one incorrect solution of the same problem, adjacent in the order
 
+``difficulty_range`` (inclusive ``(lo, hi)``; empty = every record) restricts every strategy to problems of that
+difficulty (e.g. the critic's stage-1 range). ``epoch_size`` says how many draws one epoch of a strategy is, so that
+``train.num_epochs`` can be turned into steps.
+
 A plan is a deterministic function of (index, config, seed): an int64 array of record rows for the whole
 run. ``shard_plan`` gives each process a disjoint part such that its local batches form the global batch.
 """
@@ -41,6 +45,7 @@ class SamplingConfig(Section):
         (0.7, (0.1, 0.5, 0.4)),
     )
     curriculum_correct_only: bool = False
+    difficulty_range: tuple[int, ...] = ()  # (lo, hi) inclusive; () = all difficulties
 
     def problems(self) -> list[str]:
         out = []
@@ -48,6 +53,14 @@ class SamplingConfig(Section):
             out.append(f"strategy={self.strategy!r}: expected one of {list(STRATEGIES)}")
         if not 0.0 < self.correct_ratio < 1.0:
             out.append(f"correct_ratio={self.correct_ratio}: expected a number in (0, 1)")
+        if self.difficulty_range and (
+            len(self.difficulty_range) != 2 or self.difficulty_range[0] > self.difficulty_range[1]
+        ):
+            out.append(f"difficulty_range={self.difficulty_range}: expected () or (lo, hi) with lo <= hi")
+        for b in self.bins:
+            if len(b) != 2 or b[0] > b[1]:
+                out.append(f"bins={self.bins}: each bin must be an inclusive (lo, hi) with lo <= hi")
+                break
         starts = [s for s, _ in self.schedule]
         if not starts or starts[0] != 0.0 or starts != sorted(starts):
             out.append(f"schedule starts {starts}: expected increasing fractions beginning at 0.0")
@@ -58,6 +71,15 @@ class SamplingConfig(Section):
                     "non-negative numbers summing to 1"
                 )
         return out
+
+
+def allowed(index: RecordIndex, cfg: SamplingConfig) -> np.ndarray:
+    """bool ``[N]``: records inside ``cfg.difficulty_range`` (all when it is empty)."""
+    if not cfg.difficulty_range:
+        return np.ones(len(index), bool)
+    lo, hi = cfg.difficulty_range
+    difficulty = index.difficulty()
+    return (difficulty >= lo) & (difficulty <= hi)
 
 
 def _permutation(rows: np.ndarray, seed: int, *stream: int) -> np.ndarray:
@@ -91,11 +113,22 @@ def _epochs(epoch_fn, num_samples: int) -> np.ndarray:
     return np.concatenate(chunks)[:num_samples]
 
 
+def _balanced_size(n_correct: int, n_incorrect: int, ratio: float) -> int:
+    return int(min(n_correct / ratio, n_incorrect / (1 - ratio)))
+
+
 def balanced_epoch(
-    index: RecordIndex, ratio: float, seed: int, epoch: int, repeat: bool, size: int | None = None
+    index: RecordIndex,
+    ratio: float,
+    seed: int,
+    epoch: int,
+    repeat: bool,
+    size: int | None = None,
+    mask: np.ndarray | None = None,
 ) -> np.ndarray:
-    correct = np.flatnonzero(index.is_correct)
-    incorrect = np.flatnonzero(~index.is_correct)
+    mask = np.ones(len(index), bool) if mask is None else mask
+    correct = np.flatnonzero(index.is_correct & mask)
+    incorrect = np.flatnonzero(~index.is_correct & mask)
     if not len(correct) or not len(incorrect):
         raise SamplingError(
             f"balanced sampling needs both classes; the index has {len(correct)} correct and "
@@ -103,7 +136,7 @@ def balanced_epoch(
         )
     rng = np.random.default_rng([seed, 1, epoch])
     if size is None:
-        size = int(min(len(correct) / ratio, len(incorrect) / (1 - ratio)))
+        size = _balanced_size(len(correct), len(incorrect), ratio)
     n_correct = int(round(size * ratio))
     n_incorrect = size - n_correct
     if not repeat and (n_correct > len(correct) or n_incorrect > len(incorrect)):
@@ -118,7 +151,7 @@ def balanced_epoch(
 
 def curriculum_plan(index: RecordIndex, cfg: SamplingConfig, num_samples: int, seed: int) -> np.ndarray:
     difficulty = index.difficulty()
-    eligible = index.is_correct if cfg.curriculum_correct_only else np.ones(len(index), bool)
+    eligible = allowed(index, cfg) & (index.is_correct if cfg.curriculum_correct_only else True)
     pools = [np.flatnonzero(eligible & (difficulty >= lo) & (difficulty <= hi)) for lo, hi in cfg.bins]
     cursors = [_EpochCursor(pool, seed, 10 + b) for b, pool in enumerate(pools)]
     starts = [int(round(s * num_samples)) for s, _ in cfg.schedule] + [num_samples]
@@ -139,15 +172,23 @@ def curriculum_plan(index: RecordIndex, cfg: SamplingConfig, num_samples: int, s
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
-def pairs_epoch(index: RecordIndex, seed: int, epoch: int) -> np.ndarray:
+def _pair_problems(index: RecordIndex, mask: np.ndarray) -> list[np.ndarray]:
+    """Allowed rows of each problem that has both a correct and an incorrect allowed record."""
+    out = []
+    for p in range(index.n_problems):
+        rows = np.arange(index.problem_start[p], index.problem_start[p + 1])
+        rows = rows[mask[rows]]
+        if index.is_correct[rows].any() and not index.is_correct[rows].all():
+            out.append(rows)
+    return out
+
+
+def pairs_epoch(index: RecordIndex, seed: int, epoch: int, mask: np.ndarray | None = None) -> np.ndarray:
     rng = np.random.default_rng([seed, 3, epoch])
     correct = index.is_correct
     pairs = []
-    for p in range(index.n_problems):
-        rows = np.arange(index.problem_start[p], index.problem_start[p + 1])
-        good, bad = rows[correct[rows]], rows[~correct[rows]]
-        if len(good) and len(bad):
-            pairs.append((rng.choice(good), rng.choice(bad)))
+    for rows in _pair_problems(index, np.ones(len(index), bool) if mask is None else mask):
+        pairs.append((rng.choice(rows[correct[rows]]), rng.choice(rows[~correct[rows]])))
     if not pairs:
         raise SamplingError(
             f"pair sampling needs problems with both correct and incorrect solutions; none of the "
@@ -167,19 +208,43 @@ def build_plan(index: RecordIndex, cfg: SamplingConfig, num_samples: int, seed: 
     problems = cfg.problems()
     if problems:
         raise SamplingError("invalid sampling config: " + "; ".join(problems))
+    mask = allowed(index, cfg)
     if cfg.strategy in ("correct", "all"):
-        rows = np.flatnonzero(index.is_correct) if cfg.strategy == "correct" else np.arange(len(index))
+        rows = np.flatnonzero(mask & index.is_correct if cfg.strategy == "correct" else mask)
         if not len(rows):
             raise SamplingError(
                 f"strategy {cfg.strategy!r}: the index has no eligible record "
-                f"({len(index)} records, {int(index.is_correct.sum())} correct)"
+                f"({len(index)} records, {int(index.is_correct.sum())} correct, {int(mask.sum())} in "
+                f"difficulty_range {cfg.difficulty_range or 'all'})"
             )
         return _epochs(lambda e: _permutation(rows, seed, 0, e), num_samples)
     if cfg.strategy == "balanced":
-        return _epochs(lambda e: balanced_epoch(index, cfg.correct_ratio, seed, e, cfg.repeat), num_samples)
+        return _epochs(lambda e: balanced_epoch(index, cfg.correct_ratio, seed, e, cfg.repeat, mask=mask), num_samples)
     if cfg.strategy == "pairs":
-        return _epochs(lambda e: pairs_epoch(index, seed, e), num_samples)
+        return _epochs(lambda e: pairs_epoch(index, seed, e, mask), num_samples)
     return curriculum_plan(index, cfg, num_samples, seed)
+
+
+def epoch_size(index: RecordIndex, cfg: SamplingConfig) -> int:
+    """Draws in one epoch of ``cfg.strategy``: the eligible records ("correct", "all", "curriculum": every record
+    of the bins), the largest balanced mix without repeats ("balanced"), two per problem with both classes
+    ("pairs"); all within ``difficulty_range``."""
+    mask = allowed(index, cfg)
+    if cfg.strategy == "correct":
+        return int((mask & index.is_correct).sum())
+    if cfg.strategy == "balanced":
+        return _balanced_size(
+            int((mask & index.is_correct).sum()), int((mask & ~index.is_correct).sum()), cfg.correct_ratio
+        )
+    if cfg.strategy == "pairs":
+        return 2 * len(_pair_problems(index, mask))
+    if cfg.strategy == "curriculum":
+        difficulty = index.difficulty()
+        in_bins = np.zeros(len(index), bool)
+        for lo, hi in cfg.bins:
+            in_bins |= (difficulty >= lo) & (difficulty <= hi)
+        return int((mask & in_bins & (index.is_correct if cfg.curriculum_correct_only else True)).sum())
+    return int(mask.sum())
 
 
 def shard_plan(plan: np.ndarray, global_batch: int, process_index: int, process_count: int) -> np.ndarray:

@@ -9,7 +9,9 @@ Prompt formats (``docs/formulas.md``, "Evaluation"):
   HumanEval: the prompt itself; program = prompt + completion + test + ``check(entry_point)``.
   CodeContests: the statement and an instruction to read stdin / write stdout; every public, private and
     generated test must print the expected output (compared token by token, i.e. after whitespace
-    normalisation).
+    normalisation). Read from the published parquet shards (or JSONL with the same fields); the production
+    default is the test split, and results from the shipped 30-problem sample (train split, public tests only)
+    are labelled "train-split smoke set".
 A completion passes an assert-style benchmark only if the program exits 0 *and* prints a random marker placed
 after the tests, so ``sys.exit(0)`` / ``os._exit(0)`` before the tests is a failure.
 """
@@ -17,6 +19,7 @@ after the tests, so ``sys.exit(0)`` / ``os._exit(0)`` before the tests is a fail
 from __future__ import annotations
 
 import dataclasses
+import glob
 import gzip
 import json
 import secrets
@@ -25,8 +28,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from wmtp_jax.data import assets
-from wmtp_jax.data.prepare import MBPP_SPLITS
-from wmtp_jax.data.records import format_prompt
+from wmtp_jax.data.prepare import MBPP_SPLITS, read_rows
+from wmtp_jax.data.records import codecontests_input, format_prompt
 from wmtp_jax.eval.execution import STATUSES, ExecutionResult, execute
 
 BENCHMARKS = ("mbpp", "humaneval", "codecontests", "synthetic")
@@ -168,12 +171,54 @@ def load_humaneval(path: str | Path = assets.HUMANEVAL) -> list[Problem]:
     return problems
 
 
+CODECONTESTS_SMOKE = "train-split smoke set"
+CODECONTESTS_HINT = (
+    "download the test split's parquet shards of DeepMind CodeContests (Hugging Face deepmind/code_contests, "
+    "data/test-*.parquet) there, or set eval.codecontests to the files (parquet or JSONL; globs allowed)"
+)
+
+
+def codecontests_files(patterns: Sequence[str | Path]) -> list[Path]:
+    """The files of ``patterns`` (paths or globs), in order.
+
+    Raises:
+      BenchmarkError: a pattern matches no file (the message names it and where to get the data)."""
+    files = []
+    for pattern in map(str, patterns):
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern] * Path(pattern).is_file()
+        if not matches:
+            raise BenchmarkError(f"CodeContests: {pattern} matches no file; {CODECONTESTS_HINT}")
+        files += map(Path, matches)
+    return files
+
+
+def codecontests_split(files: Sequence[Path]) -> str:
+    """What the files are: "train-split smoke set" for the shipped sample, else the split(s) their names give
+    ("test", "valid", "train"; "unknown" for a name without one), comma-separated."""
+    splits = []
+    for f in files:
+        if f.resolve() == assets.CODECONTESTS_SAMPLE:
+            name = CODECONTESTS_SMOKE
+        else:
+            name = next((s for s in ("test", "valid", "train") if s in f.name.lower()), "unknown")
+        if name not in splits:
+            splits.append(name)
+    return ", ".join(splits)
+
+
 def load_codecontests(paths: Sequence[str | Path] = (assets.CODECONTESTS_SAMPLE,)) -> list[Problem]:
-    """CodeContests problems with at least one stdin/stdout test (public, private and generated)."""
+    """CodeContests problems with at least one stdin/stdout test (public, private and generated), from parquet
+    shards or JSONL files with the dataset's field names (``paths`` may be globs). The Alpaca form of a problem
+    carries up to two public tests as examples (``records.codecontests_input``), as prepared training data does.
+
+    Raises:
+      BenchmarkError: a path matches nothing, a row lacks ``name`` / ``description`` or its tests are malformed
+        (file and line / row named)."""
     problems = []
-    for path in map(Path, paths):
-        for line_no, row in _jsonl(path):
-            where = f"{path}:{line_no}"
+    for path in codecontests_files(paths):
+        for where, row, reason in read_rows(path):
+            if row is None:
+                raise BenchmarkError(f"{where}: {reason}")
             name, description = _get(row, "name", str, where), _get(row, "description", str, where)
             stdio = []
             for key in ("public_tests", "private_tests", "generated_tests"):
@@ -189,7 +234,15 @@ def load_codecontests(paths: Sequence[str | Path] = (assets.CODECONTESTS_SAMPLE,
                 f"standard input and print the answer to standard output.\n\n{description}\n\n```python\n"
             )
             problems.append(
-                Problem("codecontests", name, prompt, CODECONTESTS_STOP, stdio=tuple(stdio), instruction=description)
+                Problem(
+                    "codecontests",
+                    name,
+                    prompt,
+                    CODECONTESTS_STOP,
+                    stdio=tuple(stdio),
+                    instruction=description,
+                    input=codecontests_input(row.get("public_tests")),
+                )
             )
     return problems
 
@@ -231,6 +284,17 @@ def load(
     if benchmark == "synthetic":
         return load_synthetic(synthetic_split)
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}")
+
+
+def dataset_label(name: str, e, split: str = "test") -> str:
+    """What a benchmark of eval section ``e`` is evaluated on, for results.json and reports: e.g. "MBPP test
+    split", "CodeContests test split", "CodeContests train-split smoke set"."""
+    if name == "codecontests":
+        what = codecontests_split(codecontests_files(tuple(e.codecontests) or (assets.CODECONTESTS_SAMPLE,)))
+        return f"CodeContests {what}" + ("" if what == CODECONTESTS_SMOKE else " split")
+    if name == "humaneval":
+        return "HumanEval"
+    return f"{'MBPP' if name == 'mbpp' else name} {split} split"
 
 
 def load_for(name: str, e, split: str = "test") -> list[Problem]:

@@ -153,7 +153,8 @@ def run_benchmarks(
             memory_mb=e.memory_mb,
         )
         result = _score(name, problems, completions, stats, outcomes, e, seed, isolation, time.perf_counter() - t0)
-        results["benchmarks"][name] = {"problems_available": n_available, **result}
+        label = benchmarks.dataset_label(name, e, split)
+        results["benchmarks"][name] = {"dataset": label, "problems_available": n_available, **result}
         rows += list(_sample_rows(name, problems, completions, outcomes, isolation))
         if tracker is not None:
             tracker.log_metrics(
@@ -164,7 +165,7 @@ def run_benchmarks(
         summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)
         if progress:
             print(
-                f"{name} ({split}): {len(problems)} problems x {e.n_samples} samples: {summary}; "
+                f"{name} ({label}): {len(problems)} problems x {e.n_samples} samples: {summary}; "
                 f"outcomes {result['outcomes']}"
             )
     if is_main and out_dir is not None:

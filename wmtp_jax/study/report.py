@@ -107,7 +107,7 @@ def build(
         settings[arm.name] = {
             b: {
                 key: runs[0][1]["benchmarks"][b].get(key)
-                for key in ("n_samples", "temperature", "limit", "prompt_format")
+                for key in ("n_samples", "temperature", "limit", "prompt_format", "dataset")
             }
             | {"split": runs[0][1].get("split", "test")}
             for b in benchmarks
@@ -190,7 +190,7 @@ def markdown(summary: dict, title: str = "Study report") -> str:
         lines += [
             f"## {b}",
             "",
-            f"{first['n_problems']} problems, split `{first['split']}`, temperature "
+            f"{first['n_problems']} problems of {first.get('dataset') or 'split ' + repr(first['split'])}, temperature "
             f"{first['temperature']}, samples per problem (pooled over seeds): "
             + ", ".join(
                 f"{name} {arm['benchmarks'][b]['samples_per_problem']}" for name, arm in summary["arms"].items()

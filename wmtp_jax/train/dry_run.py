@@ -90,7 +90,7 @@ def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStru
 
 def dry_run(c) -> dict:
     """Compiles the configured step on abstract shapes; prints and returns the figures."""
-    from wmtp_jax.train.loop import make_trainer
+    from wmtp_jax.train.loop import batch_rows, make_trainer
     from wmtp_jax.train.objectives import objective_of
 
     if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
@@ -107,13 +107,14 @@ def dry_run(c) -> dict:
     lora = LoraConfig.from_config(c.model.lora)
     trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)
     length = max(c.data.buckets)
-    figures = MemoryFigures.of(trainer.compile(abstract_batch(c.train.batch_size, length, mesh)))
+    rows = batch_rows(c)
+    figures = MemoryFigures.of(trainer.compile(abstract_batch(rows, length, mesh)))
     n_devices = jax.device_count()
     print(
         f"dry run: {c.objective} step of a {policy_cfg.n_layers}-layer, d={policy_cfg.dim} model "
         f"({policy_cfg.n_future_tokens} heads{', + reference' if reference is not None else ''}), mesh "
         f"{dict(mesh.shape)} on {n_devices} {jax.devices()[0].platform} device(s), global batch "
-        f"{c.train.batch_size} x {length} tokens, {c.train.grad_accum_steps} micro-batch(es)"
+        f"{rows} x {length} tokens, {c.train.grad_accum_steps} micro-batch(es)"
     )
     print(f"  {figures.describe()}")
     print(f"  {trainer.flops_per_token / 1e9:.3g} GFLOP per token (6N rule, attention scores left out)")

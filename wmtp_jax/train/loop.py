@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import jax
@@ -21,7 +22,7 @@ from wmtp_jax.data import assets
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
 from wmtp_jax.data.prepare import data_sha256, prepare_cached
 from wmtp_jax.data.records import RecordIndex, index_path
-from wmtp_jax.data.sampling import SamplingConfig, build_plan, shard_plan
+from wmtp_jax.data.sampling import SamplingConfig, allowed, build_plan, epoch_size, shard_plan
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.lora import LoraConfig, apply_lora
@@ -32,17 +33,30 @@ from wmtp_jax.train.objectives import objective_of
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import NonFiniteError, Trainer
 
-__all__ = ["Inputs", "LoopConfig", "NonFiniteError", "build_trainer", "prepare", "train"]
+__all__ = [
+    "Inputs",
+    "LoopConfig",
+    "NonFiniteError",
+    "batch_rows",
+    "build_trainer",
+    "prepare",
+    "resolve_schedule",
+    "train",
+]
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig(Section):
-    """The loop's keys of the ``train`` section: ``num_steps``, the global ``batch_size`` (sequences), MLflow every
-    ``log_every`` steps, ``eval_batches`` validation batches at every checkpoint, the run stops after
-    ``max_nonfinite_steps`` skipped updates in a row; ``peak_flops_per_device`` for MFU (0 = by device kind)."""
+    """The loop's keys of the ``train`` section: ``num_steps`` (or ``num_epochs`` > 0 of the sampling strategy,
+    turned into steps by ``resolve_schedule``), the global ``batch_size`` in sequences (or a ``batch_tokens`` budget
+    of packed rows), MLflow every ``log_every`` steps, ``eval_batches`` validation batches at every checkpoint, the
+    run stops after ``max_nonfinite_steps`` skipped updates in a row; ``peak_flops_per_device`` for MFU (0 = by
+    device kind)."""
 
     num_steps: int = 1000
     batch_size: int = 8
+    num_epochs: float = 0.0
+    batch_tokens: int = 0
     log_every: int = 1
     eval_batches: int = 4
     max_nonfinite_steps: int = 5
@@ -59,6 +73,8 @@ class LoopConfig(Section):
         for key in ("batch_size", "log_every", "eval_batches", "max_nonfinite_steps"):
             c.positive(key)
         c.non_negative("eval_every_steps")
+        c.non_negative("num_epochs", integer=False)
+        c.non_negative("batch_tokens")
         c.non_negative("eval_limit")
         c.check(
             "eval_benchmarks",
@@ -93,6 +109,52 @@ def prepare(c) -> Inputs:
     if c.data.prepare_micro and not train:
         train, validation = _prepare_micro_data(c.data.prepare_micro, Path(c.data.cache_dir), max(c.data.buckets))
     return Inputs(str(model_dir), str(reference_dir), str(train), str(validation))
+
+
+def batch_rows(c) -> int:
+    """Global rows per step: ``train.batch_size``, or with ``train.batch_tokens`` > 0 the packed rows of
+    ``max(data.buckets)`` tokens that fit the budget (``config.problems`` checks that it divides evenly)."""
+    if c.train.batch_tokens:
+        return c.train.batch_tokens // max(c.data.buckets)
+    return c.train.batch_size
+
+
+def _packed_records_per_row(c, index: RecordIndex) -> float:
+    """Mean records per packed row of ``max(data.buckets)`` tokens, from the index's token lengths (an estimate:
+    it assumes full rows; first-fit packing leaves a little room at the end of each)."""
+    row = max(c.data.buckets)
+    lengths = np.minimum(index.length[allowed(index, SamplingConfig.from_config(c.data))], row)
+    return row / max(float(lengths.mean()) if len(lengths) else 1.0, 1.0)
+
+
+def resolve_schedule(c, index: RecordIndex):
+    """A copy of ``c`` with ``train.batch_size`` and ``train.num_steps`` explicit: ``batch_tokens`` > 0 gives the
+    rows per step, ``num_epochs`` > 0 the steps (epochs of ``data.strategy``'s draws, ``sampling.epoch_size``; with
+    packing counted in tokens). ``c`` itself is unchanged; the resolved values are printed and end up in
+    config.json."""
+    c = c.copy_and_resolve_references()
+    rows = batch_rows(c)
+    if c.train.batch_tokens:
+        c.train.batch_size = rows
+        print(f"train.batch_tokens={c.train.batch_tokens}: {rows} packed rows of {max(c.data.buckets)} tokens per step")
+    if c.train.num_epochs:
+        draws = epoch_size(index, SamplingConfig.from_config(c.data))
+        per_step = rows * (_packed_records_per_row(c, index) if c.data.pack else 1.0)
+        c.train.num_steps = max(1, math.ceil(c.train.num_epochs * draws / per_step))
+        print(
+            f"train.num_epochs={c.train.num_epochs}: {c.train.num_steps} steps ({draws} {c.data.strategy} draws per "
+            f"epoch, {per_step:.1f} records per step)"
+        )
+    return c
+
+
+def plan_draws(c, index: RecordIndex) -> int:
+    """Records the plan must hold for ``num_steps`` steps: one per row, or with packing enough for the mean
+    records per row plus a 50% margin (the plan is deterministic, so a resumed run sees the same one)."""
+    draws = c.train.num_steps * c.train.batch_size
+    if c.data.pack:
+        draws = math.ceil(draws * _packed_records_per_row(c, index) * 1.5) + c.train.batch_size
+    return draws
 
 
 def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Path, Path]:
@@ -184,6 +246,8 @@ def train(c) -> dict:
             "losses": {},
         }
     inputs = distributed.main_process_first(lambda: prepare(c), "prepare_inputs")
+    index = RecordIndex.load(index_path(inputs.train))
+    c = resolve_schedule(c, index)
     is_main = jax.process_index() == 0
     if is_main:
         atomic_write_text(workdir / "config.json", redact(c.to_json_best_effort(indent=2)))
@@ -193,8 +257,7 @@ def train(c) -> dict:
     tok = load_tokenizer(c.tokenizer)
     loop = LoopConfig.from_config(c.train)
 
-    index = RecordIndex.load(index_path(inputs.train))
-    plan = build_plan(index, SamplingConfig.from_config(c.data), loop.num_steps * loop.batch_size, c.seed)
+    plan = build_plan(index, SamplingConfig.from_config(c.data), plan_draws(c, index), c.seed)
     local = shard_plan(plan, loop.batch_size, jax.process_index(), jax.process_count())
     table = trainer.objective.reference_table
     reference_ce = ReferenceCE(table) if table else None

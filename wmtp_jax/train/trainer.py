@@ -212,7 +212,14 @@ class Trainer:
         try:
             for step in range(start, num_steps):
                 t0 = time.perf_counter()
-                state, metrics = self.step(state, next(batches))
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise ValueError(
+                        f"the data ran out before step {step + 1} of {num_steps} (the plan holds too few records; "
+                        "with data.pack the plan is sized from the mean record length)"
+                    ) from None
+                state, metrics = self.step(state, batch)
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 finite = bool(metrics.pop("finite"))
