@@ -37,31 +37,39 @@ def devices():
     return jax.devices()
 
 
+def start_moto_server(log_path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """moto's standalone S3-protocol server on a free localhost port, ``(process, endpoint URL)``; ``env`` adds to
+    its environment (e.g. ``INITIAL_NO_AUTH_ACTION_COUNT`` turns on its IAM checks after that many requests)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            urllib.request.urlopen(endpoint + "/moto-api/", timeout=1)
+            return proc, endpoint
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"moto_server did not start; see {log_path}") from None
+            time.sleep(0.2)
+
+
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """``(boto3 client, bucket)`` on moto's standalone S3 server (a real HTTP server process, started once);
     AWS_* point at it for the session."""
     import boto3
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = open(tmp_path_factory.mktemp("moto") / "server.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("moto_server did not start") from None
-            time.sleep(0.2)
+    proc, endpoint = start_moto_server(tmp_path_factory.mktemp("moto") / "server.log")
     env = {
         "AWS_ENDPOINT_URL": endpoint,
         "AWS_ACCESS_KEY_ID": "testing",

@@ -5,6 +5,7 @@ resumes from the newest complete remote checkpoint (a partial one skipped) with 
 import json
 
 import pytest
+from conftest import start_moto_server
 from test_train import read_metrics, run
 
 from wmtp_jax import storage
@@ -42,6 +43,35 @@ def test_bad_remote_paths_name_the_url(s3, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(storage.StorageError, match=f"s3://{bucket}/x: no AWS credentials"):
         storage.local_path(f"s3://{bucket}/x", tmp_path)
+
+
+def test_access_denied_names_the_url(s3, tmp_path, monkeypatch):
+    """A second server with moto's IAM checks on (after the 5 set-up requests): a user allowed only to list the
+    bucket is refused the object, and the error names the URL; nothing is left in the cache."""
+    import boto3
+
+    proc, endpoint = start_moto_server(tmp_path / "iam.log", {"INITIAL_NO_AUTH_ACTION_COUNT": "5"})
+    try:
+        admin = dict(endpoint_url=endpoint, region_name="us-east-1")
+        boto3.client("s3", **admin).create_bucket(Bucket="locked")
+        boto3.client("s3", **admin).put_object(Bucket="locked", Key="model/params.json", Body=b"{}")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="reader")
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:ListBucket", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName="reader", PolicyName="list-only", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="reader")["AccessKey"]
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        for uri in ("s3://locked/model/params.json", "s3://locked/model"):
+            with pytest.raises(storage.StorageError, match=f"{uri}: access denied for these credentials"):
+                storage.local_path(uri, tmp_path / "cache", progress=False)
+        assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    finally:
+        proc.kill()
 
 
 def test_checkpoints_outlive_the_node(s3, shared, tmp_path):
