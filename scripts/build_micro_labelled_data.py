@@ -1,14 +1,16 @@
-"""Build the shipped critic / verifiable micro data: MBPP train solutions labelled by running their tests.
+"""Build the shipped critic / verifiable micro data: MBPP solutions labelled by running their tests.
 
-    uv run python scripts/build_micro_labelled_data.py [OUT]
-    (default OUT: wmtp_jax/assets/micro/mbpp_train_labelled.jsonl)
+    uv run python scripts/build_micro_labelled_data.py [OUT] [--split train|validation]
+    (default: the train split into wmtp_jax/assets/micro/mbpp_train_labelled.jsonl; --split validation writes
+    mbpp_validation_labelled.jsonl, the critic's held-out set: problems 511-600, never seen in critic training)
 
-MBPP has only correct reference solutions. For every train task (601-974) this writes the reference code and
-up to two single-edit mutants of it (an operator, comparison, constant or boolean flipped), each labelled
+MBPP has only correct reference solutions. For every task of the split this writes the reference code and up to
+two single-edit mutants of it (an operator, comparison, constant or boolean flipped), each labelled
 ``is_correct`` by actually executing the task's tests in the sandbox (a mutant that still passes stays
 correct). Records are Alpaca JSONL in the format of scripts/prepare_data.py; deterministic.
 """
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -55,9 +57,12 @@ def program(code: str, task: dict) -> str:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    out = Path(argv[0] if argv else assets.ASSETS_DIR / "micro" / "mbpp_train_labelled.jsonl")
-    lo, hi = MBPP_SPLITS["train"]
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", nargs="?", default=None)
+    parser.add_argument("--split", default="train", choices=["train", "validation"])
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    out = Path(args.out or assets.ASSETS_DIR / "micro" / f"mbpp_{args.split}_labelled.jsonl")
+    lo, hi = MBPP_SPLITS[args.split]
     tasks = [t for t in map(json.loads, open(assets.MBPP)) if lo <= t["task_id"] <= hi]
     candidates = []
     for t in tasks:

@@ -30,3 +30,24 @@ def test_invalid_arguments():
         pass_at_k(3, 1, 5)
     with pytest.raises(ValueError, match="no problems"):
         mean_pass_at_k([], [], 1)
+
+
+def test_critic_quality_against_hand_computed_cases():
+    from wmtp_jax.eval import critic_quality as q
+
+    # positives 0.9, 0.4, 0.4; negatives 0.4, 0.1: pairs (pos > neg) = 2 + 1.5 + 1.5 = 5 of 6 (ties count 1/2)
+    values, labels = [0.9, 0.4, 0.4, 0.4, 0.1], [1, 1, 1, 0, 0]
+    assert q.auroc(values, labels) == pytest.approx(5 / 6)
+    assert q.auroc([0.2, 0.2, 0.2], [1, 0, 1]) == 0.5  # all tied: chance
+    assert q.auroc([0.1, 0.9], [1, 0]) == 0.0
+    with pytest.raises(ValueError, match="both classes; got 2 correct and 0 incorrect"):
+        q.auroc([0.1, 0.2], [1, 1])
+    # Brier of clip(V, 0, 1): V = 1.5 counts as 1, V = -1 as 0
+    assert q.brier([1.5, -1.0, 0.5], [1, 0, 1]) == pytest.approx((0 + 0 + 0.25) / 3)
+    # explained variance: labels 1, 0, 1, 0 (variance 0.25); residuals 0.5, -0.5, 0.5, -0.5 (variance 0.25)
+    assert q.explained_variance([0.5] * 4, [1, 0, 1, 0]) == pytest.approx(0.0)
+    assert q.explained_variance([1, 0, 1, 0], [1, 0, 1, 0]) == pytest.approx(1.0)
+    result = q.quality(values, labels)
+    assert [r["count"] for r in result["reliability"]] == [1, 3, 1]  # bins [0.1, 0.2), [0.4, 0.5), [0.9, 1.0]
+    assert result["reliability"][1]["fraction_correct"] == pytest.approx(2 / 3)
+    assert q.quality([0.3], [1])["auroc"] is None

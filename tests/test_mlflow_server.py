@@ -64,14 +64,17 @@ def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away
 
     uri, proc = server
     client_s3, bucket = s3
+    client = MlflowClient(uri)
+    study = client.create_experiment("wmtp/study/http")  # a study's parent run; the training run is its arm
+    parent = client.create_run(study, run_name="study").info.run_id
     evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
-    up = {"mlflow.tracking_uri": uri, "train.num_steps": 3}
+    up = {"mlflow.tracking_uri": uri, "train.num_steps": 3, "mlflow.parent_run_id": parent}
     result = run("baseline", shared, tmp_path / "up", **up, **evaluation)
     assert result["mlflow_failed_calls"] == 0
-    client = MlflowClient(uri)
     run_id = json.loads((tmp_path / "up" / "mlflow_run.json").read_text())["run_id"]
     logged = client.get_run(run_id)
     assert logged.info.status == "FINISHED"
+    assert logged.data.tags["mlflow.parentRunId"] == parent  # nested under the study's run, over HTTP
     assert client.get_experiment(logged.info.experiment_id).name == "wmtp/baseline/mbpp"
     assert logged.data.params["model.n_future_tokens"] == "4" and "data.sha256" in logged.data.params
     assert [m.step for m in client.get_metric_history(run_id, "loss")] == [1, 2, 3]

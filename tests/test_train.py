@@ -77,6 +77,13 @@ def test_critic_trains_only_the_value_head(stage_one, shared):
         np.asarray(trained.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...])
     )  # trunk frozen
     np.testing.assert_array_equal(np.asarray(trained.output[...]), np.asarray(start.output[...]))
+    # measured on the held-out labelled split (MBPP validation references + mutants: 187 records, batch 4)
+    quality = stage_one["critic"]["critic_quality"]
+    saved = json.loads((Path(stage_one["critic"]["final_dir"]) / "critic_quality.json").read_text())
+    assert saved == json.loads(json.dumps(quality)) and quality["n"] == 184 and 0 < quality["n_correct"] < 184
+    assert 0.0 <= quality["auroc"] <= 1.0 and 0.0 <= quality["brier"] <= 1.0 and quality["step"] == 4
+    assert "val/critic/auroc" in metrics[2] and "val/critic/brier" in metrics[4]
+    assert (Path(stage_one["critic"]["final_dir"]).parent / "critic_reliability.png").is_file()
 
 
 def test_verifiable_starts_from_the_critic(stage_one, shared, tmp_path):

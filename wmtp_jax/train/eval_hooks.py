@@ -121,3 +121,60 @@ class EvalAtEnd:
             header=header,
             step=event.step,
         )
+
+
+class CriticQuality:
+    """The critic's AUROC, Brier score and explained variance on held-out labelled data
+    (``wmtp_jax.eval.critic_quality``) with the live parameters, at every validation: sets
+    ``val/critic/{auroc, brier, explained_variance}`` in ``event.metrics`` for the hooks after it (add it before
+    the metrics log). ``make_batches()`` yields the held-out split's global batches; ``last`` keeps the latest
+    result."""
+
+    def __init__(self, make_batches):
+        self.make_batches = make_batches
+        self.last: dict | None = None
+
+    def measure(self, trainer: Trainer, params) -> dict:
+        from wmtp_jax.eval import critic_quality
+
+        values, labels = critic_quality.collect(trainer.graphdef, (params, trainer.frozen), self.make_batches())
+        return critic_quality.quality(values, labels)
+
+    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
+        self.last = self.measure(trainer, event.state.params)
+        for key in ("auroc", "brier", "explained_variance"):
+            if self.last[key] is not None:
+                event.metrics[f"val/critic/{key}"] = self.last[key]
+
+
+class CriticQualityAtEnd:
+    """After ``ExportFinal``: the critic quality of what ``final/`` holds, written to ``final/critic_quality.json``
+    (with the reliability table) and ``{workdir}/critic_reliability.png``, logged as ``critic/*`` metrics and
+    artifacts, and kept in ``result`` for the run summary (process 0 writes)."""
+
+    def __init__(self, quality: CriticQuality, export: ExportFinal, tracker, workdir: Path):
+        self.quality, self.export, self.tracker, self.workdir = quality, export, tracker, Path(workdir)
+        self.result: dict | None = None
+
+    def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
+        if status != "FINISHED" or self.export.state is None:
+            return
+        import json
+
+        from wmtp_jax.eval import critic_quality
+        from wmtp_jax.files import atomic_write_text
+
+        self.result = {**self.quality.measure(trainer, self.export.state.params), "step": self.export.selection["step"]}
+        if jax.process_index() != 0:
+            return
+        atomic_write_text(self.export.final_dir / "critic_quality.json", json.dumps(self.result, indent=2) + "\n")
+        plot = critic_quality.reliability_plot(self.result, self.workdir / "critic_reliability.png")
+        scalars = {f"critic/{k}": self.result[k] for k in ("auroc", "brier", "explained_variance")}
+        self.tracker.log_metrics({k: v for k, v in scalars.items() if v is not None}, event.step)
+        self.tracker.log_artifact(plot)
+        self.tracker.log_artifact(self.export.final_dir / "critic_quality.json")
+        area = "n/a (one class)" if self.result["auroc"] is None else f"{self.result['auroc']:.3f}"
+        print(
+            f"critic on the held-out split ({self.result['n']} solutions, {self.result['n_correct']} correct): AUROC "
+            f"{area}, Brier {self.result['brier']:.4f}, explained variance {self.result['explained_variance']:.4f}"
+        )

@@ -159,7 +159,8 @@ def plan_draws(c, index: RecordIndex) -> int:
 
 def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Path, Path]:
     """``(train, validation)`` jsonl of the shipped data: "mbpp" (train / validation splits), "labelled" (MBPP
-    train with execution-labelled incorrect solutions; MBPP validation) or "synthetic" (``data/synthetic.py``).
+    train with execution-labelled incorrect solutions; MBPP validation, labelled the same way: the critic's
+    held-out set) or "synthetic" (``data/synthetic.py``).
 
     The micro stand-in keeps the shipped MBPP splits as they are, without decontamination (its random models never
     solve MBPP, and the loss traces recorded in tests/data were made from these files); ``prepare_data.py``
@@ -172,9 +173,17 @@ def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Pa
     prepare_cached("mbpp", mbpp, max_length=max_length, decontaminate=False)
     if kind == "mbpp":
         return mbpp / "train.jsonl", mbpp / "validation.jsonl"
-    out = cache_dir / kind
+    out, held_out = cache_dir / kind, cache_dir / f"{kind}_validation"
     prepare_cached("alpaca", out, [str(assets.MICRO_LABELLED)], max_length=max_length, decontaminate=False)
-    return out / "train.jsonl", mbpp / "validation.jsonl"
+    prepare_cached(
+        "alpaca",
+        held_out,
+        [str(assets.MICRO_LABELLED_VALIDATION)],
+        split="validation",
+        max_length=max_length,
+        decontaminate=False,
+    )
+    return out / "train.jsonl", held_out / "validation.jsonl"
 
 
 def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
@@ -219,14 +228,15 @@ def _early_stopped(final_dir: Path) -> bool:
     return selection.is_file() and bool(json.loads(selection.read_text()).get("early_stopped"))
 
 
-def _validation_batches(c, inputs: Inputs, tok):
-    """A function yielding this process's validation batches (the first ``eval_batches`` global batches)."""
+def _validation_batches(c, inputs: Inputs, tok, whole: bool = False):
+    """A function yielding this process's validation batches: the first ``eval_batches`` global batches, or with
+    ``whole`` every full batch of the split (the critic's held-out set)."""
     loop = LoopConfig.from_config(c.train)
     pipeline = PipelineConfig(batch_size=loop.batch_size // jax.process_count(), buckets=tuple(c.data.buckets))
 
     def batches():
         index = RecordIndex.load(index_path(inputs.validation))
-        rows = np.arange(min(len(index), loop.eval_batches * loop.batch_size))
+        rows = np.arange(len(index) if whole else min(len(index), loop.eval_batches * loop.batch_size))
         local = shard_plan(rows, loop.batch_size, jax.process_index(), jax.process_count())
         return make_dataset(inputs.validation, index.offsets(local), tok, pipeline)
 
@@ -307,6 +317,13 @@ def train(c) -> dict:
             eval_hooks.ValidationPassAtK(eval_hooks.validation_settings(c), tok, isolation=isolation, seed=c.seed),
             every=loop.eval_every_steps,
         )
+    quality = None
+    if trainer.objective.trains_value and inputs.validation:  # the critic measured on held-out labelled data
+        from wmtp_jax.train import eval_hooks
+
+        held_out = _validation_batches(c, inputs, tok, whole=True)
+        quality = eval_hooks.CriticQuality(lambda: (hooks.global_batch(b, mesh) for b in held_out()))
+        trainer.add_hook(quality, every=every)
     if early.metric:
         trainer.add_hook(hooks.EarlyStopping(early))
     metrics = hooks.MetricsLog(workdir, tracker, loop.log_every)  # after the measuring hooks: one row per step
@@ -316,6 +333,10 @@ def train(c) -> dict:
         final_dir, checkpoints, checkpoint_config.final, objective=c.objective, steps=loop.num_steps
     )
     trainer.add_hook(export)
+    quality_at_end = None
+    if quality is not None:
+        quality_at_end = eval_hooks.CriticQualityAtEnd(quality, export, tracker, workdir)
+        trainer.add_hook(quality_at_end)
     if c.export.hf:
         if c.export.hf_head > trainer.model_cfg.n_future_tokens:
             raise ValueError(
@@ -341,4 +362,5 @@ def train(c) -> dict:
         "steps": loop.num_steps,
         "losses": metrics.losses,
         "mlflow_failed_calls": tracker.failed_calls,
+        "critic_quality": quality_at_end.result if quality_at_end is not None else None,
     }
