@@ -407,3 +407,16 @@ def test_token_budget_batches_and_epochs_set_the_schedule(shared, tmp_path):
     text = "\n".join(config_lib.problems(c, n_devices=4))
     assert "data.pack=False: expected True when train.batch_tokens > 0" in text
     assert "train.batch_tokens=1000: expected a multiple of the packed row length max(data.buckets)=512" in text
+
+
+def test_pairwise_critic_trains_on_correct_incorrect_pairs(shared, tmp_path):
+    """critic stage 1 with the Bradley-Terry value loss on the ``pairs`` strategy's (correct, incorrect) rows."""
+    pairwise = {"data.strategy": "pairs", "weighting.value_loss": "pairwise", "train.num_steps": 3}
+    run("critic", shared, tmp_path / "p", **pairwise, **{"checkpoint.every_steps": 3})
+    m = read_metrics(tmp_path / "p")
+    assert all(r["value_pairs"] == 2.0 and math.isfinite(r["value_loss"]) for r in m.values())  # batch 4 = 2 pairs
+    assert m[1]["value_loss"] == pytest.approx(math.log(2.0), abs=1e-6)  # zero-initialised head: margin 0
+    c = micro_config("critic", shared, tmp_path / "bad")
+    c.weighting.value_loss = "pairwise"
+    text = "\n".join(config_lib.problems(c, n_devices=4))
+    assert "data.strategy='balanced': expected 'pairs' with weighting.value_loss='pairwise'" in text

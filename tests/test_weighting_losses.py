@@ -179,3 +179,20 @@ def test_valid_token_ce_equals_dense_ce_at_valid_targets_and_counts_overflow():
     np.testing.assert_allclose(np.asarray(g), np.asarray(jax.grad(lambda w: dense(w).sum())(w)), rtol=1e-5, atol=1e-5)
     _, over = sparse(w, n_valid - 3)
     assert int(over) == 3
+
+
+def test_pairwise_value_loss_against_a_hand_computed_case():
+    values = jnp.asarray([2.0, 0.0, 0.0, 1.0, 5.0, 5.0])
+    rewards = jnp.asarray([1.0, 0.0, 1.0, 0.0, 0.0, 1.0])  # the third pair is (incorrect, correct): left out
+    total, n = losses.pairwise_value_loss_sum(values, rewards, jnp.ones(6, bool))
+    # -log sigmoid(2 - 0) = log(1 + e^-2) = 0.126928; -log sigmoid(0 - 1) = log(1 + e) = 1.313262
+    assert float(n) == 2.0 and float(total) == pytest.approx(0.126928 + 1.313262, abs=1e-5)
+    _, n = losses.pairwise_value_loss_sum(values, rewards, jnp.asarray([True, False, True, True, True, True]))
+    assert float(n) == 1.0  # a row without output voids its pair
+    with pytest.raises(ValueError, match="3 rows"):
+        losses.pairwise_value_loss_sum(values[:3], rewards[:3], jnp.ones(3, bool))
+    # the final value is the one at each row's last output position
+    x = jnp.asarray([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    mask = jnp.asarray([[0, 1, 1, 0], [0, 0, 0, 0]])
+    final, has = alignment.last_output(x, mask)
+    assert final.tolist()[0] == 3.0 and has.tolist() == [True, False]

@@ -50,3 +50,11 @@ def masked_moments(x: jax.Array, mask: jax.Array, axis=None) -> tuple[jax.Array,
     mean = (x * m).sum(axis=axis) / n
     var = (jnp.square(x - mean) * m).sum(axis=axis) / n
     return mean, var, n
+
+
+def last_output(x: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x at each row's last output position [B], the row has an output [B] bool)`` for ``x`` ``[B, S]``: the
+    last position whose ``loss_mask`` is set (rows hold one sequence each; padded, not packed)."""
+    positions = jnp.arange(loss_mask.shape[1])
+    last = jnp.max(jnp.where(loss_mask > 0, positions, -1), axis=1)
+    return jnp.take_along_axis(x, jnp.maximum(last, 0)[:, None], axis=1)[:, 0], last >= 0

@@ -260,6 +260,14 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
             "output (e.g. workdir/critic/final) or critic.allow_untrained=True to start from a zero value head "
             "(every token weight then comes from the reward alone)"
         )
+    if c.weighting.value_loss == "pairwise":
+        k.check("data.strategy", lambda v: v == "pairs", "'pairs' with weighting.value_loss='pairwise'")
+        k.check("data.pack", lambda v: not v, "False with weighting.value_loss='pairwise' (one sequence per row)")
+        k.check(
+            "train.grad_accum_steps",
+            lambda v: v == 1,
+            "1 with weighting.value_loss='pairwise' (micro-batches would split the pairs)",
+        )
     if "lora" in c.model:
         from wmtp_jax.model.lora import LoraConfig
 

@@ -94,6 +94,23 @@ def value_loss_sum(
     return jnp.sum(jnp.where(mask, per, 0.0))
 
 
+def pairwise_value_loss_sum(final_values: jax.Array, rewards: jax.Array, has_output: jax.Array):
+    """Bradley–Terry loss of a critic on (correct, incorrect) pairs: rows ``2i`` and ``2i + 1`` are one problem's
+    correct and incorrect solution (the ``pairs`` sampling strategy), and the loss is
+    ``-log sigmoid(V_correct - V_incorrect)`` on their final values (Bradley & Terry 1952; the reward-model loss of
+    Ouyang et al. 2022, eq. 1). Pairs whose rows are not (correct, incorrect) or lack an output are left out.
+
+    Args: float32 ``[B]`` final values, rewards and bool ``[B]`` has-output (B even).
+    Returns: ``(sum of the loss over pairs, number of pairs)``, float32 scalars.
+    Raises: ValueError for an odd number of rows."""
+    if final_values.shape[0] % 2:
+        raise ValueError(f"pairwise value loss: {final_values.shape[0]} rows; expected (correct, incorrect) pairs")
+    v, r, ok = (x.reshape(-1, 2) for x in (final_values, rewards, has_output))
+    pair = ok[:, 0] & ok[:, 1] & (r[:, 0] > r[:, 1])
+    loss = jax.nn.softplus(-(v[:, 0] - v[:, 1]))  # = -log sigmoid(margin)
+    return jnp.sum(jnp.where(pair, loss, 0.0)), jnp.sum(pair).astype(jnp.float32)
+
+
 def explained_variance(values: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
     """``1 - Var(target - V) / Var(target)`` over mask (float32 scalar; 0 when the targets are constant)."""
     vt = masked_moments(targets, mask)[1]

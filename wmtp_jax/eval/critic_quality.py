@@ -20,10 +20,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from scipy.stats import rankdata
+
+from wmtp_jax import alignment
 
 
 def auroc(scores, labels) -> float:
@@ -99,12 +100,8 @@ def final_values(graphdef, states: tuple, batch: dict[str, jax.Array]):
     the row has an output at all (padding rows do not)."""
     m = nnx.merge(graphdef, *states)
     values = m.forward(batch["tokens"], batch["positions"], batch["segment_ids"]).values
-    mask = batch["loss_mask"] > 0
-    positions = jnp.arange(mask.shape[1])
-    last = jnp.max(jnp.where(mask, positions, -1), axis=1)
-    rows = jnp.arange(mask.shape[0])
-    idx = jnp.maximum(last, 0)
-    return values[rows, idx], batch["rewards"][rows, idx], last >= 0
+    final, has_output = alignment.last_output(values, batch["loss_mask"])
+    return final, alignment.last_output(batch["rewards"], batch["loss_mask"])[0], has_output
 
 
 def collect(graphdef, states: tuple, batches: Iterable[dict]) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,8 @@ class WeightingConfig(Section):
     """The ``weighting`` section of a training config (field names are the config keys).
 
     TD-exp weights: ``gamma``, ``gae_lambda``, ``beta``, ``w_min``, ``w_max``, ``whiten``, ``ema_decay``; value loss:
-    ``value_coef``, ``value_loss`` (mse | huber), ``huber_delta``, ``value_target`` (mc | lambda); Rho-1:
+    ``value_coef``, ``value_loss`` (mse | huber to the target; pairwise: Bradley–Terry on the final values of the
+    ``pairs`` strategy's (correct, incorrect) rows), ``huber_delta``, ``value_target`` (mc | lambda); Rho-1:
     ``rho1_mode`` (signed | absolute), ``rho1_select`` (hard | soft), ``rho1_ratio``, ``rho1_temperature``,
     ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
     reference-CE table instead of a reference forward), ``rho1_scheme`` ("rho1", the paper, or "seed", the
@@ -75,7 +76,7 @@ class WeightingConfig(Section):
         for key in ("gamma", "gae_lambda", "ema_decay", "rho1_ratio"):
             c.fraction(key)
         c.check("w_min", lambda v: 0 <= v <= self.w_max, "0 <= w_min <= weighting.w_max")
-        c.one_of("value_loss", ("mse", "huber"))
+        c.one_of("value_loss", ("mse", "huber", "pairwise"))
         c.one_of("value_target", ("mc", "lambda"))
         c.one_of("rho1_mode", ("signed", "absolute"))
         c.one_of("rho1_select", rho1.SELECTIONS)

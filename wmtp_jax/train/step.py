@@ -202,7 +202,17 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
             if w.value_target == "mc"
             else jax.lax.stop_gradient(out.values + alignment.shift_left(adv, 1))
         )
-        value_loss = losses.value_loss_sum(out.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
+        if w.value_loss == "pairwise":  # Bradley-Terry on the final values of (correct, incorrect) pairs
+            final, has_output = alignment.last_output(out.values, mb["loss_mask"])
+            pair_sum, n_pairs = losses.pairwise_value_loss_sum(
+                final, alignment.last_output(mb["rewards"], mb["loss_mask"])[0], has_output
+            )
+            value_loss = pair_sum / jnp.maximum(n_pairs, 1.0)  # one micro-batch (config: grad_accum_steps 1)
+            metrics["value_pairs"] = n_pairs
+        else:
+            value_loss = (
+                losses.value_loss_sum(out.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
+            )
         total = total + objective.value_coef * value_loss
         metrics["value_loss"] = value_loss
         metrics["value_mean"] = alignment.masked_moments(out.values, value_mask)[0]
