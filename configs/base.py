@@ -112,12 +112,15 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     from wmtp_jax.data.sampling import SamplingConfig
     from wmtp_jax.model.lora import LoraConfig
     from wmtp_jax.train.hooks import CheckpointConfig, EarlyStoppingConfig
-    from wmtp_jax.train.objectives import WeightingConfig
+    from wmtp_jax.train.objectives import CriticConfig, WeightingConfig
 
     c = common(preset)
     c.objective = "baseline"
     c.dry_run = False  # True: compile the step from abstract shapes, print per-device memory and FLOPs, exit
 
+    # where the verifiable experiment's values come from: critic.model "" = the value head on the policy's trunk, or
+    # a separate LLaMA checkpoint (trained in stage 1, frozen in stage 2); critic.train (stage 1): head | full | lora
+    c.critic = section(CriticConfig)
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""  # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
     c.reference.dtype = "bfloat16"  # compute and storage dtype of the frozen reference

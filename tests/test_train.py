@@ -420,3 +420,58 @@ def test_pairwise_critic_trains_on_correct_incorrect_pairs(shared, tmp_path):
     c.weighting.value_loss = "pairwise"
     text = "\n".join(config_lib.problems(c, n_devices=4))
     assert "data.strategy='balanced': expected 'pairs' with weighting.value_loss='pairwise'" in text
+
+
+def test_separate_critic_from_hf_and_meta_layouts_gives_the_same_values_on_1_and_4_devices(shared):
+    """A separate value model restored from the Hugging Face layout (micro reference) and from Meta's (micro MTP
+    model), with a non-zero value head, gives the same final values on a 1-device and a 4-device mesh."""
+    from flax import nnx
+
+    from wmtp_jax.checkpoint import ensure_orbax
+    from wmtp_jax.checkpoint.micro import write_micro_models
+    from wmtp_jax.eval.critic_quality import final_values
+    from wmtp_jax.train.hooks import global_batch
+
+    write_micro_models(Path(shared["model.checkpoint"]).parent)  # once per session (kept when present)
+
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(3, 1000, (4, 24)).astype(np.int32)
+    mask = np.zeros((4, 24), np.int32)
+    mask[:, 8:20] = 1
+    batch = {
+        "tokens": tokens,
+        "loss_mask": mask,
+        "rewards": np.ones((4, 24), np.float32),
+        "segment_ids": (np.arange(24) < 20).astype(np.int32)[None].repeat(4, 0),
+        "positions": np.tile(np.arange(24, dtype=np.int32), (4, 1)),
+    }
+    for layout in ("reference.checkpoint", "model.checkpoint"):  # HF, Meta
+        directory = ensure_orbax(shared[layout], shared["model.cache_dir"])
+        got = []
+        for mesh in (sharding.make_mesh(devices=jax.devices()[:1]), sharding.make_mesh()):
+            critic = load_model(directory, mesh, dtype="float32", param_dtype="float32")
+            kernel = critic.value_head.kernel
+            kernel[...] = jax.device_put(
+                np.linspace(-1, 1, kernel.size, dtype=np.float32).reshape(kernel.shape), kernel.sharding
+            )
+            graphdef, state = nnx.split(critic)
+            with jax.default_matmul_precision("highest"):
+                values, _, ok = final_values(graphdef, (state,), global_batch(batch, mesh))
+            got.append(np.asarray(values))
+            assert np.asarray(ok).all()
+        assert np.abs(got[0]).max() > 0
+        np.testing.assert_allclose(got[0], got[1], rtol=1e-5, atol=1e-5)
+
+
+def test_separate_critic_stage_one_to_stage_two_by_path(shared, tmp_path):
+    """Stage 1 trains the value head of a separate micro LLaMA (critic.model: the Hugging Face micro reference);
+    its final/ is given to stage 2 by path, where it runs frozen and its values make the TD weights."""
+    stage = {"train.num_steps": 3, "checkpoint.every_steps": 3}
+    one = run("critic", shared, tmp_path / "critic", **{"critic.model": shared["reference.checkpoint"]}, **stage)
+    final = Path(one["final_dir"])
+    assert json.loads((final / "model_config.json").read_text())["model"]["n_future_tokens"] == 1  # the critic
+    assert one["critic_quality"]["n"] == 184
+    two = run("verifiable", shared, tmp_path / "v", **{"critic.model": str(final), "critic.dtype": "float32"}, **stage)
+    m = read_metrics(tmp_path / "v")
+    assert "value_loss" not in m[1] and m[1]["value_mean"] != 0.0  # frozen, and trained in stage 1
+    assert m[3]["weight_std"] > 0 and (Path(two["final_dir"]) / "model_config.json").is_file()

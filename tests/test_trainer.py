@@ -207,3 +207,35 @@ def test_valid_targets_only_ce_trains_like_the_dense_ce_and_refuses_to_truncate(
     with pytest.raises(ValueError, match="40 more valid targets than train.ce_tokens=40"):
         trainer.run(trainer.initial_state(), Batches(mesh), num_steps=3)
     assert recorder.steps == [] and recorder.ends == [(0, "FAILED")]
+
+
+def test_a_separate_critic_is_frozen_and_gives_the_td_weights(mesh):
+    """verifiable with ``critic.model``: the critic runs in the step (as the Rho-1 reference does); its
+    parameters never change, the policy's own value head is not trained, and the TD weights follow the critic."""
+    from flax import nnx
+
+    from wmtp_jax.train.objectives import CriticConfig, WeightingConfig
+
+    critic = create_model(TINY.replace(n_future_tokens=1), mesh, seed=1)
+    critic.value_head.kernel[...] = jax.random.normal(jax.random.key(0), critic.value_head.kernel.shape) * 0.5
+    objective = make_objective("verifiable", WeightingConfig(), CriticConfig(model="a/path"))
+    assert objective.needs_reference and objective.separate_critic and not objective.trains_value_head
+    trainer = Trainer(
+        objective,
+        create_model(TINY, mesh),
+        mesh=mesh,
+        step_config=StepConfig(ce_chunk=8),
+        optimizer=OptimizerConfig(learning_rate=1e-2, num_steps=10),
+        reference=critic,
+    )
+    before = jax.tree.map(np.asarray, nnx.state(critic))
+    state, batches = trainer.initial_state(), Batches(mesh)
+    assert not any("value_head" in str(path) for path, _ in nnx.to_flat_state(state.params))
+    for _ in range(3):
+        state, metrics = trainer.step(state, next(batches))
+    after = jax.tree.map(np.asarray, trainer.reference_state)
+    jax.tree.map(np.testing.assert_array_equal, after, before)
+    assert "value_loss" not in metrics and float(metrics["value_mean"]) != 0.0  # values come from the critic
+    assert float(metrics["weight_std"]) > 0  # TD-exp weights vary with the critic's values
+    with pytest.raises(ValueError, match="needs a reference model"):
+        Trainer(objective, create_model(TINY, mesh), mesh=mesh)

@@ -254,12 +254,21 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     ):
         k.found += section.from_config(c[name]).problems(name)
     k.found += EarlyStoppingConfig.from_config(c.train.early_stopping).problems("train.early_stopping")
-    if c.objective == "verifiable" and not c.model.get("init_from") and not c.get("critic", {}).get("allow_untrained"):
+    from wmtp_jax.train.objectives import CriticConfig
+
+    critic = CriticConfig.from_config(c.critic)
+    k.found += critic.problems("critic")
+    if c.objective == "verifiable" and not c.model.get("init_from") and not critic.model and not critic.allow_untrained:
         k.found.append(
             "model.init_from='': the verifiable objective needs a trained critic; set model.init_from to stage 1's "
-            "output (e.g. workdir/critic/final) or critic.allow_untrained=True to start from a zero value head "
-            "(every token weight then comes from the reward alone)"
+            "output (e.g. workdir/critic/final), critic.model to a separately trained value model, or "
+            "critic.allow_untrained=True to start from a zero value head (every token weight then comes from the "
+            "reward alone)"
         )
+    if critic.model:
+        k.check("critic.model", os.path.isdir, "an existing checkpoint directory (torch or Orbax) of the value model")
+    if c.objective == "critic" and critic.train == "lora" and not c.model.lora.rank:
+        k.found.append("critic.train='lora': set model.lora.rank > 0 (the adapters the critic trains)")
     if c.weighting.value_loss == "pairwise":
         k.check("data.strategy", lambda v: v == "pairs", "'pairs' with weighting.value_loss='pairwise'")
         k.check("data.pack", lambda v: not v, "False with weighting.value_loss='pairwise' (one sequence per row)")

@@ -91,18 +91,17 @@ def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStru
 def dry_run(c) -> dict:
     """Compiles the configured step on abstract shapes; prints and returns the figures."""
     from wmtp_jax.train.loop import batch_rows, make_trainer
-    from wmtp_jax.train.objectives import objective_of
+    from wmtp_jax.train.objectives import second_model, trained_model
 
     if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
         write_micro_models(Path(c.model.checkpoint).parent)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     vocab = c.model.vocab_size or None
-    policy_cfg = peek_config(c.model.init_from or c.model.checkpoint, vocab).replace(**model_options(c))
+    policy_cfg = peek_config(c.model.init_from or trained_model(c), vocab).replace(**model_options(c))
     reference = None
-    if objective_of(c).needs_reference:
-        ref_cfg = peek_config(c.reference.checkpoint, vocab).replace(
-            dtype=c.reference.dtype, param_dtype=c.reference.dtype, **layout_options(c)
-        )
+    second, dtype = second_model(c)
+    if second:
+        ref_cfg = peek_config(second, vocab).replace(dtype=dtype, param_dtype=dtype, **layout_options(c))
         reference = sharded_abstract_model(ref_cfg, mesh)
     lora = LoraConfig.from_config(c.model.lora)
     trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)

@@ -29,7 +29,7 @@ from wmtp_jax.model.lora import LoraConfig, apply_lora
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import hooks
-from wmtp_jax.train.objectives import objective_of
+from wmtp_jax.train.objectives import objective_of, second_model, trained_model
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import NonFiniteError, Trainer
 
@@ -90,7 +90,7 @@ class Inputs:
     prepared data (the shipped data for ``:micro``). Written to ``{workdir}/inputs.json``."""
 
     model_dir: str
-    reference_dir: str  # "" when the objective runs no reference
+    reference_dir: str  # the frozen second model (Rho-1 reference, separate critic); "" when none
     train: str
     validation: str  # "" = no validation loss
 
@@ -101,10 +101,11 @@ def prepare(c) -> Inputs:
     if c.model.build_micro:
         write_micro_models(Path(c.model.checkpoint).parent)
     vocab = c.model.vocab_size or None
-    model_dir = c.model.init_from or ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=vocab)
+    model_dir = c.model.init_from or ensure_orbax(trained_model(c), c.model.cache_dir, vocab_size=vocab)
     reference_dir = ""
-    if objective_of(c).needs_reference:
-        reference_dir = ensure_orbax(c.reference.checkpoint, c.model.cache_dir, vocab_size=vocab)
+    second, _ = second_model(c)  # the Rho-1 reference or a separate frozen critic
+    if second:
+        reference_dir = ensure_orbax(second, c.model.cache_dir, vocab_size=vocab)
     train, validation = c.data.train, c.data.validation
     if c.data.prepare_micro and not train:
         train, validation = _prepare_micro_data(c.data.prepare_micro, Path(c.data.cache_dir), max(c.data.buckets))
@@ -195,10 +196,9 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     reference = None
     if inputs.reference_dir:
         # frozen: stored in its compute dtype (every weight is cast to it anyway, so results are unchanged)
-        reference = load_model(
-            inputs.reference_dir, mesh, dtype=c.reference.dtype, param_dtype=c.reference.dtype, **layout_options(c)
-        )
-        if reference.cfg.vocab_size != model.cfg.vocab_size:
+        _, dtype = second_model(c)
+        reference = load_model(inputs.reference_dir, mesh, dtype=dtype, param_dtype=dtype, **layout_options(c))
+        if not objective_of(c).separate_critic and reference.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(
                 f"reference vocab {reference.cfg.vocab_size} != policy vocab {model.cfg.vocab_size}; "
                 "set model.vocab_size to slice the larger one"
@@ -318,7 +318,7 @@ def train(c) -> dict:
             every=loop.eval_every_steps,
         )
     quality = None
-    if trainer.objective.trains_value and inputs.validation:  # the critic measured on held-out labelled data
+    if trainer.objective.trains_value_head and inputs.validation:  # the critic measured on held-out labelled data
         from wmtp_jax.train import eval_hooks
 
         held_out = _validation_batches(c, inputs, tok, whole=True)

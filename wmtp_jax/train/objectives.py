@@ -88,6 +88,31 @@ class WeightingConfig(Section):
         return c.found
 
 
+CRITIC_TRAIN = ("head", "full", "lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticConfig(Section):
+    """The ``critic`` section: where the verifiable experiment's values come from.
+
+    ``model``: "" = the value head on the policy's MTP trunk; a checkpoint path (Meta / Hugging Face / Orbax
+    LLaMA with the same tokenizer, e.g. stage 1's ``final/``) = a separate value model with its own value head.
+    In stage 1 (``critic``) that model is the one trained; in stage 2 (``verifiable``) it runs frozen inside the
+    step, as the Rho-1 reference does, stored in ``dtype``. ``train`` (stage 1): ``head`` (frozen body), ``full``
+    or ``lora`` (the ``model.lora`` adapters + the head). ``allow_untrained``: let ``verifiable`` start from a zero
+    value head."""
+
+    model: str = ""
+    train: str = "head"
+    dtype: str = "bfloat16"
+    allow_untrained: bool = False
+
+    def problems(self, prefix: str = "critic") -> list[str]:
+        c = self.checker(prefix)
+        c.one_of("train", CRITIC_TRAIN)
+        return c.found
+
+
 @dataclasses.dataclass(frozen=True)
 class Signals:
     """What a token-weight function may read in one micro-batch (all ``[B, S, H]`` unless noted)."""
@@ -106,6 +131,7 @@ class Objective:
     """Base class: unweighted multi-token prediction of every head (the baseline)."""
 
     weighting: WeightingConfig = WeightingConfig()
+    critic: CriticConfig = CriticConfig()
     name: ClassVar[str] = "baseline"
     trains_policy: ClassVar[bool] = True  # the weighted CE term
     trains_value: ClassVar[bool] = False  # the value-loss term
@@ -113,7 +139,19 @@ class Objective:
 
     @property
     def needs_reference(self) -> bool:
+        """A frozen second model runs in the step: the Rho-1 reference, or the verifiable objective's separate
+        critic (``separate_critic``)."""
         return False
+
+    @property
+    def separate_critic(self) -> bool:
+        """The values (TD weights) come from the frozen second model instead of the policy's value head."""
+        return False
+
+    @property
+    def trains_value_head(self) -> bool:
+        """The value-loss term is in the loss (``trains_value`` and the values are the trained model's own)."""
+        return self.trains_value and not self.separate_critic
 
     @property
     def reference_table(self) -> str:
@@ -166,17 +204,32 @@ class Critic(Objective):
     uses_td: ClassVar[bool] = True
 
     def trainable(self):
-        return nnx.All(nnx.Param, nnx.PathContains("value_head"))
+        """``critic.train``: the value head (``head``), everything (``full``), or with LoRA applied the adapters +
+        the head (``lora``: the Trainer restricts ``nnx.Param`` to them)."""
+        if self.critic.train == "head":
+            return nnx.All(nnx.Param, nnx.PathContains("value_head"))
+        return nnx.Param
 
 
 class Verifiable(Objective):
-    """Stage 2: TD-exp weights from the value head; the policy and the value head are trained together."""
+    """Stage 2: TD-exp weights from the value head; the policy and the value head are trained together. With a
+    separate critic (``critic.model``) the values come from that frozen model and only the policy is trained."""
 
     name: ClassVar[str] = "verifiable"
     trains_value: ClassVar[bool] = True
     uses_td: ClassVar[bool] = True
 
+    @property
+    def separate_critic(self) -> bool:
+        return bool(self.critic.model)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.separate_critic
+
     def trainable(self):
+        if self.separate_critic:  # the policy's own value head is not used
+            return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
         return nnx.Param
 
     def token_weights(self, s: Signals) -> jax.Array:
@@ -226,16 +279,37 @@ class Rho1(Objective):
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Baseline, Critic, Verifiable, Rho1, RefTuning)}
 
 
-def make_objective(name: str, weighting: WeightingConfig = WeightingConfig()) -> Objective:
+def make_objective(
+    name: str, weighting: WeightingConfig = WeightingConfig(), critic: CriticConfig = CriticConfig()
+) -> Objective:
     """The objective called ``name`` (a key of ``OBJECTIVES``); raises ValueError naming the choices."""
     if name not in OBJECTIVES:
         raise ValueError(f"objective {name!r}: expected one of {list(OBJECTIVES)}")
-    return OBJECTIVES[name](weighting)
+    return OBJECTIVES[name](weighting, critic)
 
 
 def objective_of(c) -> Objective:
-    """The objective a training config names (``c.objective`` with its ``weighting`` section)."""
-    return make_objective(c.objective, WeightingConfig.from_config(c.weighting))
+    """The objective a training config names (``c.objective`` with its ``weighting`` and ``critic`` sections)."""
+    critic = CriticConfig.from_config(c.get("critic") or {})  # configs written before the section existed: defaults
+    return make_objective(c.objective, WeightingConfig.from_config(c.weighting), critic)
+
+
+def trained_model(c) -> str:
+    """The checkpoint a training config trains (before ``model.init_from``): the separate critic in stage 1 with
+    ``critic.model``, else ``model.checkpoint``."""
+    critic = c.get("critic") or {}
+    return critic.get("model") if c.objective == "critic" and critic.get("model") else c.model.checkpoint
+
+
+def second_model(c) -> tuple[str, str]:
+    """``(checkpoint, dtype)`` of the frozen second model the objective of ``c`` runs in its step (the Rho-1
+    reference or the verifiable objective's separate critic), or ``("", "")``."""
+    objective = objective_of(c)
+    if not objective.needs_reference:
+        return "", ""
+    if objective.separate_critic:
+        return c.critic.model, c.critic.dtype
+    return c.reference.checkpoint, c.reference.dtype
 
 
 def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:

@@ -163,8 +163,16 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
     metrics: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
     new_ema, adv, w_tok = ema, None, None
+    values = out.values
+    if objective.separate_critic:  # the frozen critic's value head, on its own trunk
+        values = jax.lax.stop_gradient(reference.forward(mb["tokens"], mb["positions"], mb["segment_ids"]).values)
     if objective.uses_td:  # TD errors from the value head
-        w_tok, adv, new_ema = td_weights(objective.weighting, out.values, mb, ema)
+        w_tok, adv, new_ema = td_weights(objective.weighting, values, mb, ema)
+        value_mask = valid[..., 0]  # V(s_p) for states followed by an output token
+        metrics["value_mean"] = alignment.masked_moments(values, value_mask)[0]
+        td_mean, td_var, _ = alignment.masked_moments(adv, mb["loss_mask"])
+        metrics["td_error_mean"] = td_mean
+        metrics["td_error_std"] = jnp.sqrt(td_var)
     if objective.trains_policy:
         if cfg.ce_tokens:
             ce, metrics["ce_tokens_over"] = losses.valid_token_ce(
@@ -194,9 +202,8 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
         metrics["weight_hist"] = jnp.histogram(
             weights, bins=WEIGHT_HIST_BINS, range=(0.0, WEIGHT_HIST_MAX), weights=valid.astype(jnp.float32)
         )[0]
-    if objective.trains_value:
+    if objective.trains_value_head:
         w = objective.weighting
-        value_mask = valid[..., 0]  # V(s_p) for states followed by an output token
         target = (
             mb["rewards"]
             if w.value_target == "mc"
@@ -215,11 +222,7 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
             )
         total = total + objective.value_coef * value_loss
         metrics["value_loss"] = value_loss
-        metrics["value_mean"] = alignment.masked_moments(out.values, value_mask)[0]
         metrics["value_explained_variance"] = losses.explained_variance(out.values, target, value_mask)
-        td_mean, td_var, _ = alignment.masked_moments(adv, mb["loss_mask"])
-        metrics["td_error_mean"] = td_mean
-        metrics["td_error_std"] = jnp.sqrt(td_var)
     metrics["loss"] = total
     return total, (metrics, new_ema)
 
