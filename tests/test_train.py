@@ -87,13 +87,20 @@ def test_critic_trains_only_the_value_head(stage_one, shared):
 
 
 def test_verifiable_starts_from_the_critic(stage_one, shared, tmp_path):
-    result = run("verifiable", shared, tmp_path / "v", **{"model.init_from": str(stage_one["critic"]["final_dir"])})
+    init = {"model.init_from": str(stage_one["critic"]["final_dir"])}
+    result = run("verifiable", shared, tmp_path / "v", **init, **{"critic.value_clip": 0.2})
     m = read_metrics(tmp_path / "v")
     assert all(math.isfinite(r["loss"]) for r in m.values())
     assert m[1]["value_mean"] != 0.0  # the value head came trained from stage 1 (a fresh one outputs 0)
     assert 0.1 <= m[4]["weight_min"] <= m[4]["weight_max"] <= 5.0 and m[4]["weight_std"] > 0
     assert (Path(result["final_dir"]) / "model_config.json").is_file()
     assert (tmp_path / "v" / "weight_distribution.png").is_file()
+    # stability monitors: the value head's distance from stage 1's (0 before the first update), weight entropy
+    assert m[1]["critic_param_distance"] == 0.0 < m[4]["critic_param_distance"]
+    assert 0.0 < m[4]["weight_entropy"] <= 1.0
+    run("verifiable", shared, tmp_path / "anchored", **init, **{"critic.value_clip": 0.2, "critic.anchor_coef": 1e4})
+    anchored = read_metrics(tmp_path / "anchored")
+    assert anchored[4]["critic_param_distance"] < m[4]["critic_param_distance"]  # the anchor holds the head back
 
 
 def test_verifiable_without_a_trained_critic_is_a_configuration_error(shared, tmp_path):

@@ -196,3 +196,22 @@ def test_pairwise_value_loss_against_a_hand_computed_case():
     mask = jnp.asarray([[0, 1, 1, 0], [0, 0, 0, 0]])
     final, has = alignment.last_output(x, mask)
     assert final.tolist()[0] == 3.0 and has.tolist() == [True, False]
+
+
+def test_clipped_value_loss_and_weight_entropy_against_hand_computed_cases():
+    values = jnp.asarray([1.0, 0.0, 0.5])
+    anchor = jnp.asarray([0.5, 0.5, 0.5])
+    targets = jnp.asarray([0.0, 0.0, 1.0])
+    mask = jnp.asarray([True, True, True])
+    # eps 0.2: clipped values 0.7, 0.3, 0.5; per token max(0.5 (V - t)^2, 0.5 (Vc - t)^2)
+    # = max(0.5, 0.245), max(0, 0.045), max(0.125, 0.125) -> 0.5 + 0.045 + 0.125
+    got = losses.clipped_value_loss_sum(values, anchor, targets, mask, 0.2)
+    assert float(got) == pytest.approx(0.67, abs=1e-6)
+    assert float(losses.clipped_value_loss_sum(values, anchor, targets, mask, 10.0)) == pytest.approx(
+        float(losses.value_loss_sum(values, targets, mask))
+    )  # a clip wider than every difference is the plain loss
+    valid = jnp.asarray([True, True, True, True, False])
+    assert float(losses.weight_entropy(jnp.asarray([1.0, 1.0, 1.0, 1.0, 9.0]), valid)) == pytest.approx(1.0)
+    assert float(losses.weight_entropy(jnp.asarray([1.0, 0.0, 0.0, 0.0, 9.0]), valid)) == pytest.approx(0.0)
+    # p = (1/2, 1/4, 1/4, 0): H = 1.5 log 2, over log 4
+    assert float(losses.weight_entropy(jnp.asarray([2.0, 1.0, 1.0, 0.0, 0.0]), valid)) == pytest.approx(0.75)

@@ -94,6 +94,41 @@ def value_loss_sum(
     return jnp.sum(jnp.where(mask, per, 0.0))
 
 
+def clipped_value_loss_sum(
+    values: jax.Array,
+    anchor_values: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    clip: float,
+    kind: str = "mse",
+    huber_delta: float = 1.0,
+) -> jax.Array:
+    """PPO-style clipped value loss: ``sum over mask of max(l(V - t), l(V_a + clip(V - V_a, -eps, eps) - t))`` with
+    ``V_a = anchor_values`` (no gradient) and l as in ``value_loss_sum`` (Schulman et al. 2017, the value clipping
+    of the PPO baselines implementation; here the anchor is the stage-1 critic). float32 scalar."""
+    anchor_values, targets = jax.lax.stop_gradient(anchor_values), jax.lax.stop_gradient(targets)
+    clipped = anchor_values + jnp.clip(values - anchor_values, -clip, clip)
+
+    def per(v):
+        if kind == "mse":
+            return 0.5 * jnp.square(v - targets)
+        if kind == "huber":
+            return optax.losses.huber_loss(v, targets, delta=huber_delta)
+        raise ValueError(f"value loss kind={kind!r}: expected 'mse' or 'huber'")
+
+    return jnp.sum(jnp.where(mask, jnp.maximum(per(values), per(clipped)), 0.0))
+
+
+def weight_entropy(weights: jax.Array, valid: jax.Array) -> jax.Array:
+    """Normalised entropy of the token-weight distribution ``p = w / sum(w)`` over the valid targets:
+    ``-sum p log p / log(n_valid)`` in [0, 1] (1 = uniform weights, 0 = all weight on one target). float32."""
+    w = jnp.where(valid, jnp.maximum(weights, 0.0), 0.0).astype(jnp.float32)
+    p = w / jnp.maximum(w.sum(), 1e-12)
+    h = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.maximum(p, 1e-30)), 0.0))
+    n = valid.sum()
+    return jnp.where(n > 1, h / jnp.log(jnp.maximum(n, 2).astype(jnp.float32)), 1.0)
+
+
 def pairwise_value_loss_sum(final_values: jax.Array, rewards: jax.Array, has_output: jax.Array):
     """Bradley–Terry loss of a critic on (correct, incorrect) pairs: rows ``2i`` and ``2i + 1`` are one problem's
     correct and incorrect solution (the ``pairs`` sampling strategy), and the loss is

@@ -35,10 +35,13 @@ class MTPOutput(NamedTuple):
     head_hidden: ``[B, S, H, d]`` (compute dtype) — each head's output after the shared final norm;
       ``MTPTransformer.logits`` maps it to the vocabulary.
     values: float32 ``[B, S]`` — value estimates V(s_t) from the value head (None for a model without one).
+    value_input: ``[B, S, d]`` — what the value head reads, the final norm of the trunk's output (None without a
+      value head); the critic's value clipping applies its stage-1 weights to it.
     """
 
     head_hidden: jax.Array
     values: jax.Array
+    value_input: jax.Array | None = None
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -114,9 +117,12 @@ class MTPTransformer(nnx.Module):
 
         policy = REMAT_POLICIES[cfg.remat]
         h = _chain_blocks(self.layers, h, positions, mask, policy, scan=cfg.scan_layers)
-        values = None if self.value_head is None else constrain_batch(self.value_head(self.norm(h))[..., 0])
+        value_input = values = None
+        if self.value_head is not None:
+            value_input = self.norm(h)
+            values = constrain_batch(self.value_head(value_input)[..., 0])
         head_out = _parallel_blocks(self.heads, h, positions, mask, policy, scan=cfg.scan_layers)
-        return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=values)
+        return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=values, value_input=value_input)
 
     def init_cache(self, batch: int, slots: int, n_heads: int) -> list[KVCache]:
         """Empty key/value caches for the trunk and the first ``n_heads`` heads: ``[B, T, kv_heads, head_dim]``."""

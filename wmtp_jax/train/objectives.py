@@ -100,16 +100,22 @@ class CriticConfig(Section):
     In stage 1 (``critic``) that model is the one trained; in stage 2 (``verifiable``) it runs frozen inside the
     step, as the Rho-1 reference does, stored in ``dtype``. ``train`` (stage 1): ``head`` (frozen body), ``full``
     or ``lora`` (the ``model.lora`` adapters + the head). ``allow_untrained``: let ``verifiable`` start from a zero
-    value head."""
+    value head. Stage 2 with the policy's own value head keeps it near stage 1's (the anchor, read when the trainer
+    is built): ``value_clip`` (PPO-style clipping of V around the anchor head's value) and ``anchor_coef`` (a
+    squared-distance penalty); the L2 distance is reported as ``critic_param_distance`` either way."""
 
     model: str = ""
     train: str = "head"
     dtype: str = "bfloat16"
     allow_untrained: bool = False
+    value_clip: float = 0.0  # stage 2: clip V to V_stage1 +- this in the value loss (PPO-style); 0 = off
+    anchor_coef: float = 0.0  # stage 2: + coef * ||theta_value_head - theta_stage1||^2; 0 = off
 
     def problems(self, prefix: str = "critic") -> list[str]:
         c = self.checker(prefix)
         c.one_of("train", CRITIC_TRAIN)
+        c.check("value_clip", lambda v: v >= 0, "a non-negative number (0 = no clipping)")
+        c.check("anchor_coef", lambda v: v >= 0, "a non-negative number (0 = no anchor penalty)")
         return c.found
 
 
@@ -152,6 +158,12 @@ class Objective:
     def trains_value_head(self) -> bool:
         """The value-loss term is in the loss (``trains_value`` and the values are the trained model's own)."""
         return self.trains_value and not self.separate_critic
+
+    @property
+    def uses_anchor(self) -> bool:
+        """Stage 2 trains a value head that stage 1 trained: keep a copy of it (the anchor) for clipping, the
+        anchor penalty and the distance monitor."""
+        return self.trains_value_head and self.trains_policy
 
     @property
     def reference_table(self) -> str:

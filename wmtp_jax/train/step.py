@@ -155,8 +155,22 @@ def denominators(objective: Objective, micro: dict[str, jax.Array], n_heads: int
     return {"ce": jnp.maximum(ce.sum(0), 1.0), "value": jnp.maximum(value.sum(), 1.0)}
 
 
-def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb, denom, ema, key):
-    """Loss of one micro-batch (already divided by the global normalisers) and its metrics."""
+def _head_params(model) -> dict[str, jax.Array]:
+    return {"kernel": model.value_head.kernel[...], "bias": model.value_head.bias[...]}
+
+
+def value_head_anchor(model) -> dict[str, jax.Array] | None:
+    """A copy of ``model``'s value-head parameters (float32; the anchor of ``Objective.uses_anchor``), or None for
+    an abstract model (the dry run)."""
+    params = _head_params(model)
+    if not all(isinstance(x, jax.Array) for x in params.values()):
+        return None
+    return {k: jnp.array(v, jnp.float32, copy=True) for k, v in params.items()}
+
+
+def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb, denom, ema, key, anchor=None):
+    """Loss of one micro-batch (already divided by the global normalisers) and its metrics. ``anchor``: stage 1's
+    value-head parameters (``value_head_anchor``) when the objective ``uses_anchor``."""
     n_heads = model.cfg.n_future_tokens
     targets, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
     out = model.forward(mb["tokens"], mb["positions"], mb["segment_ids"])
@@ -194,6 +208,8 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
         if objective.weighting.control:
             weights = common.control_shuffle(weights, valid, key)
         weights = jax.lax.stop_gradient(weights)
+        if objective.uses_td:
+            metrics["weight_entropy"] = losses.weight_entropy(weights[..., 0], valid[..., 0])
         head_loss = losses.weighted_ce_sums(ce, weights, valid) / denom["ce"]
         total = total + jnp.dot(jnp.asarray(cfg.head_weights, jnp.float32), head_loss)
         metrics["loss_head"] = head_loss
@@ -216,10 +232,30 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
             )
             value_loss = pair_sum / jnp.maximum(n_pairs, 1.0)  # one micro-batch (config: grad_accum_steps 1)
             metrics["value_pairs"] = n_pairs
+        elif anchor is not None and objective.critic.value_clip > 0:  # V kept within +- clip of stage 1's head
+            anchor_values = (out.value_input.astype(jnp.float32) @ anchor["kernel"])[..., 0] + anchor["bias"][0]
+            value_loss = (
+                losses.clipped_value_loss_sum(
+                    out.values,
+                    anchor_values,
+                    target,
+                    value_mask,
+                    objective.critic.value_clip,
+                    w.value_loss,
+                    w.huber_delta,
+                )
+                / denom["value"]
+            )
         else:
             value_loss = (
                 losses.value_loss_sum(out.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
             )
+        if anchor is not None:
+            head = _head_params(model)
+            sq = sum(jnp.sum(jnp.square(head[k].astype(jnp.float32) - anchor[k])) for k in anchor)
+            metrics["critic_param_distance"] = jnp.sqrt(sq)  # L2 distance of the value head from stage 1's
+            if objective.critic.anchor_coef > 0:  # each of the n micro-batches adds 1/n: coef * sq per step
+                total = total + objective.critic.anchor_coef * sq / cfg.grad_accum_steps
         total = total + objective.value_coef * value_loss
         metrics["value_loss"] = value_loss
         metrics["value_explained_variance"] = losses.explained_variance(out.values, target, value_mask)
@@ -251,11 +287,19 @@ def _combine(acc, m, n):
 
 
 def make_train_step(
-    objective: Objective, cfg: StepConfig, graphdef, tx, schedule, mesh: Mesh | None = None, ref_graphdef=None
+    objective: Objective,
+    cfg: StepConfig,
+    graphdef,
+    tx,
+    schedule,
+    mesh: Mesh | None = None,
+    ref_graphdef=None,
+    anchor=None,
 ):
     """Returns ``step(state: TrainState, frozen, reference_state, batch) -> (state, metrics)`` (pure; jit it).
 
-    ``frozen`` is the frozen part of the model's state; ``reference_state`` the Rho-1 reference (or None).
+    ``frozen`` is the frozen part of the model's state; ``reference_state`` the Rho-1 reference (or None);
+    ``anchor`` stage 1's value-head parameters (``value_head_anchor``; a constant of the compiled step).
     ``cfg.head_weights`` must hold one weight per head (``StepConfig.for_heads``).
     """
 
@@ -275,7 +319,8 @@ def make_train_step(
         key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params, mb, ema, k):
-            return micro_batch_loss(objective, cfg, nnx.merge(graphdef, params, frozen), reference, mb, denom, ema, k)
+            model = nnx.merge(graphdef, params, frozen)
+            return micro_batch_loss(objective, cfg, model, reference, mb, denom, ema, k, anchor)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), state.ema, key))

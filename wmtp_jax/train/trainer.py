@@ -36,6 +36,7 @@ from wmtp_jax.train.step import (
     init_state,
     make_optimizer,
     make_train_step,
+    value_head_anchor,
 )
 
 # bf16 dense peak per device, for the MFU estimate
@@ -131,9 +132,11 @@ class Trainer:
         self.ref_graphdef = self.reference_state = None
         if reference is not None:
             self.ref_graphdef, self.reference_state = nnx.split(reference)
+        # stage 1's value head, copied before the first step donates the model's arrays
+        self.anchor = value_head_anchor(model) if objective.uses_anchor else None
         self.tx, self.schedule = make_optimizer(optimizer)
         self.step_fn = make_train_step(
-            objective, self.step_config, self.graphdef, self.tx, self.schedule, mesh, self.ref_graphdef
+            objective, self.step_config, self.graphdef, self.tx, self.schedule, mesh, self.ref_graphdef, self.anchor
         )
         self.flops_per_token = flops_per_token(model, self.params, self.reference_state)
         self.peak_flops = peak_flops(peak_flops_per_device)
