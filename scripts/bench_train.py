@@ -12,6 +12,8 @@ memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-
   prints the per-device sizes XLA reports (arguments, outputs, temporaries; aliased donations counted once).
   Runs on virtual CPU devices when no accelerator is present (XLA's CPU buffer assignment, not a GPU's).
   ``--lora-rank 64 [--lora-base bfloat16]``: the same step with LoRA adapters on the 7 block projections.
+  ``--experiment verifiable --critic 2.7b``: the verifiable step with a frozen separate critic of the 2.7B shape
+  (``--critic ''``: with the policy's own value head).
 mfu: real train steps of a randomly initialised model on all local devices (FSDP), production layout and
   bf16 compute; prints tokens/s and MFU = tokens/s x FLOPs per token / (devices x peak FLOP/s), with the
   FLOPs and peaks the training loop logs (``wmtp_jax.train.trainer.flops_per_token`` / ``peak_flops``). The 7b
@@ -149,15 +151,24 @@ def torch_throughput(experiment: str, batch: int, seq: int, steps: int) -> float
 
 
 def make_trainer(
-    objective: str, model, mesh, reference=None, *, ce_chunk: int, learning_rate: float = 1e-5, grad_accum: int = 1
+    objective: str,
+    model,
+    mesh,
+    reference=None,
+    *,
+    ce_chunk: int,
+    learning_rate: float = 1e-5,
+    grad_accum: int = 1,
+    critic_model: str = "",
 ):
-    """The project's Trainer for ``objective`` (default weighting settings), as the training job builds it."""
-    from wmtp_jax.train.objectives import make_objective
+    """The project's Trainer for ``objective`` (default weighting settings), as the training job builds it;
+    ``critic_model`` non-empty: the verifiable objective with ``reference`` as its frozen separate critic."""
+    from wmtp_jax.train.objectives import CriticConfig, WeightingConfig, make_objective
     from wmtp_jax.train.step import OptimizerConfig, StepConfig
     from wmtp_jax.train.trainer import Trainer
 
     return Trainer(
-        make_objective(objective),
+        make_objective(objective, WeightingConfig(), CriticConfig(model=critic_model)),
         model,
         mesh=mesh,
         reference=reference,
@@ -269,13 +280,17 @@ def memory(args) -> None:
         from wmtp_jax.model.lora import LoraConfig
 
         lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank, base_dtype=args.lora_base)
+    separate = args.experiment == "verifiable" and args.critic == "2.7b"
+    if args.experiment == "verifiable":  # the 2.7B shape as a frozen separate critic (with its value head)
+        ref_cfg = ref_cfg.replace(n_future_tokens=1)
     trainer = make_trainer(
-        "rho1",
+        args.experiment,
         sharded_abstract_model(policy_cfg, mesh, lora),
         mesh,
-        sharded_abstract_model(ref_cfg, mesh),
+        sharded_abstract_model(ref_cfg, mesh) if args.experiment == "rho1" or separate else None,
         ce_chunk=args.ce_chunk,
         grad_accum=args.grad_accum,
+        critic_model="2.7b" if separate else "",
     )
     t = time.perf_counter()
     rows = args.per_device_batch * args.devices * args.grad_accum
@@ -283,8 +298,14 @@ def memory(args) -> None:
     figures = MemoryFigures.of(compiled)
     base_dtype = args.lora_base or "float32"
     adapters = f", LoRA r{args.lora_rank} on the 7 block projections, base {base_dtype}" if lora else ""
+    second = {
+        "rho1": f"Rho-1 step (+ 2.7B reference, {args.reference_dtype})",
+        "verifiable": f"verifiable step (+ frozen 2.7B critic, {args.reference_dtype})"
+        if separate
+        else "verifiable step (value head on the policy)",
+    }[args.experiment]
     print(
-        f"7B_1T_4 Rho-1 step (+ 2.7B reference, {args.reference_dtype}){adapters}, {args.devices}-device FSDP mesh, "
+        f"7B_1T_4 {second}{adapters}, {args.devices}-device FSDP mesh, "
         f"per-device batch {args.per_device_batch} x {args.seq}"
         f"{f' x {args.grad_accum} accumulated micro-batches' if args.grad_accum > 1 else ''}, "
         f"compiled for {jax.devices()[0].platform} "
@@ -376,6 +397,13 @@ def main() -> int:
     m.add_argument("--devices", type=int, default=4)
     m.add_argument("--ce-chunk", type=int, default=256)
     m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    m.add_argument("--experiment", default="rho1", choices=["rho1", "verifiable"], help="which step to compile")
+    m.add_argument(
+        "--critic",
+        default="",
+        choices=["", "2.7b"],
+        help="verifiable: a frozen separate critic of the Sheared-LLaMA-2.7B shape ('' = the policy's value head)",
+    )
     m.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0 = full fine-tuning)")
     m.add_argument("--lora-base", default="", choices=["", "bfloat16"], help="storage dtype of the frozen base")
     m.add_argument("--show-largest", type=int, default=0, help="list the N largest buffers of the compiled step")
