@@ -482,3 +482,31 @@ def test_separate_critic_stage_one_to_stage_two_by_path(shared, tmp_path):
     m = read_metrics(tmp_path / "v")
     assert "value_loss" not in m[1] and m[1]["value_mean"] != 0.0  # frozen, and trained in stage 1
     assert m[3]["weight_std"] > 0 and (Path(two["final_dir"]) / "model_config.json").is_file()
+
+
+def test_mlp_critic_head_trains_saves_and_feeds_stage_two(shared, tmp_path):
+    """critic.head=mlp: stage 1 swaps in a d -> hidden -> 1 GELU head (zero output layer, so step 1 predicts 0),
+    trains only it, records it in final/'s config; stage 2 restores the same head and anchors to it."""
+    stage = {"train.num_steps": 3, "checkpoint.every_steps": 3}
+    one = run("critic", shared, tmp_path / "mlp", **{"critic.head": "mlp", "critic.head_hidden": 16}, **stage)
+    final = Path(one["final_dir"])
+    assert json.loads((final / "model_config.json").read_text())["model"]["value_head_hidden"] == 16
+    m = read_metrics(tmp_path / "mlp")
+    assert m[1]["value_mean"] == 0.0 and m[3]["value_mean"] != 0.0
+    critic = load_model(final, sharding.make_mesh())
+    assert critic.value_head.hidden.kernel.shape == (64, 16) and np.abs(critic.value_head.out.kernel[...]).sum() > 0
+    from safetensors import safe_open
+
+    from wmtp_jax.checkpoint import CheckpointError, ensure_orbax
+    from wmtp_jax.checkpoint.export import export_checkpoint
+
+    export_checkpoint(final, tmp_path / "meta", format="meta", progress=False)  # the MLP head is kept, not dropped
+    with safe_open(tmp_path / "meta" / "value_head.safetensors", "pt") as f:
+        assert set(f.keys()) == {f"value_head.{m}.{p}" for m in ("hidden", "out") for p in ("weight", "bias")}
+    assert "value_head_hidden" not in json.loads((tmp_path / "meta" / "params.json").read_text())
+    with pytest.raises(CheckpointError, match="an MLP value head"):
+        ensure_orbax(tmp_path / "meta", tmp_path / "converted")
+    init = {"model.init_from": str(final), "critic.value_clip": 0.2}
+    run("verifiable", shared, tmp_path / "v", **init, **stage)
+    v = read_metrics(tmp_path / "v")
+    assert v[1]["value_mean"] != 0.0 and v[1]["critic_param_distance"] == 0.0 < v[3]["critic_param_distance"]

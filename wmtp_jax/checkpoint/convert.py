@@ -262,6 +262,11 @@ def _value_head(layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         return np.zeros((layout.cfg.dim, 1), np.float32), np.zeros((1,), np.float32)
     f = SafetensorsFile(path)
+    if "value_head.hidden.weight" in f.shapes:
+        raise CheckpointError(
+            f"{path}: an MLP value head (a critic's critic.head=mlp); conversion reads linear heads only, so use the "
+            "Orbax model directory the critic run wrote (its final/)"
+        )
     expected = {"value_head.weight": (1, layout.cfg.dim), "value_head.bias": (1,)}
     if f.shapes != expected:
         raise CheckpointError(f"{path}: expected tensors {expected}, found {f.shapes}")

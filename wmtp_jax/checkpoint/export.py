@@ -8,7 +8,9 @@ n_future_tokens = 1, else the path of one head (trunk blocks + that head's block
 norm and output), which any LLaMA runtime serves as a plain next-token model. ``q_proj`` / ``k_proj`` rows get
 transformers' rotate-half permutation (``convert_llama_weights_to_hf.py``); the model keeps Meta's interleaved
 pairs. In both layouts the value head is written beside the weights as ``value_head.safetensors``
-(``value_head.weight`` ``[1, dim]``, ``value_head.bias`` ``[1]``), which the converter reads back.
+(``value_head.weight`` ``[1, dim]``, ``value_head.bias`` ``[1]``), which the converter reads back; a critic's MLP
+head is written as ``value_head.{hidden,out}.{weight,bias}``, which the converter refuses with a clear error (load
+the Orbax ``final/`` for it).
 
 Memory: an Orbax model directory (a conversion, a run's ``final/``) is read one tensor at a time. Meta's
 ``.pth`` files are written from tensors spilled to memory-mapped scratch files, HF's in safetensors shards of at
@@ -120,11 +122,15 @@ def _rope_permute(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _value_head(source: _Source, dtype: str | None) -> dict[str, torch.Tensor]:
-    if "value_head/kernel" not in source.names:
-        return {}
-    kernel = _cast(source.read("value_head/kernel"), dtype)  # [dim, 1]
-    bias = _cast(source.read("value_head/bias"), dtype)
-    return {"value_head.weight": kernel.T.contiguous(), "value_head.bias": bias.contiguous()}
+    """The value head in torch's ``[out, in]`` convention: ``value_head.{weight, bias}`` for the linear head, or
+    ``value_head.{hidden, out}.{weight, bias}`` for the critic's MLP head ({} when the model has none)."""
+    out = {}
+    for prefix in ("value_head", "value_head/hidden", "value_head/out"):
+        if f"{prefix}/kernel" in source.names:
+            name = prefix.replace("/", ".")
+            out[f"{name}.weight"] = _cast(source.read(f"{prefix}/kernel"), dtype).T.contiguous()
+            out[f"{name}.bias"] = _cast(source.read(f"{prefix}/bias"), dtype).contiguous()
+    return out
 
 
 def _write_value_head(source: _Source, dst: Path, dtype: str | None) -> None:
@@ -170,7 +176,8 @@ def _export_meta(source: _Source, dst: Path, model_parallel: int, dtype: str | N
         for rank, sd in enumerate(shards):
             torch.save(sd, dst / f"consolidated.{rank:02d}.pth")
         del shards
-    (dst / "params.json").write_text(json.dumps(cfg.to_params_json(), indent=2) + "\n")
+    params = cfg.replace(value_head_hidden=0).to_params_json()  # Meta's keys only (the value head is beside)
+    (dst / "params.json").write_text(json.dumps(params, indent=2) + "\n")
 
 
 def _hf_config(cfg: ModelConfig, dtype: str, head: int, source: str):

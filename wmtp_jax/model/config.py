@@ -71,6 +71,8 @@ class ModelConfig:
       attention: "xla" (plain), "chunked" (exact, ``attention_chunk`` queries at a time: no ``[S, S]``
         score matrix per head for the whole sequence) or "cudnn" (flash attention on NVIDIA GPUs).
       attention_chunk: queries per chunk for "chunked".
+      value_head_hidden: 0 = the value head is ``Linear(d -> 1)``; > 0 = an MLP ``d -> hidden -> 1`` (GELU,
+        zero-initialised output), the critic's ``critic.head=mlp``.
       scan_layers: run the (always stacked) trunk blocks as one ``lax.scan`` and the heads as one ``lax.map``
         (one compiled block; buffers reused from layer to layer, which bounds activation memory on any
         backend); False unrolls them in Python (same result).
@@ -94,6 +96,7 @@ class ModelConfig:
     scan_layers: bool = False
     attention: str = "xla"
     attention_chunk: int = 512
+    value_head_hidden: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -182,6 +185,8 @@ class ModelConfig:
             out.append(f"attention_chunk={self.attention_chunk!r}: expected a positive integer")
         if not isinstance(self.scan_layers, bool):
             out.append(f"scan_layers={self.scan_layers!r}: expected true or false")
+        if not isinstance(self.value_head_hidden, int) or self.value_head_hidden < 0:
+            out.append(f"value_head_hidden={self.value_head_hidden!r}: expected 0 (linear head) or a positive width")
         return out
 
     def validate(self) -> None:
@@ -245,6 +250,8 @@ class ModelConfig:
     def to_params_json(self) -> dict[str, Any]:
         """The Meta ``params.json`` view (architecture only, no dtypes)."""
         skip = {"dtype", "param_dtype", "remat", "scan_layers", "attention", "attention_chunk"}
+        if not self.value_head_hidden:  # Meta's params.json has no such key; only an MLP value head records it
+            skip.add("value_head_hidden")
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

@@ -56,6 +56,43 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
     return (causal[None] & same)[:, None]
 
 
+class ValueMLP(nnx.Module):
+    """The MLP value head: ``out(gelu(hidden(x)))``, ``d -> hidden -> 1`` in float32; ``out`` starts at zero, so
+    a fresh head predicts 0 like the linear one."""
+
+    def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs):
+        self.hidden = linear(
+            dim, hidden, ("embed", "mlp"), dtype=jnp.float32, param_dtype=param_dtype, use_bias=True, rngs=rngs
+        )
+        self.out = linear(
+            hidden,
+            1,
+            ("mlp", None),
+            dtype=jnp.float32,
+            param_dtype=param_dtype,
+            use_bias=True,
+            init=nnx.initializers.zeros,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.out(jax.nn.gelu(self.hidden(x)))
+
+
+def with_mlp_value_head(model, hidden: int, mesh: jax.sharding.Mesh | None = None, seed: int = 0):
+    """Replaces ``model``'s value head by a fresh ``ValueMLP`` of width ``hidden`` (zero output), placed in its
+    shardings over ``mesh``, and records it in ``model.cfg`` (so ``save_model`` / ``load_model`` keep it).
+    Returns ``model``."""
+    from wmtp_jax import sharding
+
+    model.cfg = model.cfg.replace(value_head_hidden=hidden)
+    model.value_head = ValueMLP(model.cfg.dim, hidden, param_dtype=model.cfg.weight_dtype, rngs=nnx.Rngs(seed))
+    if mesh is not None:
+        state = nnx.state(model.value_head)
+        nnx.update(model.value_head, jax.device_put(state, sharding.state_shardings(state, mesh)))
+    return model
+
+
 class MTPTransformer(nnx.Module):
     """LLaMA trunk + ``n_future_tokens`` parallel heads + value head.
 
@@ -81,8 +118,12 @@ class MTPTransformer(nnx.Module):
             out_dtype=jnp.float32,
             rngs=rngs,
         )
-        self.value_head = (
-            linear(
+        if not value_head:
+            self.value_head = nnx.data(None)
+        elif cfg.value_head_hidden:
+            self.value_head = ValueMLP(cfg.dim, cfg.value_head_hidden, param_dtype=pd, rngs=rngs)
+        else:
+            self.value_head = linear(
                 cfg.dim,
                 1,
                 ("embed", None),
@@ -92,9 +133,6 @@ class MTPTransformer(nnx.Module):
                 init=nnx.initializers.zeros,
                 rngs=rngs,
             )
-            if value_head
-            else nnx.data(None)
-        )
 
     def forward(
         self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None

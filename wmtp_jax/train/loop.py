@@ -26,10 +26,11 @@ from wmtp_jax.data.sampling import SamplingConfig, allowed, build_plan, epoch_si
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.lora import LoraConfig, apply_lora
+from wmtp_jax.model.mtp import with_mlp_value_head
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import hooks
-from wmtp_jax.train.objectives import objective_of, second_model, trained_model
+from wmtp_jax.train.objectives import CriticConfig, objective_of, second_model, trained_model
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import NonFiniteError, Trainer
 
@@ -190,6 +191,9 @@ def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Pa
 def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     """The Trainer for ``c.objective`` with the policy (and reference) restored into ``mesh``."""
     model = load_model(inputs.model_dir, mesh, **model_options(c))
+    critic = CriticConfig.from_config(c.critic)
+    if c.objective == "critic" and critic.head == "mlp" and not model.cfg.value_head_hidden:
+        with_mlp_value_head(model, critic.head_hidden, mesh, seed=c.seed)
     lora = LoraConfig.from_config(c.model.lora)
     if lora.enabled:
         apply_lora(model, lora, mesh, seed=c.seed)

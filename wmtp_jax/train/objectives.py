@@ -99,13 +99,17 @@ class CriticConfig(Section):
     LLaMA with the same tokenizer, e.g. stage 1's ``final/``) = a separate value model with its own value head.
     In stage 1 (``critic``) that model is the one trained; in stage 2 (``verifiable``) it runs frozen inside the
     step, as the Rho-1 reference does, stored in ``dtype``. ``train`` (stage 1): ``head`` (frozen body), ``full``
-    or ``lora`` (the ``model.lora`` adapters + the head). ``allow_untrained``: let ``verifiable`` start from a zero
+    or ``lora`` (the ``model.lora`` adapters + the head); ``head``: ``linear`` or ``mlp`` (stage 1 gives the model a
+    fresh ``d -> head_hidden -> 1`` GELU head with a zero output layer, recorded in its config, so stage 2 and any
+    later load get the same head). ``allow_untrained``: let ``verifiable`` start from a zero
     value head. Stage 2 with the policy's own value head keeps it near stage 1's (the anchor, read when the trainer
     is built): ``value_clip`` (PPO-style clipping of V around the anchor head's value) and ``anchor_coef`` (a
     squared-distance penalty); the L2 distance is reported as ``critic_param_distance`` either way."""
 
     model: str = ""
     train: str = "head"
+    head: str = "linear"  # stage 1: linear | mlp (a fresh d -> head_hidden -> 1 head replaces the linear one)
+    head_hidden: int = 1024
     dtype: str = "bfloat16"
     allow_untrained: bool = False
     value_clip: float = 0.0  # stage 2: clip V to V_stage1 +- this in the value loss (PPO-style); 0 = off
@@ -114,6 +118,8 @@ class CriticConfig(Section):
     def problems(self, prefix: str = "critic") -> list[str]:
         c = self.checker(prefix)
         c.one_of("train", CRITIC_TRAIN)
+        c.one_of("head", ("linear", "mlp"))
+        c.positive("head_hidden")
         c.check("value_clip", lambda v: v >= 0, "a non-negative number (0 = no clipping)")
         c.check("anchor_coef", lambda v: v >= 0, "a non-negative number (0 = no anchor penalty)")
         return c.found

@@ -155,17 +155,20 @@ def denominators(objective: Objective, micro: dict[str, jax.Array], n_heads: int
     return {"ce": jnp.maximum(ce.sum(0), 1.0), "value": jnp.maximum(value.sum(), 1.0)}
 
 
-def _head_params(model) -> dict[str, jax.Array]:
-    return {"kernel": model.value_head.kernel[...], "bias": model.value_head.bias[...]}
-
-
-def value_head_anchor(model) -> dict[str, jax.Array] | None:
-    """A copy of ``model``'s value-head parameters (float32; the anchor of ``Objective.uses_anchor``), or None for
-    an abstract model (the dry run)."""
-    params = _head_params(model)
-    if not all(isinstance(x, jax.Array) for x in params.values()):
+def value_head_anchor(model) -> nnx.State | None:
+    """A float32 copy of ``model``'s value-head parameters (linear or MLP; the anchor of ``Objective.uses_anchor``),
+    or None for an abstract model (the dry run)."""
+    state = nnx.state(model.value_head, nnx.Param)
+    if not all(isinstance(x, jax.Array) for x in jax.tree.leaves(state)):
         return None
-    return {k: jnp.array(v, jnp.float32, copy=True) for k, v in params.items()}
+    return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), state)
+
+
+def _anchor_distance_sq(model, anchor) -> jax.Array:
+    head = nnx.state(model.value_head, nnx.Param)
+    return sum(
+        jnp.sum(jnp.square(a.astype(jnp.float32) - b)) for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(anchor))
+    )
 
 
 def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb, denom, ema, key, anchor=None):
@@ -233,7 +236,8 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
             value_loss = pair_sum / jnp.maximum(n_pairs, 1.0)  # one micro-batch (config: grad_accum_steps 1)
             metrics["value_pairs"] = n_pairs
         elif anchor is not None and objective.critic.value_clip > 0:  # V kept within +- clip of stage 1's head
-            anchor_values = (out.value_input.astype(jnp.float32) @ anchor["kernel"])[..., 0] + anchor["bias"][0]
+            anchor_head = nnx.merge(nnx.graphdef(model.value_head), anchor)
+            anchor_values = anchor_head(out.value_input)[..., 0]
             value_loss = (
                 losses.clipped_value_loss_sum(
                     out.values,
@@ -251,8 +255,7 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
                 losses.value_loss_sum(out.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
             )
         if anchor is not None:
-            head = _head_params(model)
-            sq = sum(jnp.sum(jnp.square(head[k].astype(jnp.float32) - anchor[k])) for k in anchor)
+            sq = _anchor_distance_sq(model, anchor)
             metrics["critic_param_distance"] = jnp.sqrt(sq)  # L2 distance of the value head from stage 1's
             if objective.critic.anchor_coef > 0:  # each of the n micro-batches adds 1/n: coef * sq per step
                 total = total + objective.critic.anchor_coef * sq / cfg.grad_accum_steps
