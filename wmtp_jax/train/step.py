@@ -157,9 +157,10 @@ def denominators(objective: Objective, micro: dict[str, jax.Array], n_heads: int
 
 def value_head_anchor(model) -> nnx.State | None:
     """A float32 copy of ``model``'s value-head parameters (linear or MLP; the anchor of ``Objective.uses_anchor``),
-    or None for an abstract model (the dry run)."""
+    or None for an abstract model (the dry run) or one whose arrays an earlier trainer's step donated."""
     state = nnx.state(model.value_head, nnx.Param)
-    if not all(isinstance(x, jax.Array) for x in jax.tree.leaves(state)):
+    leaves = jax.tree.leaves(state)
+    if not all(isinstance(x, jax.Array) for x in leaves) or any(x.is_deleted() for x in leaves):
         return None
     return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), state)
 
