@@ -84,14 +84,17 @@ def value_loss_sum(
 ) -> jax.Array:
     """``sum over mask of l(V - target)``: float32 scalar. l = 0.5 x^2 ("mse") or the Huber loss ("huber",
     ``optax.losses.huber_loss``: 0.5 x^2 for |x| <= delta, delta (|x| - delta / 2) beyond)."""
-    targets = jax.lax.stop_gradient(targets)
-    if kind == "mse":
-        per = 0.5 * jnp.square(values - targets)
-    elif kind == "huber":
-        per = optax.losses.huber_loss(values, targets, delta=huber_delta)
-    else:
-        raise ValueError(f"value loss kind={kind!r}: expected 'mse' or 'huber'")
+    per = _value_loss(values, jax.lax.stop_gradient(targets), kind, huber_delta)
     return jnp.sum(jnp.where(mask, per, 0.0))
+
+
+def _value_loss(values: jax.Array, targets: jax.Array, kind: str, huber_delta: float) -> jax.Array:
+    """Elementwise l(V - target): 0.5 x^2 ("mse") or the Huber loss ("huber")."""
+    if kind == "mse":
+        return 0.5 * jnp.square(values - targets)
+    if kind == "huber":
+        return optax.losses.huber_loss(values, targets, delta=huber_delta)
+    raise ValueError(f"value loss kind={kind!r}: expected 'mse' or 'huber'")
 
 
 def clipped_value_loss_sum(
@@ -108,15 +111,8 @@ def clipped_value_loss_sum(
     of the PPO baselines implementation; here the anchor is the stage-1 critic). float32 scalar."""
     anchor_values, targets = jax.lax.stop_gradient(anchor_values), jax.lax.stop_gradient(targets)
     clipped = anchor_values + jnp.clip(values - anchor_values, -clip, clip)
-
-    def per(v):
-        if kind == "mse":
-            return 0.5 * jnp.square(v - targets)
-        if kind == "huber":
-            return optax.losses.huber_loss(v, targets, delta=huber_delta)
-        raise ValueError(f"value loss kind={kind!r}: expected 'mse' or 'huber'")
-
-    return jnp.sum(jnp.where(mask, jnp.maximum(per(values), per(clipped)), 0.0))
+    per = jnp.maximum(_value_loss(values, targets, kind, huber_delta), _value_loss(clipped, targets, kind, huber_delta))
+    return jnp.sum(jnp.where(mask, per, 0.0))
 
 
 def weight_entropy(weights: jax.Array, valid: jax.Array) -> jax.Array:

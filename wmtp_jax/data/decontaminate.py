@@ -96,7 +96,7 @@ class Overlap:
 
 
 class Decontaminator:
-    """An index of the n-grams of evaluation problems; ``overlap(record)`` finds a training record's first match.
+    """An index of the n-grams of evaluation problems; ``check(records)`` finds each training record's first match.
 
     Args:
       problems: ``(benchmark, task_id, text)`` triples; every text of a problem (statement, solutions) is indexed.
@@ -142,12 +142,8 @@ class Decontaminator:
                 found[r] = Overlap("output", *self.index[h])
         return found
 
-    def overlap(self, instruction: str, output: str) -> Overlap | None:
-        """The first overlap of one record's instruction, then its output, or None."""
-        return self.overlaps(instruction, [output])[0]
-
     def check(self, records: Sequence) -> list[Overlap | None]:
-        """``overlap`` of each record (objects with ``instruction`` and ``output``), batched by runs of records
+        """The first overlap of each record (objects with ``instruction`` and ``output``), batched by runs of records
         that share an instruction."""
         out: list[Overlap | None] = []
         for instruction, group in itertools.groupby(records, key=lambda r: r.instruction):

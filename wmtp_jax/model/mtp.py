@@ -56,6 +56,21 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
     return (causal[None] & same)[:, None]
 
 
+def value_output(in_features: int, in_axis: str, param_dtype, rngs: nnx.Rngs):
+    """The value head's last layer, ``Linear(in_features -> 1)`` in float32 with a bias, zero-initialised (a fresh
+    head predicts 0): the whole linear head, or the MLP head's output."""
+    return linear(
+        in_features,
+        1,
+        (in_axis, None),
+        dtype=jnp.float32,
+        param_dtype=param_dtype,
+        use_bias=True,
+        init=nnx.initializers.zeros,
+        rngs=rngs,
+    )
+
+
 class ValueMLP(nnx.Module):
     """The MLP value head: ``out(gelu(hidden(x)))``, ``d -> hidden -> 1`` in float32; ``out`` starts at zero, so
     a fresh head predicts 0 like the linear one."""
@@ -64,16 +79,7 @@ class ValueMLP(nnx.Module):
         self.hidden = linear(
             dim, hidden, ("embed", "mlp"), dtype=jnp.float32, param_dtype=param_dtype, use_bias=True, rngs=rngs
         )
-        self.out = linear(
-            hidden,
-            1,
-            ("mlp", None),
-            dtype=jnp.float32,
-            param_dtype=param_dtype,
-            use_bias=True,
-            init=nnx.initializers.zeros,
-            rngs=rngs,
-        )
+        self.out = value_output(hidden, "mlp", param_dtype, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.out(jax.nn.gelu(self.hidden(x)))
@@ -123,16 +129,7 @@ class MTPTransformer(nnx.Module):
         elif cfg.value_head_hidden:
             self.value_head = ValueMLP(cfg.dim, cfg.value_head_hidden, param_dtype=pd, rngs=rngs)
         else:
-            self.value_head = linear(
-                cfg.dim,
-                1,
-                ("embed", None),
-                dtype=jnp.float32,
-                param_dtype=pd,
-                use_bias=True,
-                init=nnx.initializers.zeros,
-                rngs=rngs,
-            )
+            self.value_head = value_output(cfg.dim, "embed", pd, rngs)
 
     def forward(
         self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None

@@ -155,12 +155,22 @@ def denominators(objective: Objective, micro: dict[str, jax.Array], n_heads: int
     return {"ce": jnp.maximum(ce.sum(0), 1.0), "value": jnp.maximum(value.sum(), 1.0)}
 
 
-def value_head_anchor(model) -> nnx.State | None:
+def value_head_anchor(model, required: bool = False) -> nnx.State | None:
     """A float32 copy of ``model``'s value-head parameters (linear or MLP; the anchor of ``Objective.uses_anchor``),
-    or None for an abstract model (the dry run) or one whose arrays an earlier trainer's step donated."""
+    or None for an abstract model (the dry run) or one whose arrays an earlier trainer's step donated.
+
+    Raises:
+      ValueError: ``required`` (value clipping or the anchor penalty is on) and the arrays were donated."""
     state = nnx.state(model.value_head, nnx.Param)
     leaves = jax.tree.leaves(state)
-    if not all(isinstance(x, jax.Array) for x in leaves) or any(x.is_deleted() for x in leaves):
+    if not all(isinstance(x, jax.Array) for x in leaves):
+        return None
+    if any(x.is_deleted() for x in leaves):
+        if required:
+            raise ValueError(
+                "critic.value_clip / critic.anchor_coef need stage 1's value head: build the Trainer from a model "
+                "whose arrays no earlier step has donated"
+            )
         return None
     return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), state)
 

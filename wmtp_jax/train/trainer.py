@@ -133,13 +133,10 @@ class Trainer:
         if reference is not None:
             self.ref_graphdef, self.reference_state = nnx.split(reference)
         # stage 1's value head, copied before the first step donates the model's arrays
-        self.anchor = value_head_anchor(model) if objective.uses_anchor else None
-        concrete = all(isinstance(x, jax.Array) for x in jax.tree.leaves(nnx.state(model.value_head)))  # not dry run
-        wanted = objective.uses_anchor and (objective.critic.value_clip or objective.critic.anchor_coef)
-        if self.anchor is None and wanted and concrete:
-            raise ValueError(
-                "critic.value_clip / critic.anchor_coef need stage 1's value head: build the Trainer from a concrete "
-                "model whose arrays no earlier step has donated"
+        self.anchor = None
+        if objective.uses_anchor:
+            self.anchor = value_head_anchor(
+                model, required=bool(objective.critic.value_clip or objective.critic.anchor_coef)
             )
         self.tx, self.schedule = make_optimizer(optimizer)
         self.step_fn = make_train_step(
