@@ -73,6 +73,7 @@ class ModelConfig:
       attention_chunk: queries per chunk for "chunked".
       value_head_hidden: 0 = the value head is ``Linear(d -> 1)``; > 0 = an MLP ``d -> hidden -> 1`` (GELU,
         zero-initialised output), the critic's ``critic.head=mlp``.
+      value_head_dropout: dropout rate on the MLP value head's hidden layer while training (``critic.head_dropout``).
       scan_layers: run the (always stacked) trunk blocks as one ``lax.scan`` and the heads as one ``lax.map``
         (one compiled block; buffers reused from layer to layer, which bounds activation memory on any
         backend); False unrolls them in Python (same result).
@@ -97,6 +98,7 @@ class ModelConfig:
     attention: str = "xla"
     attention_chunk: int = 512
     value_head_hidden: int = 0
+    value_head_dropout: float = 0.0
 
     def __post_init__(self):
         self.validate()
@@ -187,6 +189,8 @@ class ModelConfig:
             out.append(f"scan_layers={self.scan_layers!r}: expected true or false")
         if not isinstance(self.value_head_hidden, int) or self.value_head_hidden < 0:
             out.append(f"value_head_hidden={self.value_head_hidden!r}: expected 0 (linear head) or a positive width")
+        if not isinstance(self.value_head_dropout, int | float) or not 0 <= self.value_head_dropout < 1:
+            out.append(f"value_head_dropout={self.value_head_dropout!r}: expected a rate in [0, 1)")
         return out
 
     def validate(self) -> None:
@@ -252,6 +256,8 @@ class ModelConfig:
         skip = {"dtype", "param_dtype", "remat", "scan_layers", "attention", "attention_chunk"}
         if not self.value_head_hidden:  # Meta's params.json has no such key; only an MLP value head records it
             skip.add("value_head_hidden")
+        if not self.value_head_dropout:
+            skip.add("value_head_dropout")
         return {k: v for k, v in self.to_dict().items() if k not in skip}
 
 

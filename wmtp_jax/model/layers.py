@@ -39,19 +39,44 @@ class Linear(nnx.Linear):
     bare parameters; ``proj["kernel"]`` / ``proj["bias"]`` return the parameter itself.
 
     ``lora``: an optional ``nnx.LoRA`` adapter (``wmtp_jax.model.lora``) added to the output, scaled by
-    ``lora_scale`` (alpha / rank)."""
+    ``lora_scale`` (alpha / rank), whose input goes through dropout of rate ``lora_dropout`` when a
+    ``dropout_key`` is given (training). ``quantized``: the frozen kernel is stored quantised (QLoRA,
+    ``lora.quantize_base``) and dequantised to the compute dtype when the projection runs."""
 
     lora: nnx.LoRA | None = None
     lora_scale: float = 1.0
+    lora_dropout: float = 0.0
+    quantized: bool = False
 
     def __getitem__(self, index):
-        return getattr(self, index) if isinstance(index, str) else self.kernel[index]
+        return getattr(self, index) if isinstance(index, str) else self.weight()[index]
 
-    def __call__(self, inputs: jax.Array, **kwargs) -> jax.Array:
-        y = super().__call__(inputs, **kwargs)
+    def weight(self) -> jax.Array:
+        """The kernel ``[in, out]`` (dequantised from its stored ``nf4`` / ``int8`` codes for a QLoRA base)."""
+        if not self.quantized:
+            return self.kernel[...]
+        from wmtp_jax.model.lora import dequantize
+
+        return dequantize(self, self.dtype or jnp.float32)
+
+    def __call__(self, inputs: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:
+        if self.quantized:
+            dt = self.dtype or jnp.float32
+            y = jnp.einsum(
+                "...i,io->...o", inputs.astype(dt), self.weight(), preferred_element_type=self.preferred_element_type
+            )
+        else:
+            y = super().__call__(inputs)
         if self.lora is None:
             return y
-        return y + (self.lora_scale * self.lora(inputs)).astype(y.dtype)
+        x = nnx.Dropout(self.lora_dropout)(inputs, deterministic=dropout_key is None, rngs=dropout_key)
+        return y + (self.lora_scale * self.lora(x)).astype(y.dtype)
+
+
+def dropout_keys(key: jax.Array | None, n: int) -> list[jax.Array | None]:
+    """``n`` independent keys from ``key`` (``jax.random.fold_in`` of 0 .. n-1), or ``n`` Nones without a key
+    (evaluation: no dropout)."""
+    return [None if key is None else jax.random.fold_in(key, i) for i in range(n)]
 
 
 def linear(
@@ -174,20 +199,26 @@ class Attention(nnx.Module):
         self.wv = linear(d, kv, ("embed", "kv_heads"), **opts)
         self.wo = linear(q, d, ("q_heads", "embed"), **opts)
 
-    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _qkv(
+        self, x: jax.Array, positions: jax.Array, keys=(None, None, None)
+    ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Rotated queries ``[B, S, n_heads, head_dim]``, rotated keys and values ``[B, S, kv_heads, head_dim]``."""
         cfg = self.cfg
         b, s, _ = x.shape
-        q = self.wq(x).reshape(b, s, cfg.n_heads, cfg.head_dim)
-        k = self.wk(x).reshape(b, s, cfg.kv_heads, cfg.head_dim)
-        v = self.wv(x).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+        q = self.wq(x, dropout_key=keys[0]).reshape(b, s, cfg.n_heads, cfg.head_dim)
+        k = self.wk(x, dropout_key=keys[1]).reshape(b, s, cfg.kv_heads, cfg.head_dim)
+        v = self.wv(x, dropout_key=keys[2]).reshape(b, s, cfg.kv_heads, cfg.head_dim)
         return apply_rope(q, positions, cfg.rope_theta), apply_rope(k, positions, cfg.rope_theta), v
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
-        """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal)."""
-        q, k, v = self._qkv(x, positions)
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        """x ``[B, S, d]``; positions int ``[B, S]``; mask bool ``[B, 1, S, S]`` or None (plain causal);
+        ``dropout_key``: the adapters' dropout (training), None = none."""
+        keys = dropout_keys(dropout_key, 4)
+        q, k, v = self._qkv(x, positions, keys[:3])
         out = attention(q, k, v, mask, self.cfg.attention, self.cfg.attention_chunk)
-        return self.wo(out.reshape(*x.shape[:2], -1))
+        return self.wo(out.reshape(*x.shape[:2], -1), dropout_key=keys[3])
 
     def extend(
         self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache, fill: jax.Array
@@ -220,8 +251,9 @@ class FeedForward(nnx.Module):
         self.w3 = linear(d, h, ("embed", "mlp"), **opts)
         self.w2 = linear(h, d, ("mlp", "embed"), **opts)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.w2(jax.nn.silu(self.w1(x)) * self.w3(x))
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        k1, k2, k3 = dropout_keys(dropout_key, 3)
+        return self.w2(jax.nn.silu(self.w1(x, dropout_key=k1)) * self.w3(x, dropout_key=k3), dropout_key=k2)
 
 
 class Block(nnx.Module):
@@ -234,9 +266,12 @@ class Block(nnx.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps, param_dtype=cfg.weight_dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array | None) -> jax.Array:
-        h = x + self.attention(self.attention_norm(x), positions, mask)
-        return h + self.feed_forward(self.ffn_norm(h))
+    def __call__(
+        self, x: jax.Array, positions: jax.Array, mask: jax.Array | None, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
+        k_attn, k_ffn = dropout_keys(dropout_key, 2)
+        h = x + self.attention(self.attention_norm(x), positions, mask, k_attn)
+        return h + self.feed_forward(self.ffn_norm(h), k_ffn)
 
     def extend(
         self, x: jax.Array, positions: jax.Array, mask: jax.Array, cache: KVCache, fill: jax.Array

@@ -12,10 +12,23 @@ for the blocks). So they are scanned, sliced and sharded with their block: ``A``
 axis and ``B`` like its output axis, and the rank axis is replicated. Adapter parameters are ``nnx.LoRAParam``
 (a ``Param``), which lets the trainer give gradients and optimizer state to them alone (``trainable_filter``).
 
-Why ``nnx.LoRA`` rather than ``qwix``: the projections are already ``nnx.Linear`` modules and the blocks are
-built by ``nnx.vmap``, so an ``nnx.LoRA`` per projection stacks, scans and takes the logical sharding rules
-with no interception of the forward pass. ``qwix`` rewrites ``dot_general`` calls at trace time, which would
-also touch the output projection and the chunked loss. (Quantised frozen bases, QLoRA, are not implemented.)
+Dropout on the adapter's input (``model.lora.dropout``, as in the LoRA paper's GPT-2 experiments and PEFT's
+``lora_dropout``) is active only when the forward pass gets a ``dropout_key`` (the train step); evaluation and
+``merge_lora`` never see it.
+
+QLoRA (Dettmers et al. 2023, "QLoRA: Efficient Finetuning of Quantized LLMs", arXiv:2305.14314, section 3):
+with ``base_dtype`` "nf4" or "int8" the frozen kernels of all seven block projections are stored as 4-bit
+NormalFloat or int8 codes with one absmax scale per block of ``QUANT_BLOCK`` input rows per output column, and
+dequantised to the compute dtype one block (layer) at a time inside the scan; the other frozen weights
+(embedding, output, norms) are stored in bfloat16. The quantisation numerics (the NF4 code book, tiled absmax
+scales) are ``qwix``'s (``qwix.quantize`` / ``qwix.dequantize``); QLoRA's double quantisation of the scales is
+not applied (float32 scales cost 0.5 bit per weight at block 64).
+
+Why ``nnx.LoRA`` (and only ``qwix``'s quantised arrays) rather than ``qwix``'s LoRA / QLoRA providers: the
+projections are already ``nnx.Linear`` modules and the blocks are built by ``nnx.vmap``, so an ``nnx.LoRA`` per
+projection stacks, scans and takes the logical sharding rules with no interception of the forward pass. The
+providers rewrite ``dot_general`` calls at trace time, which would also touch the output projection and the
+chunked loss, and re-quantise weights on every call instead of storing them quantised.
 """
 
 from __future__ import annotations
@@ -25,6 +38,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import qwix
 from flax import nnx
 
 from wmtp_jax.model.config import DTYPES
@@ -33,18 +47,22 @@ from wmtp_jax.schema import Section
 
 DEFAULT_TARGETS = ("attention/w[qkvo]", "feed_forward/w[123]")  # the seven block projections
 _BLOCK_PROJECTION = re.compile(r"^(layers|heads)/(attention/w[qkvo]|feed_forward/w[123])$")
-BASE_DTYPES = ("", "float32", "bfloat16")
+BASE_DTYPES = ("", "float32", "bfloat16", "nf4", "int8")
+QUANTIZED = {"nf4": "nf4", "int8": jnp.int8}  # base_dtype -> qwix qtype (QLoRA)
+QUANT_BLOCK = 64  # input rows per absmax scale (QLoRA's block size)
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraConfig(Section):
     """``model.lora``: ``rank`` (0 = full fine-tuning), ``alpha`` (the update is scaled by alpha / rank),
-    ``targets`` (regexes searched in projection paths such as ``layers/attention/wq``; only the seven block
-    projections can be adapted) and ``base_dtype`` (storage dtype of the frozen base weights: "" keeps
-    ``model.param_dtype``, "bfloat16" halves their memory)."""
+    ``dropout`` (rate on each adapter's input while training), ``targets`` (regexes searched in projection paths
+    such as ``layers/attention/wq``; only the seven block projections can be adapted) and ``base_dtype`` (storage
+    of the frozen base weights: "" keeps ``model.param_dtype``, "bfloat16" halves their memory, "nf4" / "int8"
+    quantise the block projections (QLoRA) and store the rest in bfloat16)."""
 
     rank: int = 0
     alpha: float = 32.0
+    dropout: float = 0.0
     targets: tuple[str, ...] = DEFAULT_TARGETS
     base_dtype: str = ""
 
@@ -60,6 +78,7 @@ class LoraConfig(Section):
         k = self.checker(prefix)
         k.non_negative("rank")
         k.check("alpha", lambda v: isinstance(v, int | float) and v > 0, "a positive number")
+        k.check("dropout", lambda v: isinstance(v, int | float) and 0 <= v < 1, "a rate in [0, 1)")
         k.one_of("base_dtype", BASE_DTYPES)
         for t in self.targets:
             try:
@@ -131,14 +150,61 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
     for module in targeted(model, cfg).values():
         module.lora = _adapter(module, cfg.rank, rngs)
         module.lora_scale = cfg.scale
+        module.lora_dropout = float(cfg.dropout)
+    if cfg.base_dtype in QUANTIZED:
+        quantize_base(model, cfg.base_dtype)
     if cfg.base_dtype:
-        dtype = DTYPES[cfg.base_dtype]
+        dtype = DTYPES.get(cfg.base_dtype, jnp.bfloat16)
         frozen = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam), nnx.Not(nnx.PathContains("value_head")))
         nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(model, frozen)))
     if mesh is not None:
         state = nnx.state(model)
         nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
     return model
+
+
+class QuantizedWeight(nnx.Variable):
+    """A frozen, quantised base weight (QLoRA): a kernel's codes (``uint4`` for nf4, ``int8``) or its absmax
+    scales. Not an ``nnx.Param``: it never gets gradients or optimizer state."""
+
+
+def _block_axes(module: Linear) -> tuple:
+    kernel = module.kernel
+    return kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim
+
+
+def quantize_base(model: nnx.Module, base_dtype: str) -> nnx.Module:
+    """Stores the kernel of every block projection of ``model`` (all seven, adapted or not) as ``base_dtype``
+    ("nf4" or "int8") codes with one float32 absmax scale per ``QUANT_BLOCK`` input rows and output column
+    (``qwix.quantize``; one scale per column when the input width is not a multiple of the block), in place.
+    ``kernel`` then holds the codes (same shape and logical axes) and ``kernel_scale`` the scales ``[..., in /
+    block, out]`` (the block axis replicated). Returns ``model``."""
+    qtype = QUANTIZED[base_dtype]
+    for path, module in projections(model).items():
+        if not _BLOCK_PROJECTION.match(path) or module.quantized:
+            continue
+        axes = _block_axes(module)
+        kernel = module.kernel[...]
+        n_in = kernel.shape[-2]
+        q = qwix.quantize(
+            kernel,
+            qtype,
+            channelwise_axes=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2),
+            tiled_axes={kernel.ndim - 2: QUANT_BLOCK if n_in % QUANT_BLOCK == 0 else n_in},
+            scale_dtype=jnp.float32,
+        )
+        module.kernel = QuantizedWeight(q.qvalue, out_sharding=axes, eager_sharding=False)
+        module.kernel_scale = QuantizedWeight(q.scale, out_sharding=(*axes[:-2], None, axes[-1]), eager_sharding=False)
+        module.quantized = True
+        module.qtype = base_dtype
+    return model
+
+
+def dequantize(module: Linear, dtype) -> jax.Array:
+    """The kernel ``[..., in, out]`` of a QLoRA projection, dequantised (``qwix.dequantize``) and cast to
+    ``dtype``."""
+    q = qwix.QArray(module.kernel[...], module.kernel_scale[...], None, QUANTIZED[module.qtype])
+    return qwix.dequantize(q).astype(dtype)
 
 
 def has_lora(model: nnx.Module) -> bool:
@@ -153,16 +219,31 @@ def trainable_filter(base):
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
     """Folds every adapter into its kernel, ``W + (alpha / r) A B`` (computed in float32, stored in the
-    kernel's dtype), and removes the adapters, in place. Returns ``model``: a plain model that
-    ``save_model`` / ``load_model`` handle as any other."""
+    kernel's dtype; a quantised QLoRA kernel is dequantised and stored in ``model.cfg.param_dtype``), and removes
+    the adapters and the quantisation, in place. Returns ``model``: a plain model that ``save_model`` /
+    ``load_model`` handle as any other."""
     for module in projections(model).values():
-        if module.lora is None:
+        if module.lora is None and not module.quantized:
             continue
-        a = module.lora.lora_a[...].astype(jnp.float32)
-        b = module.lora.lora_b[...].astype(jnp.float32)
-        kernel = module.kernel[...]
-        delta = jnp.einsum("...ir,...ro->...io", a, b) * module.lora_scale
-        module.kernel[...] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
-        del module.lora
-        del module.lora_scale
+        stored = module.kernel[...]
+        sharding = getattr(stored, "sharding", None)
+        if module.quantized:
+            w, dtype = dequantize(module, jnp.float32), model.cfg.weight_dtype
+        else:
+            w, dtype = stored.astype(jnp.float32), stored.dtype
+        if module.lora is not None:
+            a = module.lora.lora_a[...].astype(jnp.float32)
+            b = module.lora.lora_b[...].astype(jnp.float32)
+            w = w + jnp.einsum("...ir,...ro->...io", a, b) * module.lora_scale
+            del module.lora
+            del module.lora_scale
+            module.lora_dropout = 0.0
+        w = w.astype(dtype) if sharding is None else jax.device_put(w.astype(dtype), sharding)
+        if module.quantized:
+            module.kernel = nnx.Param(w, out_sharding=_block_axes(module), eager_sharding=False)
+            del module.kernel_scale
+            del module.qtype
+            module.quantized = False
+        else:
+            module.kernel[...] = w
     return model

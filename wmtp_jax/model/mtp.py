@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax.model.config import REMAT_POLICIES, ModelConfig
-from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param, linear
+from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param, dropout_keys, linear
 from wmtp_jax.sharding import constrain_batch, state_shardings
 
 STACKED_GROUPS = ("layers", "heads")  # attributes of MTPTransformer holding stacked blocks (leading "layers" axis)
@@ -72,27 +72,32 @@ def value_output(in_features: int, in_axis: str, param_dtype, rngs: nnx.Rngs):
 
 
 class ValueMLP(nnx.Module):
-    """The MLP value head: ``out(gelu(hidden(x)))``, ``d -> hidden -> 1`` in float32; ``out`` starts at zero, so
-    a fresh head predicts 0 like the linear one."""
+    """The MLP value head: ``out(dropout(gelu(hidden(x))))``, ``d -> hidden -> 1`` in float32; ``out`` starts at
+    zero, so a fresh head predicts 0 like the linear one. Dropout (rate ``dropout``, Srivastava et al. 2014) acts
+    only when called with a ``dropout_key`` (training)."""
 
-    def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, dim: int, hidden: int, *, param_dtype, rngs: nnx.Rngs, dropout: float = 0.0):
         self.hidden = linear(
             dim, hidden, ("embed", "mlp"), dtype=jnp.float32, param_dtype=param_dtype, use_bias=True, rngs=rngs
         )
+        self.dropout = nnx.Dropout(dropout)
         self.out = value_output(hidden, "mlp", param_dtype, rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.out(jax.nn.gelu(self.hidden(x)))
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        h = self.dropout(jax.nn.gelu(self.hidden(x)), deterministic=dropout_key is None, rngs=dropout_key)
+        return self.out(h)
 
 
-def with_mlp_value_head(model, hidden: int, mesh: jax.sharding.Mesh | None = None, seed: int = 0):
-    """Replaces ``model``'s value head by a fresh ``ValueMLP`` of width ``hidden`` (zero output), placed in its
-    shardings over ``mesh``, and records it in ``model.cfg`` (so ``save_model`` / ``load_model`` keep it).
-    Returns ``model``."""
+def with_mlp_value_head(model, hidden: int, mesh: jax.sharding.Mesh | None = None, seed: int = 0, dropout: float = 0.0):
+    """Replaces ``model``'s value head by a fresh ``ValueMLP`` of width ``hidden`` (zero output, training dropout
+    ``dropout``), placed in its shardings over ``mesh``, and records it in ``model.cfg`` (so ``save_model`` /
+    ``load_model`` keep it). Returns ``model``."""
     from wmtp_jax import sharding
 
-    model.cfg = model.cfg.replace(value_head_hidden=hidden)
-    model.value_head = ValueMLP(model.cfg.dim, hidden, param_dtype=model.cfg.weight_dtype, rngs=nnx.Rngs(seed))
+    model.cfg = model.cfg.replace(value_head_hidden=hidden, value_head_dropout=dropout)
+    model.value_head = ValueMLP(
+        model.cfg.dim, hidden, param_dtype=model.cfg.weight_dtype, rngs=nnx.Rngs(seed), dropout=dropout
+    )
     if mesh is not None:
         state = nnx.state(model.value_head)
         nnx.update(model.value_head, jax.device_put(state, sharding.state_shardings(state, mesh)))
@@ -127,12 +132,18 @@ class MTPTransformer(nnx.Module):
         if not value_head:
             self.value_head = nnx.data(None)
         elif cfg.value_head_hidden:
-            self.value_head = ValueMLP(cfg.dim, cfg.value_head_hidden, param_dtype=pd, rngs=rngs)
+            self.value_head = ValueMLP(
+                cfg.dim, cfg.value_head_hidden, param_dtype=pd, rngs=rngs, dropout=cfg.value_head_dropout
+            )
         else:
             self.value_head = value_output(cfg.dim, "embed", pd, rngs)
 
     def forward(
-        self, tokens: jax.Array, positions: jax.Array | None = None, segment_ids: jax.Array | None = None
+        self,
+        tokens: jax.Array,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        dropout_key: jax.Array | None = None,
     ) -> MTPOutput:
         """Runs trunk, heads and value head.
 
@@ -140,6 +151,8 @@ class MTPTransformer(nnx.Module):
           tokens: int32 ``[B, S]``.
           positions: int32 ``[B, S]`` RoPE positions; default ``0..S-1``.
           segment_ids: int32 ``[B, S]``, 0 = padding; default: one unpadded sequence per row.
+          dropout_key: a PRNG key for the training-time dropout of the LoRA adapters (``model.lora.dropout``) and
+            the MLP value head (``value_head_dropout``); None (default) = no dropout.
         Returns:
           ``MTPOutput(head_hidden [B, S, H, d], values float32 [B, S])``.
         """
@@ -151,13 +164,22 @@ class MTPTransformer(nnx.Module):
         h = constrain_batch(jnp.take(self.tok_embeddings[...], tokens, axis=0).astype(cfg.compute_dtype))
 
         policy = REMAT_POLICIES[cfg.remat]
-        h = _chain_blocks(self.layers, h, positions, mask, policy, scan=cfg.scan_layers)
+        k_trunk, k_value, k_heads = dropout_keys(dropout_key, 3)
+        h = _chain_blocks(self.layers, h, positions, mask, policy, scan=cfg.scan_layers, key=k_trunk)
         value_input = values = None
         if self.value_head is not None:
             value_input = self.norm(h)
-            values = constrain_batch(self.value_head(value_input)[..., 0])
-        head_out = _parallel_blocks(self.heads, h, positions, mask, policy, scan=cfg.scan_layers)
+            head_args = () if k_value is None or not cfg.value_head_hidden else (k_value,)
+            values = constrain_batch(self.value_head(value_input, *head_args)[..., 0])
+        head_out = _parallel_blocks(self.heads, h, positions, mask, policy, scan=cfg.scan_layers, key=k_heads)
         return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=values, value_input=value_input)
+
+    def has_dropout(self) -> bool:
+        """Whether a ``dropout_key`` changes the forward pass (LoRA adapter dropout or MLP value-head dropout)."""
+        return any(
+            (isinstance(m, nnx.Dropout) and m.rate > 0) or getattr(m, "lora_dropout", 0.0) > 0
+            for _, m in nnx.iter_modules(self)
+        )
 
     def init_cache(self, batch: int, slots: int, n_heads: int) -> list[KVCache]:
         """Empty key/value caches for the trunk and the first ``n_heads`` heads: ``[B, T, kv_heads, head_dim]``."""
@@ -256,36 +278,47 @@ def _block_state(state, i: int):
 
 
 def _block_fn(stack: Block, positions, mask, policy):
-    """``apply(one_block_state, h) -> block output`` for the blocks of ``stack``, under ``jax.checkpoint``
-    with ``policy`` (None: no rematerialisation)."""
+    """``apply(one_block_state, h, dropout_key) -> block output`` for the blocks of ``stack``, under
+    ``jax.checkpoint`` with ``policy`` (None: no rematerialisation)."""
     graphdef, _ = nnx.split(stack)
 
-    def apply(state, h):
-        return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask))
+    def apply(state, h, key):
+        return constrain_batch(nnx.merge(graphdef, state)(h, positions, mask, key))
 
     return apply if policy is None else jax.checkpoint(apply, policy=policy)
 
 
-def _chain_blocks(stack: Block, h, positions, mask, policy, *, scan: bool):
+def _layer_keys(key, n: int):
+    """Per-block dropout keys ``[n]`` (block i: ``fold_in(key, i)``), or None without dropout."""
+    return None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n))
+
+
+def _chain_blocks(stack: Block, h, positions, mask, policy, *, scan: bool, key=None):
     """The stacked blocks applied one after another (the trunk). ``scan``: one ``lax.scan`` over the stack
-    (one compiled block, buffers reused from layer to layer); else an unrolled Python loop (same result)."""
+    (one compiled block, buffers reused from layer to layer); else an unrolled Python loop (same result).
+    ``key``: dropout key (block i gets ``fold_in(key, i)``), or None."""
     state = nnx.state(stack)
     apply = _block_fn(stack, positions, mask, policy)
+    n = _stack_size(state)
+    keys = _layer_keys(key, n)
     if scan:
-        return jax.lax.scan(lambda h, layer: (apply(layer, h), None), h, state)[0]
-    for i in range(_stack_size(state)):
-        h = apply(_block_state(state, i), h)
+        return jax.lax.scan(lambda h, xs: (apply(xs[0], h, xs[1]), None), h, (state, keys))[0]
+    for i in range(n):
+        h = apply(_block_state(state, i), h, None if keys is None else keys[i])
     return h
 
 
-def _parallel_blocks(stack: Block, h, positions, mask, policy, *, scan: bool):
+def _parallel_blocks(stack: Block, h, positions, mask, policy, *, scan: bool, key=None):
     """The stacked blocks applied to the same input (the parallel MTP heads): ``[B, S, n_blocks, d]``.
-    ``scan``: one ``lax.map`` over the stack (one head's weights and gradients at a time); else unrolled."""
+    ``scan``: one ``lax.map`` over the stack (one head's weights and gradients at a time); else unrolled.
+    ``key``: dropout key (head i gets ``fold_in(key, i)``), or None."""
     state = nnx.state(stack)
     apply = _block_fn(stack, positions, mask, policy)
+    n = _stack_size(state)
+    keys = _layer_keys(key, n)
     if scan:
-        return jnp.moveaxis(jax.lax.map(lambda head: apply(head, h), state), 0, 2)
-    return jnp.stack([apply(_block_state(state, i), h) for i in range(_stack_size(state))], axis=2)
+        return jnp.moveaxis(jax.lax.map(lambda xs: apply(xs[0], h, xs[1]), (state, keys)), 0, 2)
+    return jnp.stack([apply(_block_state(state, i), h, None if keys is None else keys[i]) for i in range(n)], axis=2)
 
 
 def create_model(cfg: ModelConfig, mesh: jax.sharding.Mesh, seed: int = 0, **kwargs) -> MTPTransformer:
