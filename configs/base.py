@@ -119,7 +119,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dry_run = False  # True: compile the step from abstract shapes, print per-device memory and FLOPs, exit
 
     # where the verifiable experiment's values come from: critic.model "" = the value head on the policy's trunk, or
-    # a separate LLaMA checkpoint (trained in stage 1, frozen in stage 2); critic.train (stage 1): head | full | lora
+    # a separate LLaMA checkpoint (trained in stage 1, frozen in stage 2 unless critic.co_train); critic.train (stage 1):
+    # head | full | lora; critic.head: linear | mlp (critic.head_hidden, critic.head_dropout)
     c.critic = section(CriticConfig)
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""  # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer

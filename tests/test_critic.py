@@ -4,6 +4,7 @@ A file of its own so that the two test workers share the training tests."""
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import jax
@@ -82,15 +83,37 @@ def test_separate_critic_stage_one_to_stage_two_by_path(shared, tmp_path):
     m = read_metrics(tmp_path / "v")
     assert "value_loss" not in m[1] and m[1]["value_mean"] != 0.0  # frozen, and trained in stage 1
     assert m[3]["weight_std"] > 0 and (Path(two["final_dir"]) / "model_config.json").is_file()
+    # critic.co_train: the critic's value head keeps learning in stage 2 (value loss on its values), resumes
+    # exactly from a checkpoint, and is written to final/critic
+    co = {"critic.model": str(final), "critic.co_train": True, "train.num_steps": 4, "checkpoint.every_steps": 2}
+    co["checkpoint.async_save"] = False
+    full = run("verifiable", shared, tmp_path / "co", **co)
+    shutil.copytree(tmp_path / "co", tmp_path / "cut")
+    for later in ("checkpoints/4", "final"):
+        shutil.rmtree(tmp_path / "cut" / later)
+    run("verifiable", shared, tmp_path / "cut", **co)
+    a, b = read_metrics(tmp_path / "co"), read_metrics(tmp_path / "cut")
+    assert [a[s]["loss"] for s in (3, 4)] == [b[s]["loss"] for s in (3, 4)]  # bit-identical after resume
+    assert all(math.isfinite(a[s]["value_loss"]) for s in a) and a[1]["critic_param_distance"] == 0.0
+    assert a[4]["critic_param_distance"] > 0  # the critic's head moved away from stage 1's
+    co_critic = load_model(Path(full["final_dir"]) / "critic", sharding.make_mesh())
+    start = load_model(final, sharding.make_mesh())
+    assert co_critic.cfg.n_future_tokens == 1
+    assert not np.array_equal(np.asarray(co_critic.value_head.kernel[...]), np.asarray(start.value_head.kernel[...]))
+    np.testing.assert_array_equal(  # critic.train=head: its trunk stays as stage 1 left it
+        np.asarray(co_critic.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...])
+    )
 
 
 def test_mlp_critic_head_trains_saves_and_feeds_stage_two(shared, tmp_path):
     """critic.head=mlp: stage 1 swaps in a d -> hidden -> 1 GELU head (zero output layer, so step 1 predicts 0),
     trains only it, records it in final/'s config; stage 2 restores the same head and anchors to it."""
     stage = {"train.num_steps": 3, "checkpoint.every_steps": 3}
-    one = run("critic", shared, tmp_path / "mlp", **{"critic.head": "mlp", "critic.head_hidden": 16}, **stage)
+    head = {"critic.head": "mlp", "critic.head_hidden": 16, "critic.head_dropout": 0.1}
+    one = run("critic", shared, tmp_path / "mlp", **head, **stage)
     final = Path(one["final_dir"])
-    assert json.loads((final / "model_config.json").read_text())["model"]["value_head_hidden"] == 16
+    recorded = json.loads((final / "model_config.json").read_text())["model"]
+    assert recorded["value_head_hidden"] == 16 and recorded["value_head_dropout"] == 0.1
     m = read_metrics(tmp_path / "mlp")
     assert m[1]["value_mean"] == 0.0 and m[3]["value_mean"] != 0.0
     critic = load_model(final, sharding.make_mesh())
@@ -110,3 +133,34 @@ def test_mlp_critic_head_trains_saves_and_feeds_stage_two(shared, tmp_path):
     run("verifiable", shared, tmp_path / "v", **init, **stage)
     v = read_metrics(tmp_path / "v")
     assert v[1]["value_mean"] != 0.0 and v[1]["critic_param_distance"] == 0.0 < v[3]["critic_param_distance"]
+
+
+def test_mlp_head_dropout_acts_only_with_a_key_and_is_validated(shared, tmp_path):
+    """critic.head_dropout: the MLP head's hidden layer is dropped when a dropout key is given (training), never
+    without one; on a linear head, or co-training with LoRA, it is a config error."""
+    import jax.numpy as jnp
+
+    from wmtp_jax.model import ModelConfig, create_model
+    from wmtp_jax.model.mtp import with_mlp_value_head
+
+    cfg = ModelConfig(dim=32, n_layers=2, n_heads=2, vocab_size=64, multiple_of=16, n_future_tokens=1)
+    mesh = sharding.make_mesh()
+    model = with_mlp_value_head(create_model(cfg, mesh), 16, mesh, dropout=0.5)
+    assert model.has_dropout() and model.cfg.value_head_dropout == 0.5
+    out = model.value_head.out.kernel
+    out[...] = jax.device_put(np.linspace(-1, 1, out.size, dtype=np.float32).reshape(out.shape), out.sharding)
+    tokens = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+    plain = np.asarray(model.forward(tokens).values)
+    np.testing.assert_array_equal(np.asarray(model.forward(tokens).values), plain)
+    key = jax.random.key(0)
+    dropped = np.asarray(model.forward(tokens, dropout_key=key).values)
+    assert not np.allclose(dropped, plain)
+    np.testing.assert_array_equal(np.asarray(model.forward(tokens, dropout_key=key).values), dropped)
+    c = micro_config("critic", shared, tmp_path / "bad")
+    c.critic.head_dropout = 0.1
+    c.critic.co_train = True
+    c.critic.train = "lora"
+    c.model.lora.rank = 4
+    text = "\n".join(config_lib.problems(c, n_devices=4))
+    assert "critic.head_dropout: dropout acts on the mlp head's hidden layer; set critic.head=mlp" in text
+    assert "critic.co_train: a co-trained critic trains its head (train=head) or all of it (train=full)" in text

@@ -91,7 +91,7 @@ def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStru
 def dry_run(c) -> dict:
     """Compiles the configured step on abstract shapes; prints and returns the figures."""
     from wmtp_jax.train.loop import batch_rows, make_trainer
-    from wmtp_jax.train.objectives import second_model, trained_model
+    from wmtp_jax.train.objectives import second_model, second_param_dtype, trained_model
 
     if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
         write_micro_models(Path(c.model.checkpoint).parent)
@@ -101,7 +101,9 @@ def dry_run(c) -> dict:
     reference = None
     second, dtype = second_model(c)
     if second:
-        ref_cfg = peek_config(second, vocab).replace(dtype=dtype, param_dtype=dtype, **layout_options(c))
+        ref_cfg = peek_config(second, vocab).replace(
+            dtype=dtype, param_dtype=second_param_dtype(c), **layout_options(c)
+        )
         reference = sharded_abstract_model(ref_cfg, mesh)
     lora = LoraConfig.from_config(c.model.lora)
     trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)

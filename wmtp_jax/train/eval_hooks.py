@@ -134,14 +134,19 @@ class CriticQuality:
         self.make_batches = make_batches
         self.last: dict | None = None
 
-    def measure(self, trainer: Trainer, params) -> dict:
+    def measure(self, trainer: Trainer, state) -> dict:
+        """The quality of ``state``'s trained value head: the model's own, or a co-trained separate critic's."""
         from wmtp_jax.eval import critic_quality
 
-        values, labels = critic_quality.collect(trainer.graphdef, (params, trainer.frozen), self.make_batches())
+        if state.critic is not None:
+            graphdef, params = trainer.ref_graphdef, (state.critic, trainer.reference_state)
+        else:
+            graphdef, params = trainer.graphdef, (state.params, trainer.frozen)
+        values, labels = critic_quality.collect(graphdef, params, self.make_batches())
         return critic_quality.quality(values, labels)
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
-        self.last = self.measure(trainer, event.state.params)
+        self.last = self.measure(trainer, event.state)
         for key in ("auroc", "brier", "explained_variance"):
             if self.last[key] is not None:
                 event.metrics[f"val/critic/{key}"] = self.last[key]
@@ -164,7 +169,7 @@ class CriticQualityAtEnd:
         from wmtp_jax.eval import critic_quality
         from wmtp_jax.files import atomic_write_text
 
-        self.result = {**self.quality.measure(trainer, self.export.state.params), "step": self.export.selection["step"]}
+        self.result = {**self.quality.measure(trainer, self.export.state), "step": self.export.selection["step"]}
         if jax.process_index() != 0:
             return
         atomic_write_text(self.export.final_dir / "critic_quality.json", json.dumps(self.result, indent=2) + "\n")

@@ -297,7 +297,8 @@ class Checkpoints:
 
 class ExportFinal:
     """Writes the trained model to ``final_dir`` (every process) when the run finishes: the last state, or with
-    ``select="best"`` the best checkpoint of ``checkpoints``; ``final_dir/selection.json`` says which."""
+    ``select="best"`` the best checkpoint of ``checkpoints``; ``final_dir/selection.json`` says which. A co-trained
+    separate critic (``critic.co_train``) is written to ``final_dir/critic``."""
 
     def __init__(self, final_dir: Path, checkpoints: Checkpoints | None = None, select: str = "last", **provenance):
         self.final_dir, self.checkpoints, self.select, self.provenance = (
@@ -330,6 +331,10 @@ class ExportFinal:
             model = merge_lora(model)
             selection["lora"] = "merged"
         save_model(model, self.final_dir, **self.provenance)
+        critic = trainer.critic_model(state)
+        if critic is not None:  # the co-trained separate critic (critic.co_train), usable as a later critic.model
+            save_model(critic, self.final_dir / "critic", **self.provenance, role="co-trained critic")
+            selection["critic"] = "critic/"
         if _is_main():
             atomic_write_text(self.final_dir / "selection.json", json.dumps(selection, indent=2) + "\n")
 

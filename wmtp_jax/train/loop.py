@@ -30,7 +30,7 @@ from wmtp_jax.model.mtp import with_mlp_value_head
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import hooks
-from wmtp_jax.train.objectives import CriticConfig, objective_of, second_model, trained_model
+from wmtp_jax.train.objectives import CriticConfig, objective_of, second_model, second_param_dtype, trained_model
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import NonFiniteError, Trainer
 
@@ -193,7 +193,7 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     model = load_model(inputs.model_dir, mesh, **model_options(c))
     critic = CriticConfig.from_config(c.critic)
     if c.objective == "critic" and critic.head == "mlp" and not model.cfg.value_head_hidden:
-        with_mlp_value_head(model, critic.head_hidden, mesh, seed=c.seed)
+        with_mlp_value_head(model, critic.head_hidden, mesh, seed=c.seed, dropout=critic.head_dropout)
     lora = LoraConfig.from_config(c.model.lora)
     if lora.enabled:
         apply_lora(model, lora, mesh, seed=c.seed)
@@ -201,7 +201,9 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     if inputs.reference_dir:
         # frozen: stored in its compute dtype (every weight is cast to it anyway, so results are unchanged)
         _, dtype = second_model(c)
-        reference = load_model(inputs.reference_dir, mesh, dtype=dtype, param_dtype=dtype, **layout_options(c))
+        reference = load_model(
+            inputs.reference_dir, mesh, dtype=dtype, param_dtype=second_param_dtype(c), **layout_options(c)
+        )
         if not objective_of(c).separate_critic and reference.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(
                 f"reference vocab {reference.cfg.vocab_size} != policy vocab {model.cfg.vocab_size}; "

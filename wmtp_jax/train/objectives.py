@@ -100,8 +100,11 @@ class CriticConfig(Section):
     In stage 1 (``critic``) that model is the one trained; in stage 2 (``verifiable``) it runs frozen inside the
     step, as the Rho-1 reference does, stored in ``dtype``. ``train`` (stage 1): ``head`` (frozen body), ``full``
     or ``lora`` (the ``model.lora`` adapters + the head); ``head``: ``linear`` or ``mlp`` (stage 1 gives the model a
-    fresh ``d -> head_hidden -> 1`` GELU head with a zero output layer, recorded in its config, so stage 2 and any
-    later load get the same head). ``allow_untrained``: let ``verifiable`` start from a zero
+    fresh ``d -> head_hidden -> 1`` GELU head with a zero output layer and training dropout ``head_dropout`` on
+    its hidden layer, recorded in its config, so stage 2 and any later load get the same head). ``co_train``
+    (stage 2 with a separate critic): keep training the critic (its head, or all of it with ``train=full``) with
+    the value loss, ``weighting.value_coef``, instead of running it frozen; it then ends up in the run's
+    ``final/critic``. ``allow_untrained``: let ``verifiable`` start from a zero
     value head. Stage 2 with the policy's own value head keeps it near stage 1's (the anchor, read when the trainer
     is built): ``value_clip`` (PPO-style clipping of V around the anchor head's value) and ``anchor_coef`` (a
     squared-distance penalty); the L2 distance is reported as ``critic_param_distance`` either way."""
@@ -110,6 +113,8 @@ class CriticConfig(Section):
     train: str = "head"
     head: str = "linear"  # stage 1: linear | mlp (a fresh d -> head_hidden -> 1 head replaces the linear one)
     head_hidden: int = 1024
+    head_dropout: float = 0.0
+    co_train: bool = False
     dtype: str = "bfloat16"
     allow_untrained: bool = False
     value_clip: float = 0.0  # stage 2: clip V to V_stage1 +- this in the value loss (PPO-style); 0 = off
@@ -120,6 +125,14 @@ class CriticConfig(Section):
         c.one_of("train", CRITIC_TRAIN)
         c.one_of("head", ("linear", "mlp"))
         c.positive("head_hidden")
+        c.check("head_dropout", lambda v: 0 <= v < 1, "a rate in [0, 1)")
+        if self.head_dropout and self.head != "mlp":
+            c.found.append(f"{prefix}.head_dropout: dropout acts on the mlp head's hidden layer; set {prefix}.head=mlp")
+        if self.co_train and self.train == "lora":
+            c.found.append(
+                f"{prefix}.co_train: a co-trained critic trains its head (train=head) or all of it (train=full); "
+                "stage 1's adapters are merged into its final/"
+            )
         c.check("value_clip", lambda v: v >= 0, "a non-negative number (0 = no clipping)")
         c.check("anchor_coef", lambda v: v >= 0, "a non-negative number (0 = no anchor penalty)")
         return c.found
@@ -161,9 +174,22 @@ class Objective:
         return False
 
     @property
+    def co_trains_critic(self) -> bool:
+        """The separate critic (``separate_critic``) is trained in the step too (``critic.co_train``)."""
+        return self.separate_critic and self.critic.co_train
+
+    @property
     def trains_value_head(self) -> bool:
-        """The value-loss term is in the loss (``trains_value`` and the values are the trained model's own)."""
-        return self.trains_value and not self.separate_critic
+        """The value-loss term is in the loss (``trains_value`` and the values come from a trained value head: the
+        model's own, or a co-trained separate critic's)."""
+        return self.trains_value and (not self.separate_critic or self.co_trains_critic)
+
+    def critic_trainable(self):
+        """nnx filter of a co-trained separate critic's trained parameters: its value head (``critic.train=head``)
+        or everything (``full``)."""
+        if self.critic.train == "head":
+            return nnx.All(nnx.Param, nnx.PathContains("value_head"))
+        return nnx.Param
 
     @property
     def uses_anchor(self) -> bool:
@@ -328,6 +354,12 @@ def second_model(c) -> tuple[str, str]:
     if objective.separate_critic:
         return c.critic.model, c.critic.dtype
     return c.reference.checkpoint, c.reference.dtype
+
+
+def second_param_dtype(c) -> str:
+    """Storage dtype of the second model's parameters: its compute dtype when frozen; ``model.param_dtype``
+    (master weights, like the policy's) for a co-trained critic."""
+    return c.model.param_dtype if objective_of(c).co_trains_critic else second_model(c)[1]
 
 
 def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:

@@ -94,14 +94,21 @@ class OptimizerConfig(Section):
 @flax.struct.dataclass
 class TrainState:
     """Everything a step changes: ``step`` (int32), the trained ``params`` (an ``nnx.State``), the optimizer
-    state, the TD-whitening ``ema`` ({mean, var, count}) and the ``rng`` key data (uint32 [2]). Checkpoints store
-    these names."""
+    state, the TD-whitening ``ema`` ({mean, var, count}), the ``rng`` key data (uint32 [2]) and the trained
+    parameters of a co-trained separate ``critic`` (``critic.co_train``; else None; the optimizer state then
+    covers ``(params, critic)``). Checkpoints store these names."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     ema: dict[str, jax.Array]
     rng: jax.Array
+    critic: Any = None
+
+    @property
+    def trained(self):
+        """What the optimizer updates: ``params``, or ``(params, critic)`` with a co-trained critic."""
+        return self.params if self.critic is None else (self.params, self.critic)
 
     @property
     def key(self) -> jax.Array:
@@ -182,18 +189,31 @@ def _anchor_distance_sq(model, anchor) -> jax.Array:
     )
 
 
+DROPOUT_STREAM = 1  # fold_in(micro-batch key, this) seeds the training dropout (the control shuffle uses the key)
+CRITIC_DROPOUT_STREAM = 2  # ... and the co-trained critic's
+
+
 def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb, denom, ema, key, anchor=None):
     """Loss of one micro-batch (already divided by the global normalisers) and its metrics. ``anchor``: stage 1's
     value-head parameters (``value_head_anchor``) when the objective ``uses_anchor``."""
     n_heads = model.cfg.n_future_tokens
     targets, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
-    out = model.forward(mb["tokens"], mb["positions"], mb["segment_ids"])
+    dropout_key = jax.random.fold_in(key, DROPOUT_STREAM) if model.has_dropout() else None
+    out = model.forward(mb["tokens"], mb["positions"], mb["segment_ids"], dropout_key)
     metrics: dict[str, jax.Array] = {}
     total = jnp.zeros((), jnp.float32)
     new_ema, adv, w_tok = ema, None, None
-    values = out.values
-    if objective.separate_critic:  # the frozen critic's value head, on its own trunk
-        values = jax.lax.stop_gradient(reference.forward(mb["tokens"], mb["positions"], mb["segment_ids"]).values)
+    values, vout, vmodel = out.values, out, model  # the values, and the output / model of the trained value head
+    if objective.separate_critic:  # the critic's value head, on its own trunk
+        critic_key = jax.random.fold_in(key, CRITIC_DROPOUT_STREAM) if objective.co_trains_critic else None
+        critic_out = reference.forward(
+            mb["tokens"], mb["positions"], mb["segment_ids"], critic_key if reference.has_dropout() else None
+        )
+        values = critic_out.values
+        if objective.co_trains_critic:
+            vout, vmodel = critic_out, reference
+        else:
+            values = jax.lax.stop_gradient(values)
     if objective.uses_td:  # TD errors from the value head
         w_tok, adv, new_ema = td_weights(objective.weighting, values, mb, ema)
         value_mask = valid[..., 0]  # V(s_p) for states followed by an output token
@@ -237,21 +257,21 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
         target = (
             mb["rewards"]
             if w.value_target == "mc"
-            else jax.lax.stop_gradient(out.values + alignment.shift_left(adv, 1))
+            else jax.lax.stop_gradient(vout.values + alignment.shift_left(adv, 1))
         )
         if w.value_loss == "pairwise":  # Bradley-Terry on the final values of (correct, incorrect) pairs
-            final, has_output = alignment.last_output(out.values, mb["loss_mask"])
+            final, has_output = alignment.last_output(vout.values, mb["loss_mask"])
             pair_sum, n_pairs = losses.pairwise_value_loss_sum(
                 final, alignment.last_output(mb["rewards"], mb["loss_mask"])[0], has_output
             )
             value_loss = pair_sum / jnp.maximum(n_pairs, 1.0)  # one micro-batch (config: grad_accum_steps 1)
             metrics["value_pairs"] = n_pairs
         elif anchor is not None and objective.critic.value_clip > 0:  # V kept within +- clip of stage 1's head
-            anchor_head = nnx.merge(nnx.graphdef(model.value_head), anchor)
-            anchor_values = anchor_head(out.value_input)[..., 0]
+            anchor_head = nnx.merge(nnx.graphdef(vmodel.value_head), anchor)
+            anchor_values = anchor_head(vout.value_input)[..., 0]
             value_loss = (
                 losses.clipped_value_loss_sum(
-                    out.values,
+                    vout.values,
                     anchor_values,
                     target,
                     value_mask,
@@ -263,16 +283,16 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
             )
         else:
             value_loss = (
-                losses.value_loss_sum(out.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
+                losses.value_loss_sum(vout.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
             )
         if anchor is not None:
-            sq = _anchor_distance_sq(model, anchor)
+            sq = _anchor_distance_sq(vmodel, anchor)
             metrics["critic_param_distance"] = jnp.sqrt(sq)  # L2 distance of the value head from stage 1's
             if objective.critic.anchor_coef > 0:  # each of the n micro-batches adds 1/n: coef * sq per step
                 total = total + objective.critic.anchor_coef * sq / cfg.grad_accum_steps
         total = total + objective.value_coef * value_loss
         metrics["value_loss"] = value_loss
-        metrics["value_explained_variance"] = losses.explained_variance(out.values, target, value_mask)
+        metrics["value_explained_variance"] = losses.explained_variance(vout.values, target, value_mask)
     metrics["loss"] = total
     return total, (metrics, new_ema)
 
@@ -312,7 +332,9 @@ def make_train_step(
 ):
     """Returns ``step(state: TrainState, frozen, reference_state, batch) -> (state, metrics)`` (pure; jit it).
 
-    ``frozen`` is the frozen part of the model's state; ``reference_state`` the Rho-1 reference (or None);
+    ``frozen`` is the frozen part of the model's state; ``reference_state`` the frozen second model (the Rho-1
+    reference or a separate critic; its untrained part when ``state.critic`` holds a co-trained critic's
+    parameters) or None;
     ``anchor`` stage 1's value-head parameters (``value_head_anchor``; a constant of the compiled step).
     ``cfg.head_weights`` must hold one weight per head (``StepConfig.for_heads``).
     """
@@ -329,15 +351,20 @@ def make_train_step(
         model0 = nnx.merge(graphdef, state.params, frozen)
         n_heads = model0.cfg.n_future_tokens
         denom = denominators(objective, micro, n_heads)
-        reference = nnx.merge(ref_graphdef, reference_state) if reference_state is not None else None
+        co_trained = state.critic is not None
+        reference = None
+        if reference_state is not None and not co_trained:
+            reference = nnx.merge(ref_graphdef, reference_state)
         key = jax.random.fold_in(state.rng, state.step)
 
-        def loss_fn(params, mb, ema, k):
+        def loss_fn(trained, mb, ema, k):
+            params, critic = trained if co_trained else (trained, None)
             model = nnx.merge(graphdef, params, frozen)
-            return micro_batch_loss(objective, cfg, model, reference, mb, denom, ema, k, anchor)
+            second = nnx.merge(ref_graphdef, critic, reference_state) if co_trained else reference
+            return micro_batch_loss(objective, cfg, model, second, mb, denom, ema, k, anchor)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        shapes = jax.eval_shape(lambda: loss_fn(state.params, jax.tree.map(lambda x: x[0], micro), state.ema, key))
+        shapes = jax.eval_shape(lambda: loss_fn(state.trained, jax.tree.map(lambda x: x[0], micro), state.ema, key))
         metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1][0])
         metrics0 = {
             k: (
@@ -353,10 +380,10 @@ def make_train_step(
         def body(carry, xs):
             grads, metrics, ema = carry
             mb, i = xs
-            (_, (m, ema)), g = grad_fn(state.params, mb, ema, jax.random.fold_in(key, i))
+            (_, (m, ema)), g = grad_fn(state.trained, mb, ema, jax.random.fold_in(key, i))
             return (jax.tree.map(jnp.add, grads, g), _combine(metrics, m, n), ema), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zeros = jax.tree.map(jnp.zeros_like, state.trained)
         if n == 1:  # no loop: XLA:CPU runs while-loop bodies far slower than straight-line code
             (grads, metrics, ema), _ = body(
                 (zeros, metrics0, state.ema), (jax.tree.map(lambda x: x[0], micro), jnp.zeros((), jnp.int32))
@@ -374,13 +401,15 @@ def make_train_step(
 
         # a non-finite step leaves parameters and optimizer state untouched; lax.cond (not a select between
         # old and new) lets XLA update them in place, without copies of the optimizer state
-        params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
+        trained, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.trained, state.opt_state)
+        params, critic = trained if co_trained else (trained, None)
         new_state = TrainState(
             step=state.step + 1,
             params=params,
             opt_state=opt_state,
             ema=jax.tree.map(lambda a, b: jnp.where(finite, a, b), ema, state.ema),
             rng=state.rng,
+            critic=critic,
         )
         metrics.update(
             grad_norm=grad_norm,
@@ -416,17 +445,19 @@ def optimizer_shardings(tx, params, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
 
 
-def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> TrainState:
-    """Train state for trainable ``params``: the optimizer state is created in the params' shardings
-    (``optimizer_shardings``), the small bookkeeping arrays (step, TD-whitening EMA, rng) are replicated over
-    ``mesh``."""
-    init = jax.jit(tx.init) if mesh is None else jax.jit(tx.init, out_shardings=optimizer_shardings(tx, params, mesh))
+def init_state(params, tx, seed: int, mesh: Mesh | None = None, critic=None) -> TrainState:
+    """Train state for trainable ``params`` (and a co-trained ``critic``'s): the optimizer state is created in the
+    parameters' shardings (``optimizer_shardings``), the small bookkeeping arrays (step, TD-whitening EMA, rng) are
+    replicated over ``mesh``."""
+    trained = params if critic is None else (params, critic)
+    init = jax.jit(tx.init) if mesh is None else jax.jit(tx.init, out_shardings=optimizer_shardings(tx, trained, mesh))
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        opt_state=init(params),
+        opt_state=init(trained),
         ema={"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())},
         rng=jax.random.key_data(jax.random.key(seed)),
+        critic=critic,
     )
     if mesh is not None:  # scalars (step, EMA, rng) would otherwise sit on device 0 only
         state = jax.tree.map(
@@ -436,18 +467,19 @@ def init_state(params, tx, seed: int, mesh: Mesh | None = None) -> TrainState:
     return state
 
 
-def abstract_state(params, tx, mesh: Mesh | None = None) -> TrainState:
-    """``TrainState`` of ShapeDtypeStructs for (abstract or concrete) ``params`` with the shardings ``init_state``
-    gives them; allocates nothing."""
+def abstract_state(params, tx, mesh: Mesh | None = None, critic=None) -> TrainState:
+    """``TrainState`` of ShapeDtypeStructs for (abstract or concrete) ``params`` (and a co-trained ``critic``'s)
+    with the shardings ``init_state`` gives them; allocates nothing."""
 
     def spec(x, sharding_=None):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_)
 
     replicated = None if mesh is None else sharding.replicated(mesh)
-    params = jax.tree.map(lambda x: spec(x, getattr(x, "sharding", None)), params)
-    opt = jax.eval_shape(tx.init, params)
+    params, critic = jax.tree.map(lambda x: spec(x, getattr(x, "sharding", None)), (params, critic))
+    trained = params if critic is None else (params, critic)
+    opt = jax.eval_shape(tx.init, trained)
     if mesh is not None:
-        opt = jax.tree.map(spec, opt, optimizer_shardings(tx, params, mesh))
+        opt = jax.tree.map(spec, opt, optimizer_shardings(tx, trained, mesh))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
     return TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
@@ -455,4 +487,5 @@ def abstract_state(params, tx, mesh: Mesh | None = None) -> TrainState:
         opt_state=opt,
         ema={"mean": scalar, "var": scalar, "count": scalar},
         rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
+        critic=critic,
     )

@@ -102,7 +102,8 @@ class Trainer:
 
     Attributes:
       graphdef, frozen: the model's graph and its frozen (untrained) state; ``model(state)`` merges them back.
-      reference_state: the frozen reference's state (Rho-1) or None.
+      reference_state: the frozen second model's state (Rho-1 reference, separate critic) or None; with a co-trained
+        critic (``objective.co_trains_critic``) only its untrained part, ``critic_params`` holding the rest.
       tx, schedule: the optax optimizer and learning-rate schedule.
       flops_per_token: the step's matmul FLOPs per token (for MFU).
     """
@@ -129,20 +130,27 @@ class Trainer:
         if has_lora(model):  # only the adapters (and a trained value head) learn; the base stays frozen
             trainable = trainable_filter(trainable)
         self.graphdef, self.params, self.frozen = nnx.split(model, trainable, ...)
-        self.ref_graphdef = self.reference_state = None
-        if reference is not None:
+        self.ref_graphdef = self.reference_state = self.critic_params = None
+        if reference is not None and objective.co_trains_critic:
+            self.ref_graphdef, self.critic_params, self.reference_state = nnx.split(
+                reference, objective.critic_trainable(), ...
+            )
+        elif reference is not None:
             self.ref_graphdef, self.reference_state = nnx.split(reference)
         # stage 1's value head, copied before the first step donates the model's arrays
         self.anchor = None
         if objective.uses_anchor:
             self.anchor = value_head_anchor(
-                model, required=bool(objective.critic.value_clip or objective.critic.anchor_coef)
+                reference if objective.co_trains_critic else model,
+                required=bool(objective.critic.value_clip or objective.critic.anchor_coef),
             )
         self.tx, self.schedule = make_optimizer(optimizer)
         self.step_fn = make_train_step(
             objective, self.step_config, self.graphdef, self.tx, self.schedule, mesh, self.ref_graphdef, self.anchor
         )
-        self.flops_per_token = flops_per_token(model, self.params, self.reference_state)
+        self.flops_per_token = flops_per_token(
+            model, (self.params, self.critic_params), (self.reference_state, self.critic_params)
+        )
         self.peak_flops = peak_flops(peak_flops_per_device)
         self.hooks: list[_Registered] = []
         self.stop_reason: str | None = None
@@ -153,16 +161,23 @@ class Trainer:
         """The train state at step 0 (optimizer state in the parameters' shardings). Its parameters are the model's
         own arrays, and ``step`` donates them: after the first step, read parameters from the state
         (``trainer.model(state)``), not from the model the trainer was built with."""
-        return init_state(self.params, self.tx, self.seed, self.mesh)
+        return init_state(self.params, self.tx, self.seed, self.mesh, critic=self.critic_params)
 
     def abstract_state(self) -> TrainState:
         """The train state's shapes, dtypes and the shardings ``initial_state`` gives; allocates nothing (works on an
         abstract model)."""
-        return abstract_state(self.params, self.tx, self.mesh)
+        return abstract_state(self.params, self.tx, self.mesh, critic=self.critic_params)
 
     def model(self, state: TrainState):
         """The full model with ``state``'s trained parameters."""
         return nnx.merge(self.graphdef, state.params, self.frozen)
+
+    def critic_model(self, state: TrainState):
+        """The co-trained separate critic with ``state``'s trained parameters (None unless
+        ``objective.co_trains_critic``)."""
+        if state.critic is None:
+            return None
+        return nnx.merge(self.ref_graphdef, state.critic, self.reference_state)
 
     # ------------------------------------------------------------------------------------------ step
     def step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict[str, jax.Array]]:
