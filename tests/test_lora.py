@@ -213,6 +213,6 @@ def test_lora_dropout_acts_only_in_training():
     again, again_losses = trained(0.5)
     assert dropped_losses[:2] == plain_losses[:2]  # B = 0 until the first update (step 1's learning rate is 0)
     assert dropped_losses[2] != plain_losses[2] and again_losses == dropped_losses
-    b = lambda m: np.asarray(m.layers.attention.wq.lora.lora_b[...])  # noqa: E731
+    b = lambda m: np.asarray(m.layers.attention.wq.lora.lora_b[...])
     assert not np.array_equal(b(plain), b(dropped)) and np.array_equal(b(dropped), b(again))
     np.testing.assert_array_equal(np.asarray(dropped(_tokens())), np.asarray(dropped(_tokens())))  # no key: none
