@@ -124,7 +124,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.critic = section(CriticConfig)
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""  # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
-    c.reference.dtype = "bfloat16"  # compute and storage dtype of the frozen reference
+    c.reference.dtype = "bfloat16"  # compute and storage dtype of the frozen reference; nf4 / int8: quantised
 
     c.data = ml_collections.ConfigDict()
     c.data.train = ""  # prepared {split}.jsonl (its {split}.index.npz beside it)
@@ -183,7 +183,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.model.lora = section(LoraConfig)
     # final/ also as a Hugging Face LlamaForCausalLM in {workdir}/final_hf (head hf_head's path of an MTP model);
     # any model directory: scripts/export_checkpoint.py SRC DST --format hf|meta
-    c.export = ml_collections.ConfigDict(dict(hf=False, hf_head=1))
+    # export.merge_lora=False: a LoRA run's final/ holds its adapters and the path of its base (adapter_config.json)
+    c.export = ml_collections.ConfigDict(dict(hf=False, hf_head=1, merge_lora=True))
     # train.early_stopping.metric ("" = off), .mode, .patience, .min_delta: EarlyStoppingConfig
     c.train.early_stopping = section(EarlyStoppingConfig)
 

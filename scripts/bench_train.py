@@ -11,7 +11,9 @@ memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-
   float32 master weights and AdamW state, full remat) for a 4-device FSDP mesh from abstract shapes only, and
   prints the per-device sizes XLA reports (arguments, outputs, temporaries; aliased donations counted once).
   Runs on virtual CPU devices when no accelerator is present (XLA's CPU buffer assignment, not a GPU's).
-  ``--lora-rank 64 [--lora-base bfloat16]``: the same step with LoRA adapters on the 7 block projections.
+  ``--lora-rank 64 [--lora-base bfloat16|nf4|int8]``: the same step with LoRA adapters on the 7 block
+  projections (nf4 / int8: QLoRA, the frozen block projections quantised); ``--devices 1 --per-device-batch 1
+  --lora-rank 64 --lora-base nf4``: the QLoRA step on one device.
   ``--experiment verifiable --critic 2.7b``: the verifiable step with a frozen separate critic of the 2.7B shape
   (``--critic ''``: with the policy's own value head).
 mfu: real train steps of a randomly initialised model on all local devices (FSDP), production layout and
@@ -269,7 +271,7 @@ def memory(args) -> None:
         ffn_hidden_dim=6912,
         vocab_size=32000,
         dtype="bfloat16",
-        param_dtype=args.reference_dtype,
+        param_dtype="bfloat16" if args.reference_dtype in ("nf4", "int8") else args.reference_dtype,
         scan_layers=args.scan_layers,
         attention=args.attention,
         attention_chunk=args.attention_chunk,
@@ -281,13 +283,16 @@ def memory(args) -> None:
 
         lora = LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank, base_dtype=args.lora_base)
     separate = args.experiment == "verifiable" and args.critic == "2.7b"
+    quantized_reference = args.reference_dtype if args.reference_dtype in ("nf4", "int8") else ""
     if args.experiment == "verifiable":  # the 2.7B shape as a frozen separate critic (with its value head)
         ref_cfg = ref_cfg.replace(n_future_tokens=1)
     trainer = make_trainer(
         args.experiment,
         sharded_abstract_model(policy_cfg, mesh, lora),
         mesh,
-        sharded_abstract_model(ref_cfg, mesh) if args.experiment == "rho1" or separate else None,
+        sharded_abstract_model(ref_cfg, mesh, quantize=quantized_reference)
+        if args.experiment == "rho1" or separate
+        else None,
         ce_chunk=args.ce_chunk,
         grad_accum=args.grad_accum,
         critic_model="2.7b" if separate else "",
@@ -311,7 +316,10 @@ def memory(args) -> None:
         f"compiled for {jax.devices()[0].platform} "
         f"in {time.perf_counter() - t:.0f} s"
     )
-    target = "16 GiB for 4 x 24 GB cards" if lora else "36 GiB for 4 x A100-40GB"
+    if lora and args.devices == 1:
+        target = "20 GiB on one device"
+    else:
+        target = "16 GiB for 4 x 24 GB cards" if lora else "36 GiB for 4 x A100-40GB"
     print(f"  {figures.describe()} (target <= {target})")
     if args.show_largest:
         import re
@@ -396,7 +404,12 @@ def main() -> int:
     m.add_argument("--seq", type=int, default=2048)
     m.add_argument("--devices", type=int, default=4)
     m.add_argument("--ce-chunk", type=int, default=256)
-    m.add_argument("--reference-dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    m.add_argument(
+        "--reference-dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float32", "nf4", "int8"],
+        help="storage of the frozen reference / critic (nf4 / int8: its block projections quantised)",
+    )
     m.add_argument("--experiment", default="rho1", choices=["rho1", "verifiable"], help="which step to compile")
     m.add_argument(
         "--critic",
@@ -405,7 +418,9 @@ def main() -> int:
         help="verifiable: a frozen separate critic of the Sheared-LLaMA-2.7B shape ('' = the policy's value head)",
     )
     m.add_argument("--lora-rank", type=int, default=0, help="LoRA adapters of this rank (0 = full fine-tuning)")
-    m.add_argument("--lora-base", default="", choices=["", "bfloat16"], help="storage dtype of the frozen base")
+    m.add_argument(
+        "--lora-base", default="", choices=["", "bfloat16", "nf4", "int8"], help="storage of the frozen base (QLoRA)"
+    )
     m.add_argument("--show-largest", type=int, default=0, help="list the N largest buffers of the compiled step")
     m.add_argument(
         "--no-scan-layers",

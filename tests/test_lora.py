@@ -9,12 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 from test_train import micro_config, read_metrics, run
 
 from wmtp_jax import config as config_lib
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import load_model
+from wmtp_jax.checkpoint.export import export_checkpoint
 from wmtp_jax.checkpoint.policy import load_policy
 from wmtp_jax.model import ModelConfig, create_model
 from wmtp_jax.model.lora import LoraConfig, apply_lora, has_lora, merge_lora, trainable_filter
@@ -216,3 +218,64 @@ def test_lora_dropout_acts_only_in_training():
     b = lambda m: np.asarray(m.layers.attention.wq.lora.lora_b[...])
     assert not np.array_equal(b(plain), b(dropped)) and np.array_equal(b(dropped), b(again))
     np.testing.assert_array_equal(np.asarray(dropped(_tokens())), np.asarray(dropped(_tokens())))  # no key: none
+
+
+def test_qlora_rho1_run_writes_adapters_that_load_and_export_like_the_workdir(shared, tmp_path):
+    """A Rho-1 run with a QLoRA policy (nf4 base, adapter dropout) and an nf4 reference, ``export.merge_lora=False``:
+    final/ holds only the adapters and value head plus its base's path; the policy restored from it equals the one
+    restored from the workdir's checkpoint; the streamed exports of final/ and of the workdir are identical, and
+    transformers' logits of the HF export equal the merged model's head-1 logits (float32, atol 1e-4)."""
+    import orbax.checkpoint.experimental.v1 as ocp
+    from safetensors.numpy import load_file
+    from transformers import LlamaForCausalLM
+
+    from wmtp_jax.checkpoint.store import flatten
+
+    qlora = {
+        "model.lora.rank": 4,
+        "model.lora.alpha": 8.0,
+        "model.lora.dropout": 0.1,
+        "model.lora.base_dtype": "nf4",
+        "reference.dtype": "nf4",
+        "export.merge_lora": False,
+        "train.learning_rate": 1e-2,
+        "train.num_steps": 2,
+        "checkpoint.every_steps": 2,
+    }
+    out = run("rho1", shared, tmp_path / "q", **qlora)
+    final = Path(out["final_dir"])
+    assert (final / "adapter_config.json").is_file() and not (final / "model_config.json").exists()
+    assert json.loads((final / "selection.json").read_text())["lora"] == "adapters"
+    stored = flatten(ocp.metadata(final / "params").metadata)
+    assert stored and all("/lora/lora_" in k or k.startswith("value_head/") for k in stored)
+    mesh = sharding.make_mesh()
+    from_final, description = load_policy(final, mesh)
+    from_workdir, _ = load_policy(tmp_path / "q", mesh, cache_dir=shared["model.cache_dir"])
+    assert description.startswith("LoRA adapters") and from_final.layers.attention.wq.quantized
+    tokens = jnp.asarray(np.random.RandomState(0).randint(3, 32000, (2, 12)), jnp.int32)
+    logits = np.asarray(from_final(tokens))
+    np.testing.assert_array_equal(logits, np.asarray(from_workdir(tokens)))
+    for src, dst in ((final, "hf_final"), (tmp_path / "q", "hf_workdir")):
+        export_checkpoint(src, tmp_path / dst, format="hf", cache_dir=shared["model.cache_dir"], progress=False)
+    a, b = (
+        load_file(tmp_path / "hf_final" / "model.safetensors"),
+        load_file(tmp_path / "hf_workdir" / "model.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    merged = np.asarray(merge_lora(from_final)(tokens))[:, :, 0]
+    with torch.no_grad():
+        hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf_final").eval()
+        ref = hf(torch.tensor(np.asarray(tokens))).logits.float().numpy()
+    np.testing.assert_allclose(ref, merged, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(merged, logits[:, :, 0], atol=1e-4, rtol=0)  # merged == base + adapters
+
+
+def test_full_fine_tuning_workdir_exports_like_its_final(shared, tmp_path):
+    """A training workdir is exported streamed (its trained stacked leaves spilled block by block) and gives the
+    same Meta tensors as the run's final/."""
+    out = run("baseline", shared, tmp_path / "b", **{"train.num_steps": 1, "checkpoint.every_steps": 1})
+    for src, dst in ((out["final_dir"], "final"), (tmp_path / "b", "workdir")):
+        export_checkpoint(src, tmp_path / dst, format="meta", cache_dir=shared["model.cache_dir"], progress=False)
+    a = torch.load(tmp_path / "final" / "consolidated.00.pth")
+    b = torch.load(tmp_path / "workdir" / "consolidated.00.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

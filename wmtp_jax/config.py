@@ -254,10 +254,11 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     ):
         k.found += section.from_config(c[name]).problems(name)
     k.found += EarlyStoppingConfig.from_config(c.train.early_stopping).problems("train.early_stopping")
-    from wmtp_jax.train.objectives import CriticConfig
+    from wmtp_jax.train.objectives import SECOND_MODEL_DTYPES, CriticConfig
 
     critic = CriticConfig.from_config(c.critic)
     k.found += critic.problems("critic")
+    k.one_of("reference.dtype", SECOND_MODEL_DTYPES)
     if c.objective == "verifiable" and not c.model.get("init_from") and not critic.model and not critic.allow_untrained:
         k.found.append(
             "model.init_from='': the verifiable objective needs a trained critic; set model.init_from to stage 1's "
@@ -284,6 +285,7 @@ def _training_problems(c, k: _Checks, data, fsdp, n_processes) -> None:
     if "export" in c:
         k.check("export.hf", lambda v: isinstance(v, bool), "true or false")
         k.positive("export.hf_head")
+        k.check("export.merge_lora", lambda v: isinstance(v, bool), "true or false")
     if c.train.eval_every_steps or c.train.eval_at_end:
         _generation_problems(c, k, data, fsdp, group="eval")
     k.found += [f"data.{p}" for p in SamplingConfig.from_config(c.data).problems()]

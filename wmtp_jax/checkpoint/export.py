@@ -12,10 +12,12 @@ pairs. In both layouts the value head is written beside the weights as ``value_h
 head is written as ``value_head.{hidden,out}.{weight,bias}``, which the converter refuses with a clear error (load
 the Orbax ``final/`` for it).
 
-Memory: an Orbax model directory (a conversion, a run's ``final/``) is read one tensor at a time. Meta's
-``.pth`` files are written from tensors spilled to memory-mapped scratch files, HF's in safetensors shards of at
-most ``max_shard_bytes``; peak host memory is one tensor (Meta) or one shard (HF), not the model. A training
-workdir or one of its checkpoints is first restored whole (one host copy of the parameters).
+Memory: every source is read one tensor at a time. An Orbax model directory (a conversion, a run's ``final/``)
+directly; a LoRA adapter directory (``export.merge_lora=False``) or a training workdir / checkpoint as its base
+model's tensors with the trained ones on top (adapters folded in per block; a fully trained stacked leaf is read
+once and spilled block by block to scratch files, so at most one stacked leaf is resident). Meta's ``.pth`` files
+are written from tensors spilled to memory-mapped scratch files, HF's in safetensors shards of at most
+``max_shard_bytes``; peak host memory is one tensor (Meta) or one shard (HF), not the model.
 """
 
 from __future__ import annotations
@@ -71,24 +73,147 @@ def _orbax_source(model_dir: Path) -> _Source:
     return _Source(read_config(model_dir), names, read, f"orbax model {model_dir}")
 
 
-def _restored_source(path: Path, cache_dir: Path) -> _Source:
-    """A training workdir / checkpoint step or a torch directory, restored through ``load_policy``."""
-    from flax import nnx
+class _BlockSpill:
+    """Blocks of stacked leaves (``[L, ...]``), each read whole once and spilled block by block to memory-mapped
+    scratch files, so that reading block ``i`` of many leaves in turn holds one stacked leaf at a time, never the
+    model."""
 
-    from wmtp_jax import sharding
-    from wmtp_jax.checkpoint.policy import load_policy
-    from wmtp_jax.checkpoint.store import param_tree, to_disk_layout
+    def __init__(self, read: Callable[[str], np.ndarray]):
+        self.read, self.blocks = read, {}
+        self.scratch = tempfile.TemporaryDirectory(prefix="wmtp_export_")
 
-    mesh = sharding.make_mesh(devices=jax.devices("cpu")[:1])
-    model, description = load_policy(path, mesh, cache_dir=cache_dir)
-    disk = to_disk_layout(flatten(param_tree(nnx.state(model, nnx.Param))))
-    names = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in disk.items()}
-    return _Source(model.cfg, names, lambda name: np.asarray(disk[name]), description)
+    def block(self, name: str, i: int) -> np.ndarray:
+        if name not in self.blocks:
+            stacked = self.read(name)
+            blocks = []
+            for j, x in enumerate(stacked):
+                path = Path(self.scratch.name) / f"{len(self.blocks)}_{j}.npy"
+                np.save(path, np.ascontiguousarray(x))
+                blocks.append(path)
+            del stacked
+            self.blocks[name] = blocks
+        return np.load(self.blocks[name][i], mmap_mode="r")
+
+
+def _layered_source(
+    base_dir: Path,
+    trained: dict[str, tuple[tuple[int, ...], np.dtype]],
+    read_trained: Callable[[str], np.ndarray],
+    lora,
+    description: str,
+) -> _Source:
+    """A run's model streamed one on-disk tensor at a time: the base model directory it started from, with the
+    run's trained tensors (``trained``: in-memory names -> shape, dtype; ``read_trained(name)`` reads one) on top:
+    full parameters and value heads replace the base's, and LoRA adapters are folded into their kernels as
+    ``merge_lora`` does (``W + (alpha / r) A B`` in float32 on the base the adapters trained against: cast to
+    bfloat16 or quantised and dequantised as ``lora.base_dtype`` says), stored in the base's dtype."""
+    from wmtp_jax.checkpoint.store import disk_name, model_name
+    from wmtp_jax.model.lora import QUANTIZED, frozen_kernel
+    from wmtp_jax.model.mtp import STACKED_GROUPS
+
+    base = _orbax_source(base_dir)
+    cfg = base.cfg
+    names = dict(base.names)
+    heads = {n for n in trained if n.startswith("value_head/")}
+    if heads:  # the run's value head (a critic's MLP head may replace a linear one)
+        names = {k: v for k, v in names.items() if not k.startswith("value_head/")}
+        names.update({disk_name(n): trained[n] for n in heads})
+        if "value_head/hidden/kernel" in trained:
+            cfg = cfg.replace(value_head_hidden=trained["value_head/hidden/kernel"][0][-1])
+    stacked = _BlockSpill(read_trained)
+    base_dtype = lora.base_dtype if lora.enabled else ""
+
+    def frozen(x: np.ndarray, projection: bool) -> np.ndarray:
+        """A frozen base tensor as training saw it: a block projection quantised and dequantised (nf4 / int8) or
+        cast (bfloat16); any other float tensor cast to bfloat16 (for nf4 / int8 too)."""
+        if not base_dtype or not (x.dtype.kind == "f" or x.dtype.name == "bfloat16"):
+            return x
+        kind = base_dtype if projection or base_dtype not in QUANTIZED else "bfloat16"
+        return np.asarray(frozen_kernel(x, kind)).astype(x.dtype)
+
+    def read(name: str) -> np.ndarray:
+        group, _, rest = name.partition("/")
+        if group not in STACKED_GROUPS:
+            if model_name(name) in trained:
+                return read_trained(model_name(name))
+            return base.read(name) if name.startswith("value_head/") else frozen(base.read(name), False)
+        index, _, rest = rest.partition("/")
+        leaf = model_name(f"{group}/{rest}")  # layers/attention/wq/kernel
+        if leaf in trained:  # fully fine-tuned
+            return np.asarray(stacked.block(leaf, int(index)))
+        module = leaf.removesuffix("/kernel")
+        x = base.read(name)
+        if not leaf.endswith("/kernel"):  # a norm
+            return frozen(x, False)
+        if f"{module}/lora/lora_a" not in trained:
+            return frozen(x, True)
+        a = stacked.block(f"{module}/lora/lora_a", int(index)).astype(np.float32)
+        b = stacked.block(f"{module}/lora/lora_b", int(index)).astype(np.float32)
+        w = np.asarray(frozen_kernel(x, base_dtype)) + (a @ b) * lora.scale
+        return w.astype(x.dtype)
+
+    return _Source(cfg, names, read, description)
+
+
+def _workdir_source(path: Path, cache_dir: Path) -> _Source:
+    """A training workdir's latest checkpoint or one ``checkpoints/STEP``: its trained parameters read one leaf at
+    a time from the train state (the optimizer state is never read) over its starting model."""
+    from wmtp_jax.checkpoint.policy import _lora_config, _starting_model, training_step
+    from wmtp_jax.checkpoint.store import model_name
+
+    workdir, step_dir = training_step(path.absolute())
+    stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")
+    if stored is None:
+        raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
+    stored = flatten(stored)
+    by_model = {model_name(n.removesuffix("/value")): n for n in stored}
+    device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    partial = ocp.Context(
+        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
+    )
+
+    def read(name: str) -> np.ndarray:
+        leaf = stored[by_model[name]]
+        target = unflatten({by_model[name]: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device)})
+        with partial:
+            restored = ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]["params"]
+        return np.asarray(flatten(restored)[by_model[name]])
+
+    trained = {m: (tuple(stored[n].shape), np.dtype(stored[n].dtype)) for m, n in by_model.items()}
+    base = _starting_model(workdir)
+    description = f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"
+    return _layered_source(base, trained, read, _lora_config(workdir), description)
+
+
+def _adapter_source(path: Path) -> _Source:
+    """A LoRA adapter directory (``store.save_adapters``) over the base model it names."""
+    from wmtp_jax.checkpoint.store import read_adapter_config
+    from wmtp_jax.model.lora import LoraConfig
+
+    config = read_adapter_config(path)
+    params_dir = path.absolute() / PARAMS_DIR
+    stored = flatten(ocp.metadata(params_dir).metadata)
+    device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    partial = ocp.Context(
+        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
+    )
+
+    def read(name: str) -> np.ndarray:
+        leaf = stored[name]
+        with partial:
+            target = unflatten({name: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device)})
+            return np.asarray(flatten(ocp.load(params_dir, target))[name])
+
+    trained = {n: (tuple(v.shape), np.dtype(v.dtype)) for n, v in stored.items()}
+    base = Path(config["base_model"])
+    lora = LoraConfig.from_config(config["lora"])
+    return _layered_source(base, trained, read, lora, f"LoRA adapters {path} (base {base})")
 
 
 def open_source(src: str | Path, cache_dir: str | Path = "artifacts/converted") -> _Source:
-    """The model at ``src``: an Orbax model directory (streamed), a training workdir or ``checkpoints/STEP``,
-    or a torch checkpoint directory (converted once into ``cache_dir``). Raises CheckpointError if none."""
+    """The model at ``src``, streamed: an Orbax model directory, a LoRA adapter directory, a training workdir or
+    ``checkpoints/STEP`` (trained tensors over the starting model), or a torch checkpoint directory (converted once
+    into ``cache_dir``). Raises CheckpointError if none."""
     src = Path(src)
     if not src.is_dir():
         raise CheckpointError(
@@ -99,10 +224,13 @@ def open_source(src: str | Path, cache_dir: str | Path = "artifacts/converted") 
         return _orbax_source(src)
     from wmtp_jax.checkpoint.convert import ensure_orbax
     from wmtp_jax.checkpoint.policy import training_step
+    from wmtp_jax.checkpoint.store import is_adapter_dir
 
+    if is_adapter_dir(src):
+        return _adapter_source(src)
     if training_step(src.absolute()) is None:  # torch: the cached conversion is itself streamed
         return _orbax_source(ensure_orbax(src, cache_dir))
-    return _restored_source(src, Path(cache_dir))
+    return _workdir_source(src, Path(cache_dir))
 
 
 def _cast(x: np.ndarray, dtype: str | None) -> torch.Tensor:

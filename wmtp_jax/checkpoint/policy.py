@@ -2,6 +2,8 @@
 
 Accepted ``path``:
   * an Orbax model directory (``model_config.json`` + ``params/``): a conversion, or a run's ``final/``;
+  * a run's ``final/`` written as LoRA adapters plus a base reference (``export.merge_lora=False``: ``params/`` +
+    ``adapter_config.json``): the base is restored and the adapters run unmerged, as in training;
   * a training workdir (its latest checkpoint) or one of its ``checkpoints/<step>`` directories: the
     trained parameters are read from the step's train state (optimizer state is never read), the rest
     (e.g. the frozen value head) from the run's starting model named in the workdir's ``config.json``;
@@ -19,8 +21,19 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
-from wmtp_jax.checkpoint.store import CheckpointError, flatten, load_model, model_name, param_tree, unflatten
+from wmtp_jax.checkpoint.store import (
+    PARAMS_DIR,
+    CheckpointError,
+    flatten,
+    is_adapter_dir,
+    load_model,
+    model_name,
+    param_tree,
+    read_adapter_config,
+    unflatten,
+)
 from wmtp_jax.model.lora import LoraConfig, apply_lora
+from wmtp_jax.model.mtp import with_mlp_value_head
 
 
 def training_step(path: Path) -> tuple[Path, Path] | None:
@@ -64,7 +77,12 @@ def _model_mesh(model: nnx.Module):
 def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
     """Converts ``path`` into ``cache_dir`` (once) if it is a torch checkpoint; anything else is left alone."""
     path = Path(path)
-    if path.is_dir() and not is_orbax_model_dir(path) and training_step(path.absolute()) is None:
+    if (
+        path.is_dir()
+        and not is_orbax_model_dir(path)
+        and not is_adapter_dir(path)
+        and training_step(path.absolute()) is None
+    ):
         ensure_orbax(path, cache_dir)
 
 
@@ -82,6 +100,9 @@ def load_policy(
         raise CheckpointError(f"{path}: checkpoint not found")
     if is_orbax_model_dir(path):
         return load_model(path, mesh, **config_overrides), f"orbax model {path}"
+    if is_adapter_dir(path):
+        model = _load_adapters(path, mesh, config_overrides)
+        return model, f"LoRA adapters {path} (base {read_adapter_config(path)['base_model']})"
     found = training_step(path.absolute())
     if found is None:  # a torch checkpoint directory (the converter names anything it cannot read)
         model_dir = ensure_orbax(path, cache_dir)
@@ -92,29 +113,52 @@ def load_policy(
     lora = _lora_config(workdir)
     if lora.enabled:  # the train state holds the adapters; they run unmerged
         apply_lora(model, lora, _model_mesh(model))
-    state = nnx.state(model)
-    current = flatten(param_tree(state))
     stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")
     if stored is None:
         raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
-    # stored name -> model name (train states written before projections became modules lack "/kernel")
-    names = {name: model_name(name) for name in (n.removesuffix("/value") for n in flatten(stored))}
-    unknown = sorted(n for n, m in names.items() if m not in current)
-    if unknown:
-        raise CheckpointError(f"{step_dir}: weights not in the model of {base}: {unknown[:5]}")
-    target = unflatten(
-        {
-            f"{n}/value": jax.ShapeDtypeStruct(current[m].shape, current[m].dtype, sharding=current[m].sharding)
-            for n, m in names.items()
-        }
-    )
     partial = ocp.Context(
         pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
     )
-    with partial:  # only the parameters: the optimizer state is never read
-        restored = ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]
+
+    def restore(target):
+        with partial:  # only the parameters: the optimizer state is never read
+            return ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]["params"]
+
+    _restore_trained(model, stored, restore, f"{step_dir} (base {base})")
+    return model, f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"
+
+
+def _load_adapters(path: Path, mesh: Mesh | None, config_overrides: dict) -> nnx.Module:
+    """The base model an adapter directory (``save_adapters``) names, with its adapters (and value head) on top."""
+    config = read_adapter_config(path)
+    base = Path(config["base_model"])
+    model = load_model(base, mesh, **config_overrides)
+    hidden = config["model"].get("value_head_hidden", 0)
+    if hidden and model.cfg.value_head_hidden != hidden:  # a critic's MLP head
+        with_mlp_value_head(model, hidden, _model_mesh(model), dropout=config["model"].get("value_head_dropout", 0.0))
+    apply_lora(model, LoraConfig.from_config(config["lora"]), _model_mesh(model))
+    params_dir = path.absolute() / PARAMS_DIR
+    _restore_trained(model, ocp.metadata(params_dir).metadata, lambda target: ocp.load(params_dir, target), str(path))
+    return model
+
+
+def _restore_trained(model: nnx.Module, stored, restore, where: str) -> None:
+    """Replaces the parameters of ``model`` named in ``stored`` (a checkpoint's metadata tree: train-state names
+    ending in ``/value``, or pure names) by ``restore(target)`` of them, in place, in the model's shardings."""
+    state = nnx.state(model)
+    current = flatten(param_tree(state))
+    # stored name -> model name (train states written before projections became modules lack "/kernel")
+    names = {name: model_name(name.removesuffix("/value")) for name in flatten(stored)}
+    unknown = sorted(n for n, m in names.items() if m not in current)
+    if unknown:
+        raise CheckpointError(f"{where}: weights not in the model: {unknown[:5]}")
+    target = unflatten(
+        {
+            n: jax.ShapeDtypeStruct(current[m].shape, current[m].dtype, sharding=current[m].sharding)
+            for n, m in names.items()
+        }
+    )
     merged = dict(current)
-    merged.update({names[k.removesuffix("/value")]: v for k, v in flatten(restored["params"]).items()})
+    merged.update({names[k]: v for k, v in flatten(restore(target)).items()})
     nnx.replace_by_pure_dict(state, unflatten(merged))
     nnx.update(model, state)
-    return model, f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"

@@ -152,6 +152,52 @@ def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance)
         write_config(ckpt_dir, model.cfg, **provenance)
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_FORMAT = "wmtp_jax LoRA adapters v1"
+
+
+def is_adapter_dir(path) -> bool:
+    """Whether ``path`` holds LoRA adapters plus a base reference (``save_adapters``)."""
+    return (Path(path) / ADAPTER_CONFIG).is_file() and (Path(path) / PARAMS_DIR).is_dir()
+
+
+def save_adapters(model: MTPTransformer, ckpt_dir: str | os.PathLike, base_model, lora: dict, **provenance) -> None:
+    """Writes ``model``'s LoRA adapters and value head (not its frozen base) under ``ckpt_dir`` (all processes must
+    call it): ``params/`` (in-memory names, e.g. ``layers/attention/wq/lora/lora_a`` ``[L, in, rank]``) and
+    ``adapter_config.json`` naming the base model directory (``base_model``, stored absolute), the ``lora``
+    settings (``model.lora``) and the adapted model's config. ``load_policy`` and ``export_checkpoint`` read it
+    back onto that base; the base must stay where it is."""
+    ckpt_dir = Path(ckpt_dir).absolute()
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    trained = nnx.state(model, nnx.Any(nnx.LoRAParam, nnx.PathContains("value_head")))
+    ocp.save(ckpt_dir / PARAMS_DIR, param_tree(trained), overwrite=True)
+    if jax.process_index() == 0:
+        config = {
+            "format": ADAPTER_FORMAT,
+            "base_model": str(Path(base_model).absolute()),
+            "lora": dict(lora),
+            "model": model.cfg.to_params_json(),
+            **provenance,
+        }
+        atomic_write_text(ckpt_dir / ADAPTER_CONFIG, json.dumps(config, indent=2) + "\n")
+
+
+def read_adapter_config(ckpt_dir: str | os.PathLike) -> dict:
+    """``adapter_config.json`` of an adapter directory, its base checked. Raises CheckpointError naming the file
+    when it is unreadable or its base model directory is gone."""
+    path = Path(ckpt_dir) / ADAPTER_CONFIG
+    try:
+        config = json.loads(path.read_text())
+        base, _ = Path(config["base_model"]), config["lora"]["rank"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: expected a JSON object with 'base_model' and 'lora' ({e})") from None
+    if not (base / CONFIG_FILE).is_file():
+        raise CheckpointError(
+            f"{path}: base_model {base} is not an Orbax model directory (moved or deleted?); the adapters need it"
+        )
+    return config
+
+
 def check_stored_shapes(params_dir: Path, expected: dict[str, tuple[int, ...]]) -> None:
     """Raises CheckpointError naming every missing, unexpected or mis-shaped weight."""
     try:

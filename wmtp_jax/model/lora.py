@@ -142,7 +142,6 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
     its shardings over ``mesh`` (default: where the model is), and casts the frozen base weights to
     ``cfg.base_dtype``. Returns ``model``. Raises ValueError for a bad target or a model that already has
     adapters."""
-    from wmtp_jax import sharding
 
     if has_lora(model):
         raise ValueError("the model already has LoRA adapters")
@@ -158,8 +157,7 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
         frozen = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam), nnx.Not(nnx.PathContains("value_head")))
         nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(model, frozen)))
     if mesh is not None:
-        state = nnx.state(model)
-        nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
+        _place(model, mesh)
     return model
 
 
@@ -173,31 +171,48 @@ def _block_axes(module: Linear) -> tuple:
     return kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim
 
 
-def quantize_base(model: nnx.Module, base_dtype: str) -> nnx.Module:
+def quantize_base(model: nnx.Module, base_dtype: str, mesh: jax.sharding.Mesh | None = None) -> nnx.Module:
     """Stores the kernel of every block projection of ``model`` (all seven, adapted or not) as ``base_dtype``
     ("nf4" or "int8") codes with one float32 absmax scale per ``QUANT_BLOCK`` input rows and output column
     (``qwix.quantize``; one scale per column when the input width is not a multiple of the block), in place.
     ``kernel`` then holds the codes (same shape and logical axes) and ``kernel_scale`` the scales ``[..., in /
-    block, out]`` (the block axis replicated). Returns ``model``."""
-    qtype = QUANTIZED[base_dtype]
+    block, out]`` (the block axis replicated), placed in their shardings over ``mesh`` when given. Also used for a
+    frozen second model (``reference.dtype`` / ``critic.dtype`` "nf4" or "int8"). Returns ``model``."""
+    if base_dtype not in QUANTIZED:
+        raise ValueError(f"base_dtype={base_dtype!r}: expected one of {list(QUANTIZED)}")
     for path, module in projections(model).items():
         if not _BLOCK_PROJECTION.match(path) or module.quantized:
             continue
         axes = _block_axes(module)
-        kernel = module.kernel[...]
-        n_in = kernel.shape[-2]
-        q = qwix.quantize(
-            kernel,
-            qtype,
-            channelwise_axes=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2),
-            tiled_axes={kernel.ndim - 2: QUANT_BLOCK if n_in % QUANT_BLOCK == 0 else n_in},
-            scale_dtype=jnp.float32,
-        )
+        q = _quantize(module.kernel[...], base_dtype)
         module.kernel = QuantizedWeight(q.qvalue, out_sharding=axes, eager_sharding=False)
         module.kernel_scale = QuantizedWeight(q.scale, out_sharding=(*axes[:-2], None, axes[-1]), eager_sharding=False)
         module.quantized = True
         module.qtype = base_dtype
+    if mesh is not None:
+        _place(model, mesh)
     return model
+
+
+def _place(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
+    """Puts every variable of ``model`` in its sharding over ``mesh`` (from its logical axes)."""
+    from wmtp_jax import sharding
+
+    state = nnx.state(model)
+    nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
+
+
+def _quantize(kernel: jax.Array, base_dtype: str) -> qwix.QArray:
+    """``qwix.quantize`` of a kernel ``[..., in, out]``: one float32 absmax scale per ``QUANT_BLOCK`` input rows
+    (all of them when the input width is not a multiple of it) and output column (and layer)."""
+    n_in = kernel.shape[-2]
+    return qwix.quantize(
+        kernel,
+        QUANTIZED[base_dtype],
+        channelwise_axes=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2),
+        tiled_axes={kernel.ndim - 2: QUANT_BLOCK if n_in % QUANT_BLOCK == 0 else n_in},
+        scale_dtype=jnp.float32,
+    )
 
 
 def dequantize(module: Linear, dtype) -> jax.Array:
@@ -205,6 +220,18 @@ def dequantize(module: Linear, dtype) -> jax.Array:
     ``dtype``."""
     q = qwix.QArray(module.kernel[...], module.kernel_scale[...], None, QUANTIZED[module.qtype])
     return qwix.dequantize(q).astype(dtype)
+
+
+def frozen_kernel(kernel, base_dtype: str) -> jax.Array:
+    """The float32 kernel ``[..., in, out]`` an adapter trained against for a stored base ``kernel``: as stored
+    (``base_dtype`` ""), rounded to bfloat16 / float32, or quantised and dequantised ("nf4", "int8") exactly as
+    ``quantize_base`` stores it (its scales are per block and column, so one layer quantises as its stack does)."""
+    kernel = jnp.asarray(kernel)
+    if base_dtype in QUANTIZED:
+        return qwix.dequantize(_quantize(kernel, base_dtype))
+    if base_dtype:
+        kernel = kernel.astype(DTYPES[base_dtype])
+    return kernel.astype(jnp.float32)
 
 
 def has_lora(model: nnx.Module) -> bool:

@@ -21,7 +21,7 @@ from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.checkpoint.store import abstract_model
 from wmtp_jax.config import layout_options, model_options
 from wmtp_jax.model import ModelConfig, MTPTransformer
-from wmtp_jax.model.lora import LoraConfig, apply_lora
+from wmtp_jax.model.lora import LoraConfig, apply_lora, quantize_base
 from wmtp_jax.train.step import BATCH_KEYS
 
 GIB = 2**30
@@ -60,12 +60,17 @@ class MemoryFigures:
         )
 
 
-def sharded_abstract_model(cfg: ModelConfig, mesh, lora: LoraConfig | None = None):
-    """``MTPTransformer(cfg)`` (with ``lora`` adapters when enabled) whose parameters are ShapeDtypeStructs
-    carrying their shardings over ``mesh``."""
+def sharded_abstract_model(cfg: ModelConfig, mesh, lora: LoraConfig | None = None, quantize: str = ""):
+    """``MTPTransformer(cfg)`` (with ``lora`` adapters when enabled; a frozen model with its block projections
+    quantised to ``quantize``, "nf4" or "int8") whose parameters are ShapeDtypeStructs carrying their shardings
+    over ``mesh``."""
     if lora is not None and lora.enabled:
         graphdef, state = nnx.split(
             nnx.eval_shape(lambda: apply_lora(MTPTransformer(cfg, rngs=nnx.Rngs(0)), lora, seed=0))
+        )
+    elif quantize:
+        graphdef, state = nnx.split(
+            nnx.eval_shape(lambda: quantize_base(MTPTransformer(cfg, rngs=nnx.Rngs(0)), quantize))
         )
     else:
         graphdef, state = abstract_model(cfg)
@@ -91,7 +96,7 @@ def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStru
 def dry_run(c) -> dict:
     """Compiles the configured step on abstract shapes; prints and returns the figures."""
     from wmtp_jax.train.loop import batch_rows, make_trainer
-    from wmtp_jax.train.objectives import second_model, second_param_dtype, trained_model
+    from wmtp_jax.train.objectives import second_model, second_model_dtypes, trained_model
 
     if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
         write_micro_models(Path(c.model.checkpoint).parent)
@@ -99,12 +104,11 @@ def dry_run(c) -> dict:
     vocab = c.model.vocab_size or None
     policy_cfg = peek_config(c.model.init_from or trained_model(c), vocab).replace(**model_options(c))
     reference = None
-    second, dtype = second_model(c)
+    second, _ = second_model(c)
     if second:
-        ref_cfg = peek_config(second, vocab).replace(
-            dtype=dtype, param_dtype=second_param_dtype(c), **layout_options(c)
-        )
-        reference = sharded_abstract_model(ref_cfg, mesh)
+        dtype, param_dtype, quantize = second_model_dtypes(c)
+        ref_cfg = peek_config(second, vocab).replace(dtype=dtype, param_dtype=param_dtype, **layout_options(c))
+        reference = sharded_abstract_model(ref_cfg, mesh, quantize=quantize)
     lora = LoraConfig.from_config(c.model.lora)
     trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)
     length = max(c.data.buckets)

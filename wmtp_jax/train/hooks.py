@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from wmtp_jax import sharding, storage
 from wmtp_jax.checkpoint import save_model
-from wmtp_jax.checkpoint.store import restore_renamed
+from wmtp_jax.checkpoint.store import ADAPTER_CONFIG, CONFIG_FILE, restore_renamed, save_adapters
 from wmtp_jax.eval.teacher_forced import head_ce_sums
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.lora import has_lora, merge_lora
@@ -297,14 +297,24 @@ class Checkpoints:
 
 class ExportFinal:
     """Writes the trained model to ``final_dir`` (every process) when the run finishes: the last state, or with
-    ``select="best"`` the best checkpoint of ``checkpoints``; ``final_dir/selection.json`` says which. A co-trained
-    separate critic (``critic.co_train``) is written to ``final_dir/critic``."""
+    ``select="best"`` the best checkpoint of ``checkpoints``; ``final_dir/selection.json`` says which. A LoRA model
+    is merged, or with ``adapters=(base model directory, model.lora settings)`` (``export.merge_lora=False``)
+    written as its adapters plus that base reference (``store.save_adapters``). A co-trained separate critic
+    (``critic.co_train``) is written to ``final_dir/critic``."""
 
-    def __init__(self, final_dir: Path, checkpoints: Checkpoints | None = None, select: str = "last", **provenance):
-        self.final_dir, self.checkpoints, self.select, self.provenance = (
+    def __init__(
+        self,
+        final_dir: Path,
+        checkpoints: Checkpoints | None = None,
+        select: str = "last",
+        adapters: tuple[str, dict] | None = None,
+        **provenance,
+    ):
+        self.final_dir, self.checkpoints, self.select, self.adapters, self.provenance = (
             Path(final_dir),
             checkpoints,
             select,
+            adapters,
             provenance,
         )
 
@@ -327,10 +337,17 @@ class ExportFinal:
         selection["early_stopped"] = trainer.stop_reason
         self.state, self.selection = state, selection  # what final/ holds, for the hooks after this one
         model = trainer.model(state)
-        if has_lora(model):  # final/ is a plain model: W + (alpha / r) A B
-            model = merge_lora(model)
-            selection["lora"] = "merged"
-        save_model(model, self.final_dir, **self.provenance)
+        if has_lora(model) and self.adapters is not None:  # adapters + value head, and where their base is
+            base, lora = self.adapters
+            (self.final_dir / CONFIG_FILE).unlink(missing_ok=True)  # not a plain model directory any more
+            save_adapters(model, self.final_dir, base, lora, **self.provenance)
+            selection["lora"] = "adapters"
+        else:
+            if has_lora(model):  # final/ is a plain model: W + (alpha / r) A B
+                model = merge_lora(model)
+                selection["lora"] = "merged"
+            (self.final_dir / ADAPTER_CONFIG).unlink(missing_ok=True)
+            save_model(model, self.final_dir, **self.provenance)
         critic = trainer.critic_model(state)
         if critic is not None:  # the co-trained separate critic (critic.co_train), usable as a later critic.model
             save_model(critic, self.final_dir / "critic", **self.provenance, role="co-trained critic")

@@ -25,12 +25,12 @@ from wmtp_jax.data.records import RecordIndex, index_path
 from wmtp_jax.data.sampling import SamplingConfig, allowed, build_plan, epoch_size, shard_plan
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.files import atomic_write_text
-from wmtp_jax.model.lora import LoraConfig, apply_lora
+from wmtp_jax.model.lora import LoraConfig, apply_lora, quantize_base
 from wmtp_jax.model.mtp import with_mlp_value_head
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
 from wmtp_jax.train import hooks
-from wmtp_jax.train.objectives import CriticConfig, objective_of, second_model, second_param_dtype, trained_model
+from wmtp_jax.train.objectives import CriticConfig, objective_of, second_model, second_model_dtypes, trained_model
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import NonFiniteError, Trainer
 
@@ -200,10 +200,10 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     reference = None
     if inputs.reference_dir:
         # frozen: stored in its compute dtype (every weight is cast to it anyway, so results are unchanged)
-        _, dtype = second_model(c)
-        reference = load_model(
-            inputs.reference_dir, mesh, dtype=dtype, param_dtype=second_param_dtype(c), **layout_options(c)
-        )
+        dtype, param_dtype, quantize = second_model_dtypes(c)
+        reference = load_model(inputs.reference_dir, mesh, dtype=dtype, param_dtype=param_dtype, **layout_options(c))
+        if quantize:
+            quantize_base(reference, quantize, mesh)
         if not objective_of(c).separate_critic and reference.cfg.vocab_size != model.cfg.vocab_size:
             raise ValueError(
                 f"reference vocab {reference.cfg.vocab_size} != policy vocab {model.cfg.vocab_size}; "
@@ -335,8 +335,14 @@ def train(c) -> dict:
     metrics = hooks.MetricsLog(workdir, tracker, loop.log_every)  # after the measuring hooks: one row per step
     trainer.add_hook(metrics)
     trainer.add_hook(checkpoints)  # saves every checkpoint.every_steps, at the end, and when the metric was measured
+    lora = LoraConfig.from_config(c.model.lora)
     export = hooks.ExportFinal(
-        final_dir, checkpoints, checkpoint_config.final, objective=c.objective, steps=loop.num_steps
+        final_dir,
+        checkpoints,
+        checkpoint_config.final,
+        adapters=None if c.export.merge_lora or not lora.enabled else (inputs.model_dir, dataclasses.asdict(lora)),
+        objective=c.objective,
+        steps=loop.num_steps,
     )
     trainer.add_hook(export)
     quality_at_end = None

@@ -89,6 +89,7 @@ class WeightingConfig(Section):
 
 
 CRITIC_TRAIN = ("head", "full", "lora")
+SECOND_MODEL_DTYPES = ("float32", "bfloat16", "nf4", "int8")  # reference.dtype / critic.dtype (nf4, int8: quantised)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,9 @@ class CriticConfig(Section):
         c.one_of("head", ("linear", "mlp"))
         c.positive("head_hidden")
         c.check("head_dropout", lambda v: 0 <= v < 1, "a rate in [0, 1)")
+        c.one_of("dtype", SECOND_MODEL_DTYPES)
+        if self.co_train and self.train == "full" and self.dtype in ("nf4", "int8"):
+            c.found.append(f"{prefix}.dtype={self.dtype!r}: a quantised critic can only co-train its head (train=head)")
         if self.head_dropout and self.head != "mlp":
             c.found.append(f"{prefix}.head_dropout: dropout acts on the mlp head's hidden layer; set {prefix}.head=mlp")
         if self.co_train and self.train == "lora":
@@ -356,10 +360,17 @@ def second_model(c) -> tuple[str, str]:
     return c.reference.checkpoint, c.reference.dtype
 
 
-def second_param_dtype(c) -> str:
-    """Storage dtype of the second model's parameters: its compute dtype when frozen; ``model.param_dtype``
-    (master weights, like the policy's) for a co-trained critic."""
-    return c.model.param_dtype if objective_of(c).co_trains_critic else second_model(c)[1]
+def second_model_dtypes(c) -> tuple[str, str, str]:
+    """``(compute dtype, parameter dtype, quantisation)`` of the second model (``reference.dtype`` /
+    ``critic.dtype``): frozen, its weights are stored in its compute dtype; "nf4" / "int8" compute in bfloat16 and
+    store the block projections quantised (``lora.quantize_base``); a co-trained critic keeps master weights in
+    ``model.param_dtype``, like the policy."""
+    from wmtp_jax.model.lora import QUANTIZED
+
+    dtype = second_model(c)[1]
+    if dtype in QUANTIZED:
+        return "bfloat16", "bfloat16", dtype
+    return dtype, c.model.param_dtype if objective_of(c).co_trains_critic else dtype, ""
 
 
 def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:
