@@ -4,9 +4,10 @@ Hugging Face layouts.
     uv run python scripts/bench_convert.py [--dim 2048] [--layers 14] [--workdir /tmp/wmtp_bench_convert]
 
 Writes a synthetic Meta-layout MTP checkpoint (bf16, 7B-like proportions, >= 1 GB by default), converts
-it in a fresh subprocess, exports the conversion to Meta and to Hugging Face layout (one fresh subprocess each)
-and prints for each: wall time, MB/s, the subprocess's peak RSS (``VmHWM``, file-backed pages included) and
-its peak above the RSS of the same subprocess after imports only, as ratios to the checkpoint size.
+it in a fresh subprocess, exports the conversion to Meta and to Hugging Face layout (one fresh subprocess each), then
+LoRA r64 adapters saved over the conversion (``export.merge_lora=False``'s final/) to Hugging Face layout, folded
+in while streaming, and prints for each: wall time, MB/s, the subprocess's peak RSS (``VmHWM``, file-backed pages
+included) and its peak above the RSS of the same subprocess after imports only, as ratios to the checkpoint size.
 """
 
 import argparse
@@ -31,9 +32,25 @@ if sys.argv[1] == "convert":
     t = time.perf_counter()
     convert_torch_checkpoint(sys.argv[2], sys.argv[3], overwrite=True, progress=False)
     dt = time.perf_counter() - t
+elif sys.argv[1] == "adapters":  # LoRA r64 adapters (B random) over the conversion, as export.merge_lora=False
+    import dataclasses, jax, numpy as np
+    from wmtp_jax.checkpoint import load_model
+    from wmtp_jax.checkpoint.store import save_adapters
+    from wmtp_jax.model.lora import LoraConfig, apply_lora, projections
+    model = load_model(sys.argv[2])
+    lora = LoraConfig(rank=64, alpha=128.0)
+    apply_lora(model, lora)
+    for m in projections(model).values():
+        if m.lora is not None:
+            m.lora.lora_b[...] = 0.01 * jax.random.normal(jax.random.key(0), m.lora.lora_b.shape)
+    save_adapters(model, sys.argv[3], sys.argv[2], dataclasses.asdict(lora))
+    dt = 0.0
 elif sys.argv[1] == "export":
     t = time.perf_counter()
-    export_checkpoint(sys.argv[2], sys.argv[3], format=sys.argv[4], overwrite=True, progress=False)
+    shard = int(sys.argv[5]) * 2**20
+    export_checkpoint(
+        sys.argv[2], sys.argv[3], format=sys.argv[4], max_shard_bytes=shard, overwrite=True, progress=False
+    )
     dt = time.perf_counter() - t
 else:
     dt = 0.0
@@ -51,6 +68,7 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=14, help="n_layers (trunk + 4 heads)")
     parser.add_argument("--workdir", default="/tmp/wmtp_bench_convert")
+    parser.add_argument("--hf-shard-mib", type=int, default=400, help="largest safetensors shard of the HF exports")
     args = parser.parse_args()
 
     import torch
@@ -79,10 +97,13 @@ def main() -> int:
     print(f"RSS after imports  : {base / 1e9:.2f} GB")
     jobs = {
         "convert -> orbax": ("convert", str(work / "src"), str(work / "dst")),
-        "export -> meta": ("export", str(work / "dst"), str(work / "meta"), "meta"),
-        "export -> hf": ("export", str(work / "dst"), str(work / "hf"), "hf"),
+        "export -> meta": ("export", str(work / "dst"), str(work / "meta"), "meta", "0"),
+        "export -> hf": ("export", str(work / "dst"), str(work / "hf"), "hf", str(args.hf_shard_mib)),
+        "adapters -> hf": ("export", str(work / "adapters"), str(work / "hf_merged"), "hf", str(args.hf_shard_mib)),
     }
     for name, job in jobs.items():
+        if name == "adapters -> hf":  # LoRA r64 adapters saved over the conversion, merged while streaming
+            run_child("adapters", str(work / "dst"), str(work / "adapters"))
         res = run_child(*job)
         peak = res["peak_kib"] * 1024
         print(
