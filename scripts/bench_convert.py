@@ -7,7 +7,8 @@ Writes a synthetic Meta-layout MTP checkpoint (bf16, 7B-like proportions, >= 1 G
 it in a fresh subprocess, exports the conversion to Meta and to Hugging Face layout (one fresh subprocess each), then
 LoRA r64 adapters saved over the conversion (``export.merge_lora=False``'s final/) to Hugging Face layout, folded
 in while streaming, and prints for each: wall time, MB/s, the subprocess's peak RSS (``VmHWM``, file-backed pages
-included) and its peak above the RSS of the same subprocess after imports only, as ratios to the checkpoint size.
+included) and its peak above the RSS of the same subprocess after imports only, as ratios to the checkpoint size,
+and the peak of its anonymous (not file-backed) RSS above that after imports, sampled every 20 ms.
 """
 
 import argparse
@@ -22,12 +23,25 @@ import json, sys, time
 from wmtp_jax.checkpoint import convert_torch_checkpoint
 from wmtp_jax.checkpoint.export import export_checkpoint
 
-def hwm_kib():  # VmHWM: this process's peak RSS (ru_maxrss would include the parent's RSS at fork)
+import threading
+
+def status_kib(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1])
 
+def hwm_kib():  # VmHWM: this process's peak RSS (ru_maxrss would include the parent's RSS at fork)
+    return status_kib("VmHWM")
+
+anon_peak = [0]
+def sample_anon():  # RssAnon sampled every 20 ms: the peak of memory that is not file-backed (mmap'd scratch)
+    while True:
+        anon_peak[0] = max(anon_peak[0], status_kib("RssAnon"))
+        time.sleep(0.02)
+
 base = hwm_kib()
+base_anon = status_kib("RssAnon")
+threading.Thread(target=sample_anon, daemon=True).start()
 if sys.argv[1] == "convert":
     t = time.perf_counter()
     convert_torch_checkpoint(sys.argv[2], sys.argv[3], overwrite=True, progress=False)
@@ -54,7 +68,7 @@ elif sys.argv[1] == "export":
     dt = time.perf_counter() - t
 else:
     dt = 0.0
-print(json.dumps({"base_kib": base, "peak_kib": hwm_kib(), "seconds": dt}))
+print(json.dumps({"base_kib": base, "peak_kib": hwm_kib(), "anon_kib": anon_peak[0] - base_anon, "seconds": dt}))
 """
 
 
@@ -109,7 +123,7 @@ def main() -> int:
         print(
             f"{name:17}  : {res['seconds']:.1f} s, {size / 1e6 / res['seconds']:.0f} MB/s; peak RSS "
             f"{peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint; peak - imports {(peak - base) / 1e9:.2f} GB "
-            f"= {(peak - base) / size:.2f} x"
+            f"= {(peak - base) / size:.2f} x; anonymous peak - imports {res['anon_kib'] * 1024 / 1e9:.2f} GB"
         )
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -109,31 +109,6 @@ def test_sharded_equals_unsharded():
     np.testing.assert_allclose(four, one, rtol=1e-5)
 
 
-def test_micro_training_resumes_exactly_and_exports_merged(shared, tmp_path):
-    lora = {"model.lora.rank": 4, "model.lora.alpha": 8.0, "train.learning_rate": 1e-2}
-    steps = {"train.num_steps": 4, "checkpoint.every_steps": 2, "checkpoint.async_save": False}
-    full = run("baseline", shared, tmp_path / "full", **lora, **steps)
-    # the same run cut after its step-2 checkpoint, then resumed
-    shutil.copytree(tmp_path / "full", tmp_path / "cut")
-    for later in ("checkpoints/4", "final"):
-        shutil.rmtree(tmp_path / "cut" / later)
-    run("baseline", shared, tmp_path / "cut", **lora, **steps)
-    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
-    assert [a[s]["loss"] for s in (3, 4)] == [b[s]["loss"] for s in (3, 4)]  # bit-identical after resume
-    stored = json.loads((tmp_path / "full" / "checkpoints" / "2" / "state" / "_METADATA").read_text())
-    params = {k for k in stored["tree_metadata"] if k.startswith("('params'")}
-    assert params and all("'lora', 'lora_" in k for k in params)  # adapters only: the frozen base is not saved
-    # the checkpoint holds the adapters only; final/ is merged and equals the workdir's unmerged adapters
-    mesh = sharding.make_mesh()
-    final = load_model(full["final_dir"], mesh)
-    adapted, _ = load_policy(tmp_path / "full", mesh, cache_dir=shared["model.cache_dir"])
-    assert has_lora(adapted) and not has_lora(final)
-    tokens = jnp.asarray(np.random.RandomState(0).randint(3, 32000, (2, 12)), jnp.int32)
-    np.testing.assert_allclose(np.asarray(final(tokens)), np.asarray(adapted(tokens)), atol=1e-4, rtol=0)
-    start = load_model(next(Path(shared["model.cache_dir"]).glob("mtp_meta-*")), mesh)
-    assert not np.array_equal(np.asarray(final.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...]))
-
-
 def test_lora_config_is_validated(shared, tmp_path):
     c = micro_config("baseline", shared, tmp_path / "w")
     c.model.lora.rank = -2
@@ -155,8 +130,8 @@ def test_bfloat16_base_stores_the_frozen_weights_in_bfloat16():
 def test_qlora_base_is_quantized_trains_adapters_and_merges(base_dtype, tolerance):
     """QLoRA: the seven block projections are stored as nf4 / int8 codes with absmax scales (qwix), the rest in
     bfloat16; logits stay near the bf16 base (max |diff| < ``tolerance`` on logits of magnitude ~0.7, the
-    quantisation error), only adapters train, and the merged model equals base + adapters within bf16 rounding
-    (2e-2). Sharded (4 devices) == unsharded (1 device) through three steps."""
+    quantisation error), and the merged model equals base + adapters within bf16 rounding (2e-2). nf4: only adapters
+    train, and sharded (4 devices) == unsharded (1 device) through three steps."""
 
     def build(mesh):
         model = create_model(CFG.replace(dtype="bfloat16"), mesh)
@@ -164,8 +139,7 @@ def test_qlora_base_is_quantized_trains_adapters_and_merges(base_dtype, toleranc
         apply_lora(model, LoraConfig(rank=4, alpha=8.0, base_dtype=base_dtype), mesh)
         return model, base
 
-    def losses(mesh):
-        model, _ = build(mesh)
+    def losses(model, mesh):
         trainer = Trainer(Baseline(), model, mesh=mesh, step_config=StepConfig(), seed=0)
         state, out = trainer.initial_state(), []
         for s in range(3):
@@ -182,20 +156,24 @@ def test_qlora_base_is_quantized_trains_adapters_and_merges(base_dtype, toleranc
     assert model.tok_embeddings[...].dtype == jnp.bfloat16
     quantized = np.asarray(model(_tokens()))
     assert 0 < np.abs(quantized - base).max() < tolerance
-    trainer, state, four = losses(mesh)
+    if base_dtype == "int8":  # the same code path as nf4 from here on: dequantised merge only
+        np.testing.assert_allclose(np.asarray(merge_lora(model)(_tokens())), quantized, atol=2e-2, rtol=0)
+        return
+    trainer, state, four = losses(model, mesh)
     assert all(("lora" in "/".join(map(str, k))) for k, _ in nnx.to_flat_state(state.params))
     adapted = trainer.model(state)
     logits = np.asarray(adapted(_tokens()))
     merged = merge_lora(adapted)
     assert merged.layers.attention.wq.kernel[...].dtype == jnp.float32 and not has_lora(merged)
     np.testing.assert_allclose(np.asarray(merged(_tokens())), logits, atol=2e-2, rtol=0)
-    _, _, one = losses(sharding.make_mesh(devices=jax.devices()[:1]))
+    one_device = sharding.make_mesh(devices=jax.devices()[:1])
+    _, _, one = losses(build(one_device)[0], one_device)
     np.testing.assert_allclose(four, one, rtol=2e-3)  # bf16 compute: reduction order differs across devices
 
 
 def test_lora_dropout_acts_only_in_training():
-    """model.lora.dropout masks the adapters' input in the train step (different updates of B from dropout 0),
-    is reproducible for a seed, and never acts at evaluation (no dropout key)."""
+    """model.lora.dropout masks the adapters' input in the train step (different updates of B from dropout 0) and
+    never acts at evaluation (no dropout key). (Reproducible per seed: the QLoRA run below resumes bit for bit.)"""
 
     def trained(rate, seed=0):
         mesh = sharding.make_mesh()
@@ -212,19 +190,20 @@ def test_lora_dropout_acts_only_in_training():
 
     plain, plain_losses = trained(0.0)
     dropped, dropped_losses = trained(0.5)
-    again, again_losses = trained(0.5)
     assert dropped_losses[:2] == plain_losses[:2]  # B = 0 until the first update (step 1's learning rate is 0)
-    assert dropped_losses[2] != plain_losses[2] and again_losses == dropped_losses
+    assert dropped_losses[2] != plain_losses[2]
     b = lambda m: np.asarray(m.layers.attention.wq.lora.lora_b[...])
-    assert not np.array_equal(b(plain), b(dropped)) and np.array_equal(b(dropped), b(again))
+    assert not np.array_equal(b(plain), b(dropped))
     np.testing.assert_array_equal(np.asarray(dropped(_tokens())), np.asarray(dropped(_tokens())))  # no key: none
 
 
-def test_qlora_rho1_run_writes_adapters_that_load_and_export_like_the_workdir(shared, tmp_path):
-    """A Rho-1 run with a QLoRA policy (nf4 base, adapter dropout) and an nf4 reference, ``export.merge_lora=False``:
-    final/ holds only the adapters and value head plus its base's path; the policy restored from it equals the one
-    restored from the workdir's checkpoint; the streamed exports of final/ and of the workdir are identical, and
-    transformers' logits of the HF export equal the merged model's head-1 logits (float32, atol 1e-4)."""
+def test_qlora_rho1_run_resumes_exactly_and_writes_adapters_or_a_merged_final(shared, tmp_path):
+    """A Rho-1 run with a QLoRA policy (nf4 base, adapter dropout) and an nf4 reference. Cut after its step-2
+    checkpoint and resumed, it gives bit-identical losses; checkpoints hold only the adapters. Its final/ with
+    ``export.merge_lora=False`` holds only the adapters and value head plus its base's path: the policy restored
+    from it equals the one restored from the workdir, and the streamed exports of both are identical. The
+    resumed run's merged final/ gives the same logits (float32, atol 1e-4), and so does transformers on the HF
+    export."""
     import orbax.checkpoint.experimental.v1 as ocp
     from safetensors.numpy import load_file
     from transformers import LlamaForCausalLM
@@ -237,37 +216,50 @@ def test_qlora_rho1_run_writes_adapters_that_load_and_export_like_the_workdir(sh
         "model.lora.dropout": 0.1,
         "model.lora.base_dtype": "nf4",
         "reference.dtype": "nf4",
-        "export.merge_lora": False,
         "train.learning_rate": 1e-2,
-        "train.num_steps": 2,
+        "train.num_steps": 4,
         "checkpoint.every_steps": 2,
+        "checkpoint.async_save": False,
     }
-    out = run("rho1", shared, tmp_path / "q", **qlora)
-    final = Path(out["final_dir"])
-    assert (final / "adapter_config.json").is_file() and not (final / "model_config.json").exists()
-    assert json.loads((final / "selection.json").read_text())["lora"] == "adapters"
-    stored = flatten(ocp.metadata(final / "params").metadata)
+    full = run("rho1", shared, tmp_path / "full", **qlora, **{"export.merge_lora": False})
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for later in ("checkpoints/4", "final"):
+        shutil.rmtree(tmp_path / "cut" / later)
+    cut = run("rho1", shared, tmp_path / "cut", **qlora)  # resumed; final/ merged (the default)
+    a, b = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert [a[s]["loss"] for s in (3, 4)] == [b[s]["loss"] for s in (3, 4)]  # bit-identical after resume
+    stored = json.loads((tmp_path / "full" / "checkpoints" / "2" / "state" / "_METADATA").read_text())
+    params = {k for k in stored["tree_metadata"] if k.startswith("('params'")}
+    assert params and all("'lora', 'lora_" in k for k in params)  # adapters only: the frozen base is not saved
+
+    adapters, merged_dir = Path(full["final_dir"]), Path(cut["final_dir"])
+    assert (adapters / "adapter_config.json").is_file() and not (adapters / "model_config.json").exists()
+    assert json.loads((adapters / "selection.json").read_text())["lora"] == "adapters"
+    assert json.loads((merged_dir / "selection.json").read_text())["lora"] == "merged"
+    stored = flatten(ocp.metadata(adapters / "params").metadata)
     assert stored and all("/lora/lora_" in k or k.startswith("value_head/") for k in stored)
     mesh = sharding.make_mesh()
-    from_final, description = load_policy(final, mesh)
-    from_workdir, _ = load_policy(tmp_path / "q", mesh, cache_dir=shared["model.cache_dir"])
+    from_final, description = load_policy(adapters, mesh)
+    from_workdir, _ = load_policy(tmp_path / "full", mesh, cache_dir=shared["model.cache_dir"])
+    merged = load_model(merged_dir, mesh)
     assert description.startswith("LoRA adapters") and from_final.layers.attention.wq.quantized
+    assert not has_lora(merged)
     tokens = jnp.asarray(np.random.RandomState(0).randint(3, 32000, (2, 12)), jnp.int32)
     logits = np.asarray(from_final(tokens))
     np.testing.assert_array_equal(logits, np.asarray(from_workdir(tokens)))
-    for src, dst in ((final, "hf_final"), (tmp_path / "q", "hf_workdir")):
+    np.testing.assert_allclose(np.asarray(merged(tokens)), logits, atol=1e-4, rtol=0)  # merged == base + adapters
+    start = load_model(next(Path(shared["model.cache_dir"]).glob("mtp_meta-*")), mesh)
+    assert not np.array_equal(np.asarray(merged.layers.attention.wq[...]), np.asarray(start.layers.attention.wq[...]))
+
+    for src, dst in ((adapters, "hf_final"), (tmp_path / "full", "hf_workdir")):
         export_checkpoint(src, tmp_path / dst, format="hf", cache_dir=shared["model.cache_dir"], progress=False)
-    a, b = (
-        load_file(tmp_path / "hf_final" / "model.safetensors"),
-        load_file(tmp_path / "hf_workdir" / "model.safetensors"),
-    )
+    a = load_file(tmp_path / "hf_final" / "model.safetensors")
+    b = load_file(tmp_path / "hf_workdir" / "model.safetensors")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    merged = np.asarray(merge_lora(from_final)(tokens))[:, :, 0]
     with torch.no_grad():
         hf = LlamaForCausalLM.from_pretrained(tmp_path / "hf_final").eval()
         ref = hf(torch.tensor(np.asarray(tokens))).logits.float().numpy()
-    np.testing.assert_allclose(ref, merged, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(merged, logits[:, :, 0], atol=1e-4, rtol=0)  # merged == base + adapters
+    np.testing.assert_allclose(ref, logits[:, :, 0], atol=1e-4, rtol=0)
 
 
 def test_full_fine_tuning_workdir_exports_like_its_final(shared, tmp_path):
