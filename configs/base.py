@@ -119,8 +119,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.dry_run = False  # True: compile the step from abstract shapes, print per-device memory and FLOPs, exit
 
     # where the verifiable experiment's values come from: critic.model "" = the value head on the policy's trunk, or
-    # a separate LLaMA checkpoint (trained in stage 1, frozen in stage 2 unless critic.co_train); critic.train (stage 1):
-    # head | full | lora; critic.head: linear | mlp (critic.head_hidden, critic.head_dropout)
+    # a separate LLaMA checkpoint (trained in stage 1, frozen in stage 2 unless critic.co_train);
+    # critic.train (stage 1): head | full | lora; critic.head: linear | mlp (critic.head_hidden, critic.head_dropout)
     c.critic = section(CriticConfig)
     c.reference = ml_collections.ConfigDict()
     c.reference.checkpoint = ""  # Rho-1 reference (torch or Orbax); n_future_tokens = 1, same tokenizer
@@ -179,7 +179,8 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     c.weighting = section(WeightingConfig)
     # checkpoint.every_steps, .keep (the last N, plus the best by validation loss), .async_save: CheckpointConfig
     c.checkpoint = section(CheckpointConfig)
-    # LoRA adapters (rank 0 = full fine-tuning; the value head stays fully trainable); final/ is merged
+    # LoRA adapters (rank 0 = full fine-tuning; the value head stays fully trainable); base_dtype nf4 / int8 = QLoRA;
+    # final/ is merged unless export.merge_lora=False (adapters + the base's path)
     c.model.lora = section(LoraConfig)
     # final/ also as a Hugging Face LlamaForCausalLM in {workdir}/final_hf (head hf_head's path of an MTP model);
     # any model directory: scripts/export_checkpoint.py SRC DST --format hf|meta

@@ -3,8 +3,9 @@
 uv run python scripts/export_checkpoint.py SRC DST --format meta [--model-parallel N] [--dtype bfloat16]
 uv run python scripts/export_checkpoint.py SRC DST --format hf [--head K] [--tokenizer PATH]
 
-SRC: an Orbax model directory (a conversion, a run's final/), a training workdir (its latest checkpoint), a
-workdir's checkpoints/STEP, or a torch checkpoint directory. See wmtp_jax/checkpoint/export.py for the layouts.
+SRC: an Orbax model directory (a conversion, a run's final/), a LoRA run's final/ written as adapters
+(export.merge_lora=False; merged while streaming), a training workdir (its latest checkpoint), a workdir's
+checkpoints/STEP, or a torch checkpoint directory. See wmtp_jax/checkpoint/export.py for the layouts.
 """
 
 import argparse
@@ -16,7 +17,7 @@ from wmtp_jax.checkpoint.export import FORMATS, export_checkpoint
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="model directory, training workdir or checkpoint step")
+    parser.add_argument("src", help="model or adapter directory, training workdir or checkpoint step")
     parser.add_argument("dst", help="output directory")
     parser.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--head", type=int, default=1, help="hf: the next-token head whose path is exported (1..H)")
