@@ -121,6 +121,12 @@ def state_shardings(abstract_state: nnx.State, mesh: Mesh, rules: dict[str, Any]
     )
 
 
+def place(module: nnx.Module, mesh: Mesh) -> None:
+    """Puts every variable of ``module`` in its sharding over ``mesh`` (from its logical axes), in place."""
+    state = nnx.state(module)
+    nnx.update(module, jax.device_put(state, state_shardings(state, mesh)))
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Sharding of ``[B, ...]`` batch arrays: rows split over ("data", "fsdp")."""
     return NamedSharding(mesh, P(BATCH_AXES))

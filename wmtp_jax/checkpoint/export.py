@@ -35,7 +35,7 @@ import orbax.checkpoint.experimental.v1 as ocp
 import torch
 
 from wmtp_jax.checkpoint.convert import VALUE_HEAD_FILE, hf_rules, is_orbax_model_dir, meta_rules
-from wmtp_jax.checkpoint.store import PARAMS_DIR, CheckpointError, flatten, read_config, unflatten
+from wmtp_jax.checkpoint.store import PARAMS_DIR, CheckpointError, flatten, partial_load, read_config, unflatten
 from wmtp_jax.model import ModelConfig
 
 FORMATS = ("meta", "hf")
@@ -52,25 +52,36 @@ class _Source:
     description: str
 
 
-def _orbax_source(model_dir: Path) -> _Source:
-    params_dir = model_dir.absolute() / PARAMS_DIR
-    try:
-        stored = flatten(ocp.metadata(params_dir).metadata)
-    except Exception as e:  # Orbax raises several types for a missing or foreign directory
-        raise CheckpointError(f"{params_dir}: not an Orbax parameter checkpoint ({type(e).__name__}: {e})") from None
+def _leaf_reader(stored: dict, load: Callable[[dict], dict]) -> Callable[[str], np.ndarray]:
+    """``read(name)``: one leaf of a checkpoint whose flat metadata is ``stored``, onto the host, by a partial
+    ``load(target)`` of a target naming that leaf alone."""
     device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    partial = ocp.Context(
-        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
-    )
 
     def read(name: str) -> np.ndarray:
         leaf = stored[name]
         target = unflatten({name: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device)})
-        with partial:
-            return np.asarray(flatten(ocp.load(params_dir, target))[name])
+        with partial_load():
+            return np.asarray(flatten(load(target))[name])
 
-    names = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in stored.items()}
-    return _Source(read_config(model_dir), names, read, f"orbax model {model_dir}")
+    return read
+
+
+def _params_reader(params_dir: Path) -> tuple[dict, Callable[[str], np.ndarray]]:
+    """The flat metadata of an Orbax parameter tree and a reader of one of its leaves."""
+    try:
+        stored = flatten(ocp.metadata(params_dir).metadata)
+    except Exception as e:  # Orbax raises several types for a missing or foreign directory
+        raise CheckpointError(f"{params_dir}: not an Orbax parameter checkpoint ({type(e).__name__}: {e})") from None
+    return stored, _leaf_reader(stored, lambda target: ocp.load(params_dir, target))
+
+
+def _shapes(stored: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in stored.items()}
+
+
+def _orbax_source(model_dir: Path) -> _Source:
+    stored, read = _params_reader(model_dir.absolute() / PARAMS_DIR)
+    return _Source(read_config(model_dir), _shapes(stored), read, f"orbax model {model_dir}")
 
 
 class _BlockSpill:
@@ -155,7 +166,7 @@ def _layered_source(
     return _Source(cfg, names, read, description)
 
 
-def _workdir_source(path: Path, cache_dir: Path) -> _Source:
+def _workdir_source(path: Path) -> _Source:
     """A training workdir's latest checkpoint or one ``checkpoints/STEP``: its trained parameters read one leaf at
     a time from the train state (the optimizer state is never read) over its starting model."""
     from wmtp_jax.checkpoint.policy import _lora_config, _starting_model, training_step
@@ -166,23 +177,15 @@ def _workdir_source(path: Path, cache_dir: Path) -> _Source:
     if stored is None:
         raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
     stored = flatten(stored)
-    by_model = {model_name(n.removesuffix("/value")): n for n in stored}
-    device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    partial = ocp.Context(
-        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
+    read_stored = _leaf_reader(
+        stored, lambda target: ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]["params"]
     )
-
-    def read(name: str) -> np.ndarray:
-        leaf = stored[by_model[name]]
-        target = unflatten({by_model[name]: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device)})
-        with partial:
-            restored = ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]["params"]
-        return np.asarray(flatten(restored)[by_model[name]])
-
-    trained = {m: (tuple(stored[n].shape), np.dtype(stored[n].dtype)) for m, n in by_model.items()}
+    by_model = {model_name(n.removesuffix("/value")): n for n in stored}  # train-state names end in "/value"
+    shapes = _shapes(stored)
+    trained = {m: shapes[n] for m, n in by_model.items()}
     base = _starting_model(workdir)
     description = f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"
-    return _layered_source(base, trained, read, _lora_config(workdir), description)
+    return _layered_source(base, trained, lambda m: read_stored(by_model[m]), _lora_config(workdir), description)
 
 
 def _adapter_source(path: Path) -> _Source:
@@ -191,23 +194,10 @@ def _adapter_source(path: Path) -> _Source:
     from wmtp_jax.model.lora import LoraConfig
 
     config = read_adapter_config(path)
-    params_dir = path.absolute() / PARAMS_DIR
-    stored = flatten(ocp.metadata(params_dir).metadata)
-    device = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    partial = ocp.Context(
-        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
-    )
-
-    def read(name: str) -> np.ndarray:
-        leaf = stored[name]
-        with partial:
-            target = unflatten({name: jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=device)})
-            return np.asarray(flatten(ocp.load(params_dir, target))[name])
-
-    trained = {n: (tuple(v.shape), np.dtype(v.dtype)) for n, v in stored.items()}
+    stored, read = _params_reader(path.absolute() / PARAMS_DIR)
     base = Path(config["base_model"])
     lora = LoraConfig.from_config(config["lora"])
-    return _layered_source(base, trained, read, lora, f"LoRA adapters {path} (base {base})")
+    return _layered_source(base, _shapes(stored), read, lora, f"LoRA adapters {path} (base {base})")
 
 
 def open_source(src: str | Path, cache_dir: str | Path = "artifacts/converted") -> _Source:
@@ -230,7 +220,7 @@ def open_source(src: str | Path, cache_dir: str | Path = "artifacts/converted") 
         return _adapter_source(src)
     if training_step(src.absolute()) is None:  # torch: the cached conversion is itself streamed
         return _orbax_source(ensure_orbax(src, cache_dir))
-    return _workdir_source(src, Path(cache_dir))
+    return _workdir_source(src)
 
 
 def _cast(x: np.ndarray, dtype: str | None) -> torch.Tensor:

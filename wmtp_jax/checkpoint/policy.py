@@ -29,6 +29,7 @@ from wmtp_jax.checkpoint.store import (
     load_model,
     model_name,
     param_tree,
+    partial_load,
     read_adapter_config,
     unflatten,
 )
@@ -101,8 +102,7 @@ def load_policy(
     if is_orbax_model_dir(path):
         return load_model(path, mesh, **config_overrides), f"orbax model {path}"
     if is_adapter_dir(path):
-        model = _load_adapters(path, mesh, config_overrides)
-        return model, f"LoRA adapters {path} (base {read_adapter_config(path)['base_model']})"
+        return _load_adapters(path, mesh, config_overrides)
     found = training_step(path.absolute())
     if found is None:  # a torch checkpoint directory (the converter names anything it cannot read)
         model_dir = ensure_orbax(path, cache_dir)
@@ -116,20 +116,18 @@ def load_policy(
     stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")
     if stored is None:
         raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
-    partial = ocp.Context(
-        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
-    )
 
     def restore(target):
-        with partial:  # only the parameters: the optimizer state is never read
+        with partial_load():  # only the parameters: the optimizer state is never read
             return ocp.load_checkpointables(step_dir, {"state": {"params": target}})["state"]["params"]
 
     _restore_trained(model, stored, restore, f"{step_dir} (base {base})")
     return model, f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"
 
 
-def _load_adapters(path: Path, mesh: Mesh | None, config_overrides: dict) -> nnx.Module:
-    """The base model an adapter directory (``save_adapters``) names, with its adapters (and value head) on top."""
+def _load_adapters(path: Path, mesh: Mesh | None, config_overrides: dict) -> tuple[nnx.Module, str]:
+    """``(model, description)``: the base model an adapter directory (``save_adapters``) names, with its adapters
+    (and value head) on top."""
     config = read_adapter_config(path)
     base = Path(config["base_model"])
     model = load_model(base, mesh, **config_overrides)
@@ -139,7 +137,7 @@ def _load_adapters(path: Path, mesh: Mesh | None, config_overrides: dict) -> nnx
     apply_lora(model, LoraConfig.from_config(config["lora"]), _model_mesh(model))
     params_dir = path.absolute() / PARAMS_DIR
     _restore_trained(model, ocp.metadata(params_dir).metadata, lambda target: ocp.load(params_dir, target), str(path))
-    return model
+    return model, f"LoRA adapters {path} (base {base})"
 
 
 def _restore_trained(model: nnx.Module, stored, restore, where: str) -> None:

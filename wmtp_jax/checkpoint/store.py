@@ -152,6 +152,14 @@ def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance)
         write_config(ckpt_dir, model.cfg, **provenance)
 
 
+def partial_load() -> ocp.Context:
+    """An Orbax context in which a load may name only some of the stored leaves (one tensor, or a train state's
+    parameters without its optimizer state)."""
+    return ocp.Context(
+        pytree_options=ocp.options.PyTreeOptions(loading=ocp.options.PyTreeOptions.Loading(partial_load=True))
+    )
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "wmtp_jax LoRA adapters v1"
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import qwix
 from flax import nnx
 
+from wmtp_jax import sharding
 from wmtp_jax.model.config import DTYPES
 from wmtp_jax.model.layers import Linear
 from wmtp_jax.schema import Section
@@ -142,7 +143,6 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
     its shardings over ``mesh`` (default: where the model is), and casts the frozen base weights to
     ``cfg.base_dtype``. Returns ``model``. Raises ValueError for a bad target or a model that already has
     adapters."""
-
     if has_lora(model):
         raise ValueError("the model already has LoRA adapters")
     rngs = nnx.Rngs(seed)
@@ -157,7 +157,7 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
         frozen = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam), nnx.Not(nnx.PathContains("value_head")))
         nnx.update(model, jax.tree.map(lambda x: x.astype(dtype), nnx.state(model, frozen)))
     if mesh is not None:
-        _place(model, mesh)
+        sharding.place(model, mesh)
     return model
 
 
@@ -190,16 +190,8 @@ def quantize_base(model: nnx.Module, base_dtype: str, mesh: jax.sharding.Mesh | 
         module.quantized = True
         module.qtype = base_dtype
     if mesh is not None:
-        _place(model, mesh)
+        sharding.place(model, mesh)
     return model
-
-
-def _place(model: nnx.Module, mesh: jax.sharding.Mesh) -> None:
-    """Puts every variable of ``model`` in its sharding over ``mesh`` (from its logical axes)."""
-    from wmtp_jax import sharding
-
-    state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, sharding.state_shardings(state, mesh)))
 
 
 def _quantize(kernel: jax.Array, base_dtype: str) -> qwix.QArray:

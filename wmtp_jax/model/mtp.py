@@ -24,7 +24,7 @@ from flax import nnx
 
 from wmtp_jax.model.config import REMAT_POLICIES, ModelConfig
 from wmtp_jax.model.layers import Block, KVCache, RMSNorm, _param, dropout_keys, linear
-from wmtp_jax.sharding import constrain_batch, state_shardings
+from wmtp_jax.sharding import constrain_batch, place, state_shardings
 
 STACKED_GROUPS = ("layers", "heads")  # attributes of MTPTransformer holding stacked blocks (leading "layers" axis)
 
@@ -92,15 +92,12 @@ def with_mlp_value_head(model, hidden: int, mesh: jax.sharding.Mesh | None = Non
     """Replaces ``model``'s value head by a fresh ``ValueMLP`` of width ``hidden`` (zero output, training dropout
     ``dropout``), placed in its shardings over ``mesh``, and records it in ``model.cfg`` (so ``save_model`` /
     ``load_model`` keep it). Returns ``model``."""
-    from wmtp_jax import sharding
-
     model.cfg = model.cfg.replace(value_head_hidden=hidden, value_head_dropout=dropout)
     model.value_head = ValueMLP(
         model.cfg.dim, hidden, param_dtype=model.cfg.weight_dtype, rngs=nnx.Rngs(seed), dropout=dropout
     )
     if mesh is not None:
-        state = nnx.state(model.value_head)
-        nnx.update(model.value_head, jax.device_put(state, sharding.state_shardings(state, mesh)))
+        place(model.value_head, mesh)
     return model
 
 
@@ -169,8 +166,7 @@ class MTPTransformer(nnx.Module):
         value_input = values = None
         if self.value_head is not None:
             value_input = self.norm(h)
-            head_args = () if k_value is None or not cfg.value_head_hidden else (k_value,)
-            values = constrain_batch(self.value_head(value_input, *head_args)[..., 0])
+            values = constrain_batch(self.value_head(value_input, dropout_key=k_value)[..., 0])
         head_out = _parallel_blocks(self.heads, h, positions, mask, policy, scan=cfg.scan_layers, key=k_heads)
         return MTPOutput(head_hidden=constrain_batch(self.norm(head_out)), values=values, value_input=value_input)
 
