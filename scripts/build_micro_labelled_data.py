@@ -17,7 +17,7 @@ from pathlib import Path
 
 from wmtp_jax.data import assets
 from wmtp_jax.data.prepare import MBPP_SPLITS
-from wmtp_jax.eval.execution import execute
+from wmtp_jax.sandbox.execution import execute
 
 MUTATIONS = [
     (" + ", " - "),

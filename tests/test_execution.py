@@ -1,4 +1,4 @@
-"""The sandbox (wmtp_jax.eval.execution): statuses, limits, stdin, truncation, and hostile programs contained."""
+"""The sandbox (wmtp_jax.sandbox.execution): statuses, limits, stdin, truncation, and hostile programs contained."""
 
 import os
 import socket
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from wmtp_jax.eval.execution import execute, isolation_level, start_worker_pool
+from wmtp_jax.sandbox.execution import execute, isolation_level, start_worker_pool
 
 
 def test_statuses_stdin_and_limits(tmp_path):
@@ -204,7 +204,7 @@ def test_weaker_isolation_levels_warn_and_are_recorded(level, tmp_path):
 
     script = (
         "import json, warnings\nwarnings.simplefilter('always')\n"
-        "from wmtp_jax.eval.execution import execute, start_worker_pool\n"
+        "from wmtp_jax.sandbox.execution import execute, start_worker_pool\n"
         "with warnings.catch_warnings(record=True) as w:\n    level = start_worker_pool()\n"
         "r = execute(['import os; print(os.getpid())', "
         "'import socket; socket.create_connection((\"127.0.0.1\", 9), timeout=1)', 'print(input())'], "

@@ -26,6 +26,8 @@ import threading
 import warnings
 from pathlib import Path
 
+from wmtp_jax.files import atomic_path
+
 MARKER = "_COMPLETE"
 SCHEME = "s3://"
 
@@ -220,7 +222,6 @@ def upload_file(local_file: str | os.PathLike, uri: str, endpoint_url: str = "")
 
 def download_file(uri: str, dst: str | os.PathLike, endpoint_url: str = "") -> Path:
     """Downloads the object ``uri`` to ``dst`` (atomically). Raises StorageError naming the URL."""
-    from wmtp_jax.files import atomic_path
 
     bucket, key = split_uri(uri)
     try:

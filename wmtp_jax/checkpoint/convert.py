@@ -25,7 +25,16 @@ from orbax.checkpoint.experimental.v1 import partial as ocp_partial
 from tqdm.auto import tqdm
 
 from wmtp_jax.checkpoint.sources import SafetensorsFile, SourceError, open_file
-from wmtp_jax.checkpoint.store import PARAMS_DIR, CheckpointError, flat_param_shapes, unflatten, write_config
+from wmtp_jax.checkpoint.store import (
+    CONFIG_FILE,
+    PARAMS_DIR,
+    CheckpointError,
+    flat_param_shapes,
+    read_config,
+    unflatten,
+    write_config,
+)
+from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model import ModelConfig, ModelConfigError
 from wmtp_jax.model.config import DTYPES
 
@@ -328,7 +337,6 @@ def convert_torch_checkpoint(
 
 
 def is_orbax_model_dir(path) -> bool:
-    from wmtp_jax.checkpoint.store import CONFIG_FILE
 
     return (Path(path) / CONFIG_FILE).is_file() and (Path(path) / PARAMS_DIR).is_dir()
 
@@ -349,9 +357,6 @@ def ensure_orbax(checkpoint, cache_dir, **convert_kwargs) -> Path:
     """
     import hashlib
     import sys
-
-    from wmtp_jax.checkpoint.store import CONFIG_FILE
-    from wmtp_jax.files import atomic_write_text
 
     checkpoint = Path(checkpoint)
     if is_orbax_model_dir(checkpoint):
@@ -378,7 +383,6 @@ def peek_config(checkpoint, vocab_size: int | None = None) -> ModelConfig:
     """The ``ModelConfig`` of a checkpoint directory without reading any weight: an Orbax model directory's
     ``model_config.json``, Meta's ``params.json`` or a Hugging Face ``config.json``. ``vocab_size`` slices as the
     conversion would. Raises CheckpointError naming the directory when none of the three is there."""
-    from wmtp_jax.checkpoint.store import read_config
 
     src = Path(checkpoint)
     try:

@@ -34,9 +34,25 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 import torch
 
-from wmtp_jax.checkpoint.convert import VALUE_HEAD_FILE, hf_rules, is_orbax_model_dir, meta_rules
-from wmtp_jax.checkpoint.store import PARAMS_DIR, CheckpointError, flatten, partial_load, read_config, unflatten
+from wmtp_jax.checkpoint.convert import VALUE_HEAD_FILE, ensure_orbax, hf_rules, is_orbax_model_dir, meta_rules
+from wmtp_jax.checkpoint.policy import _lora_config, _starting_model, training_step
+from wmtp_jax.checkpoint.store import (
+    PARAMS_DIR,
+    CheckpointError,
+    disk_name,
+    flatten,
+    is_adapter_dir,
+    model_name,
+    partial_load,
+    read_adapter_config,
+    read_config,
+    unflatten,
+)
+from wmtp_jax.data.assets import TOKENIZER
 from wmtp_jax.model import ModelConfig
+from wmtp_jax.model.lora import LoraConfig
+from wmtp_jax.model.mtp import STACKED_GROUPS
+from wmtp_jax.model.quant import QUANTIZED, frozen_kernel
 
 FORMATS = ("meta", "hf")
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -118,9 +134,6 @@ def _layered_source(
     full parameters and value heads replace the base's, and LoRA adapters are folded into their kernels as
     ``merge_lora`` does (``W + (alpha / r) A B`` in float32 on the base the adapters trained against: cast to
     bfloat16 or quantised and dequantised as ``lora.base_dtype`` says), stored in the base's dtype."""
-    from wmtp_jax.checkpoint.store import disk_name, model_name
-    from wmtp_jax.model.lora import QUANTIZED, frozen_kernel
-    from wmtp_jax.model.mtp import STACKED_GROUPS
 
     base = _orbax_source(base_dir)
     cfg = base.cfg
@@ -169,8 +182,6 @@ def _layered_source(
 def _workdir_source(path: Path) -> _Source:
     """A training workdir's latest checkpoint or one ``checkpoints/STEP``: its trained parameters read one leaf at
     a time from the train state (the optimizer state is never read) over its starting model."""
-    from wmtp_jax.checkpoint.policy import _lora_config, _starting_model, training_step
-    from wmtp_jax.checkpoint.store import model_name
 
     workdir, step_dir = training_step(path.absolute())
     stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")
@@ -190,8 +201,6 @@ def _workdir_source(path: Path) -> _Source:
 
 def _adapter_source(path: Path) -> _Source:
     """A LoRA adapter directory (``store.save_adapters``) over the base model it names."""
-    from wmtp_jax.checkpoint.store import read_adapter_config
-    from wmtp_jax.model.lora import LoraConfig
 
     config = read_adapter_config(path)
     stored, read = _params_reader(path.absolute() / PARAMS_DIR)
@@ -212,9 +221,6 @@ def open_source(src: str | Path, cache_dir: str | Path = "artifacts/converted") 
         )
     if is_orbax_model_dir(src):
         return _orbax_source(src)
-    from wmtp_jax.checkpoint.convert import ensure_orbax
-    from wmtp_jax.checkpoint.policy import training_step
-    from wmtp_jax.checkpoint.store import is_adapter_dir
 
     if is_adapter_dir(src):
         return _adapter_source(src)
@@ -459,8 +465,6 @@ def export_checkpoint(
             f"{source.cfg.n_future_tokens}"
         )
     if tokenizer is None:
-        from wmtp_jax.data.assets import TOKENIZER
-
         tokenizer = TOKENIZER
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.partial")

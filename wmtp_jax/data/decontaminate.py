@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -152,31 +151,3 @@ class Decontaminator:
 
     def describe(self) -> dict:
         return {"n": self.n, "normalisation": "lowercase, whitespace-separated tokens", "problems": self.sources}
-
-
-def evaluation_problems(extra_files: Iterable[str | Path] = ()) -> Iterator[tuple[str, str, str]]:
-    """The default evaluation sets as ``(benchmark, task_id, text)``: HumanEval, the MBPP test split, and every
-    problem of ``extra_files`` (CodeContests parquet / JSONL with original field names, or Alpaca JSONL)."""
-    from wmtp_jax.data import assets
-    from wmtp_jax.data.prepare import humaneval_problems, mbpp_problems, read_rows
-
-    for problem in humaneval_problems(assets.HUMANEVAL):
-        for rec in problem.records:
-            yield "humaneval", problem.problem_id, rec.output  # prompt (docstring) + canonical solution
-    for problem in mbpp_problems(assets.MBPP, "test"):
-        for rec in problem.records:
-            yield "mbpp_test", problem.problem_id, rec.instruction
-            yield "mbpp_test", problem.problem_id, rec.output
-    for path in map(Path, extra_files):
-        for location, obj, reason in read_rows(path):
-            if obj is None:
-                raise ValueError(f"decontamination file {location}: {reason}")
-            task_id = str(obj.get("name") or obj.get("task_id") or location)
-            texts = [obj.get("description"), obj.get("instruction"), obj.get("output")]
-            for group in ("solutions", "incorrect_solutions"):
-                solutions = obj.get(group)
-                if isinstance(solutions, dict):
-                    texts += list(solutions.get("solution") or [])
-            for text in texts:
-                if isinstance(text, str) and text:
-                    yield path.name, task_id, text

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from wmtp_jax.data import assets
-from wmtp_jax.data.decontaminate import DEFAULT_N, Decontaminator, evaluation_problems
+from wmtp_jax.data import assets, synthetic
+from wmtp_jax.data.decontaminate import DEFAULT_N, Decontaminator
 from wmtp_jax.data.records import CODECONTESTS_EXAMPLES, AlpacaRecord, IndexBuilder, codecontests_input, format_prompt
+from wmtp_jax.data.synthetic import SPLITS
 from wmtp_jax.data.tokenizer import Tokenizer
 from wmtp_jax.files import atomic_write_text
 
@@ -228,7 +229,6 @@ def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
 def synthetic_problems(split: str) -> Iterator[Problem]:
     """The synthetic task (``wmtp_jax.data.synthetic``): one correct record per instance, plus its incorrect
     solution in the train split (for the critic)."""
-    from wmtp_jax.data import synthetic
 
     for inst in synthetic.instances(split):
         p = Problem(inst.task_id, problem_id=inst.task_id)
@@ -308,6 +308,31 @@ def humaneval_problems(path: Path) -> Iterator[Problem]:
 
 
 # --------------------------------------------------------------------------------------------- writing
+def evaluation_problems(extra_files: Iterable[str | Path] = ()) -> Iterator[tuple[str, str, str]]:
+    """The default evaluation sets as ``(benchmark, task_id, text)``: HumanEval, the MBPP test split, and every
+    problem of ``extra_files`` (CodeContests parquet / JSONL with original field names, or Alpaca JSONL)."""
+    for problem in humaneval_problems(assets.HUMANEVAL):
+        for rec in problem.records:
+            yield "humaneval", problem.problem_id, rec.output  # prompt (docstring) + canonical solution
+    for problem in mbpp_problems(assets.MBPP, "test"):
+        for rec in problem.records:
+            yield "mbpp_test", problem.problem_id, rec.instruction
+            yield "mbpp_test", problem.problem_id, rec.output
+    for path in map(Path, extra_files):
+        for location, obj, reason in read_rows(path):
+            if obj is None:
+                raise ValueError(f"decontamination file {location}: {reason}")
+            task_id = str(obj.get("name") or obj.get("task_id") or location)
+            texts = [obj.get("description"), obj.get("instruction"), obj.get("output")]
+            for group in ("solutions", "incorrect_solutions"):
+                solutions = obj.get(group)
+                if isinstance(solutions, dict):
+                    texts += list(solutions.get("solution") or [])
+            for text in texts:
+                if isinstance(text, str) and text:
+                    yield path.name, task_id, text
+
+
 def token_length(tok: Tokenizer, record: AlpacaRecord, prompt_ids: list[int] | None = None) -> int:
     """BOS + prompt tokens + output tokens + EOS (the length the trainer sees)."""
     prompt_ids = (
@@ -501,8 +526,6 @@ def prepare(
         path = Path(inputs[0]) if inputs else assets.HUMANEVAL
         results.append(write(humaneval_problems(path), split or "test", [path]))
     elif source == "synthetic":
-        from wmtp_jax.data.synthetic import SPLITS
-
         for name in [split] if split else list(SPLITS):
             results.append(write_split(synthetic_problems(name), out_dir, name, [], tokenizer, max_length, progress))
     else:

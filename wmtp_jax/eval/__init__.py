@@ -1,1 +1,1 @@
-"""Evaluation: sandboxed execution of generated programs (execution.py)."""
+"""Evaluation: generation, benchmarks and their judges, pass@k; programs run in ``wmtp_jax.sandbox``."""

@@ -27,10 +27,10 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from wmtp_jax.data import assets
+from wmtp_jax.data import assets, synthetic
 from wmtp_jax.data.prepare import MBPP_SPLITS, read_rows
 from wmtp_jax.data.records import codecontests_input, format_prompt
-from wmtp_jax.eval.execution import STATUSES, ExecutionResult, execute
+from wmtp_jax.sandbox.execution import STATUSES, ExecutionResult, execute
 
 BENCHMARKS = ("mbpp", "humaneval", "codecontests", "synthetic")
 ALPACA_STOP = ("\n### ",)  # a completion of an Alpaca-format prompt ends before the next section
@@ -250,7 +250,6 @@ def load_codecontests(paths: Sequence[str | Path] = (assets.CODECONTESTS_SAMPLE,
 def load_synthetic(split: str = "test") -> list[Problem]:
     """The synthetic task (``wmtp_jax.data.synthetic``) in the Alpaca format it is trained on; the held-out
     ``test`` split has constants no training instance has."""
-    from wmtp_jax.data import synthetic
 
     return [
         Problem(

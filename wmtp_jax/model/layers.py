@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax.model.config import ModelConfig
+from wmtp_jax.model.quant import dequantize
 
 _INIT_STD = 0.02
 
@@ -55,8 +56,6 @@ class Linear(nnx.Linear):
         """The kernel ``[in, out]`` (dequantised from its stored ``nf4`` / ``int8`` codes for a QLoRA base)."""
         if not self.quantized:
             return self.kernel[...]
-        from wmtp_jax.model.lora import dequantize
-
         return dequantize(self, self.dtype or jnp.float32)
 
     def __call__(self, inputs: jax.Array, *, dropout_key: jax.Array | None = None) -> jax.Array:

@@ -38,19 +38,17 @@ import re
 
 import jax
 import jax.numpy as jnp
-import qwix
 from flax import nnx
 
 from wmtp_jax import sharding
 from wmtp_jax.model.config import DTYPES
 from wmtp_jax.model.layers import Linear
+from wmtp_jax.model.quant import QUANTIZED, QuantizedWeight, dequantize, quantize_kernel
 from wmtp_jax.schema import Section
 
 DEFAULT_TARGETS = ("attention/w[qkvo]", "feed_forward/w[123]")  # the seven block projections
 _BLOCK_PROJECTION = re.compile(r"^(layers|heads)/(attention/w[qkvo]|feed_forward/w[123])$")
 BASE_DTYPES = ("", "float32", "bfloat16", "nf4", "int8")
-QUANTIZED = {"nf4": "nf4", "int8": jnp.int8}  # base_dtype -> qwix qtype (QLoRA)
-QUANT_BLOCK = 64  # input rows per absmax scale (QLoRA's block size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,11 +159,6 @@ def apply_lora(model: nnx.Module, cfg: LoraConfig, mesh: jax.sharding.Mesh | Non
     return model
 
 
-class QuantizedWeight(nnx.Variable):
-    """A frozen, quantised base weight (QLoRA): a kernel's codes (``uint4`` for nf4, ``int8``) or its absmax
-    scales. Not an ``nnx.Param``: it never gets gradients or optimizer state."""
-
-
 def _block_axes(module: Linear) -> tuple:
     kernel = module.kernel
     return kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim
@@ -184,7 +177,7 @@ def quantize_base(model: nnx.Module, base_dtype: str, mesh: jax.sharding.Mesh | 
         if not _BLOCK_PROJECTION.match(path) or module.quantized:
             continue
         axes = _block_axes(module)
-        q = _quantize(module.kernel[...], base_dtype)
+        q = quantize_kernel(module.kernel[...], base_dtype)
         module.kernel = QuantizedWeight(q.qvalue, out_sharding=axes, eager_sharding=False)
         module.kernel_scale = QuantizedWeight(q.scale, out_sharding=(*axes[:-2], None, axes[-1]), eager_sharding=False)
         module.quantized = True
@@ -192,38 +185,6 @@ def quantize_base(model: nnx.Module, base_dtype: str, mesh: jax.sharding.Mesh | 
     if mesh is not None:
         sharding.place(model, mesh)
     return model
-
-
-def _quantize(kernel: jax.Array, base_dtype: str) -> qwix.QArray:
-    """``qwix.quantize`` of a kernel ``[..., in, out]``: one float32 absmax scale per ``QUANT_BLOCK`` input rows
-    (all of them when the input width is not a multiple of it) and output column (and layer)."""
-    n_in = kernel.shape[-2]
-    return qwix.quantize(
-        kernel,
-        QUANTIZED[base_dtype],
-        channelwise_axes=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2),
-        tiled_axes={kernel.ndim - 2: QUANT_BLOCK if n_in % QUANT_BLOCK == 0 else n_in},
-        scale_dtype=jnp.float32,
-    )
-
-
-def dequantize(module: Linear, dtype) -> jax.Array:
-    """The kernel ``[..., in, out]`` of a QLoRA projection, dequantised (``qwix.dequantize``) and cast to
-    ``dtype``."""
-    q = qwix.QArray(module.kernel[...], module.kernel_scale[...], None, QUANTIZED[module.qtype])
-    return qwix.dequantize(q).astype(dtype)
-
-
-def frozen_kernel(kernel, base_dtype: str) -> jax.Array:
-    """The float32 kernel ``[..., in, out]`` an adapter trained against for a stored base ``kernel``: as stored
-    (``base_dtype`` ""), rounded to bfloat16 / float32, or quantised and dequantised ("nf4", "int8") exactly as
-    ``quantize_base`` stores it (its scales are per block and column, so one layer quantises as its stack does)."""
-    kernel = jnp.asarray(kernel)
-    if base_dtype in QUANTIZED:
-        return qwix.dequantize(_quantize(kernel, base_dtype))
-    if base_dtype:
-        kernel = kernel.astype(DTYPES[base_dtype])
-    return kernel.astype(jnp.float32)
 
 
 def has_lora(model: nnx.Module) -> bool:

@@ -277,7 +277,7 @@ class _Worker:
 
     def __init__(self):
         root = str(Path(__file__).resolve().parents[2])
-        code = f"import sys; sys.path.insert(0, {root!r}); from wmtp_jax.eval.execution import _serve; _serve()"
+        code = f"import sys; sys.path.insert(0, {root!r}); from wmtp_jax.sandbox.execution import _serve; _serve()"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
         )
