@@ -4,11 +4,12 @@ uv run python -m wmtp_jax.main --config=configs/forward.py:micro
 """
 
 from configs import base
+from wmtp_jax import run_config as rc
 
 
 def get_config(preset: str = ""):
     c = base.common(preset)
     c.job = "forward"
     c.workdir = "workdir/forward"
-    c.forward = dict(prompts=("def fibonacci(n):\n", "import numpy as np\n\ndef mean(xs):"))
+    c.forward = rc.section_dict(rc.ForwardConfig)
     return c

@@ -17,12 +17,12 @@ one arm per combination) and ``compare`` (False for a stage that only feeds anot
 import ml_collections
 
 from configs import base
+from wmtp_jax import run_config as rc
 
 
 def arm(config, *overrides, grid=(), compare=True):
-    return ml_collections.ConfigDict(
-        {"config": config, "overrides": tuple(overrides), "grid": tuple(grid), "compare": compare}
-    )
+    """One arm (``run_config.ArmConfig``)."""
+    return rc.section_dict(rc.ArmConfig, config=config, overrides=tuple(overrides), grid=tuple(grid), compare=compare)
 
 
 def get_config(preset: str = ""):
@@ -32,11 +32,7 @@ def get_config(preset: str = ""):
     c.eval = base.eval_section(preset)  # the same evaluation for every arm
     c.eval.benchmarks = ("mbpp", "humaneval", "codecontests")
 
-    c.study = ml_collections.ConfigDict()
-    c.study.name = "weighting"
-    c.study.baseline = "baseline"  # every other compared arm is compared with this one
-    c.study.seeds = (0, 1, 2)  # pooled per problem in the report
-    c.study.common = ()  # KEY=VALUE overrides for every arm (model, data, steps, ...)
+    c.study = rc.section_dict(rc.StudyConfig)  # every key, its default and meaning: run_config.py
     c.study.arms = ml_collections.ConfigDict(
         {
             "baseline": arm("baseline"),
@@ -47,12 +43,6 @@ def get_config(preset: str = ""):
             "verifiable_control": arm("verifiable", "model.init_from={critic}", "weighting.control=True"),
         }
     )
-    c.study.print_commands = False
-    c.study.report_only = False
-    c.study.bootstrap = 1000  # paired bootstrap resamples
-    c.study.flips = 10_000  # Monte-Carlo sign flips when the exact test is too large
-    c.study.register_alias = ""  # e.g. "candidate": register the best arm's final/ in the MLflow model registry
-    c.study.registered_model = ""  # "" = {mlflow.project}-{study.name}
 
     if preset == "micro":
         # the synthetic task (wmtp_jax/data/synthetic.py), on which a random micro model's pass@1 can leave 0

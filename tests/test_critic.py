@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from test_train import micro_config, read_metrics, run
 
-from wmtp_jax import config as config_lib
-from wmtp_jax import sharding
+from wmtp_jax import jobs, sharding
 from wmtp_jax.checkpoint import load_model
 
 
@@ -26,7 +25,7 @@ def test_pairwise_critic_trains_on_correct_incorrect_pairs(shared, tmp_path):
     assert m[1]["value_loss"] == pytest.approx(math.log(2.0), abs=1e-6)  # zero-initialised head: margin 0
     c = micro_config("critic", shared, tmp_path / "bad")
     c.weighting.value_loss = "pairwise"
-    text = "\n".join(config_lib.problems(c, n_devices=4))
+    text = "\n".join(jobs.problems(c, n_devices=4))
     assert "data.strategy='balanced': expected 'pairs' with weighting.value_loss='pairwise'" in text
 
 
@@ -38,7 +37,7 @@ def test_separate_critic_from_hf_and_meta_layouts_gives_the_same_values_on_1_and
     from wmtp_jax.checkpoint import ensure_orbax
     from wmtp_jax.checkpoint.micro import write_micro_models
     from wmtp_jax.eval.critic_quality import final_values
-    from wmtp_jax.train.hooks import global_batch
+    from wmtp_jax.sharding import global_batch
 
     write_micro_models(Path(shared["model.checkpoint"]).parent)  # once per session (kept when present)
 
@@ -161,6 +160,6 @@ def test_mlp_head_dropout_acts_only_with_a_key_and_is_validated(shared, tmp_path
     c.critic.co_train = True
     c.critic.train = "lora"
     c.model.lora.rank = 4
-    text = "\n".join(config_lib.problems(c, n_devices=4))
+    text = "\n".join(jobs.problems(c, n_devices=4))
     assert "critic.head_dropout: dropout acts on the mlp head's hidden layer; set critic.head=mlp" in text
     assert "critic.co_train: a co-trained critic trains its head (train=head) or all of it (train=full)" in text

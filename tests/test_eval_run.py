@@ -6,9 +6,10 @@ from pathlib import Path
 
 from test_main import run_main
 
-from wmtp_jax import config as config_lib
+from wmtp_jax import jobs
 from wmtp_jax.data.records import RecordIndex
 from wmtp_jax.eval import benchmarks
+from wmtp_jax.run_config import parse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,8 +83,8 @@ def test_rollouts_are_labelled_by_execution_and_indexed(tmp_path):
     c = rollout_config.get_config("micro")
     c.model.checkpoint, c.model.cache_dir = str(tmp_path / "micro" / "mtp_meta"), str(tmp_path / "converted")
     c.workdir, c.rollout.limit = str(tmp_path / "rollout"), 2
-    config_lib.validate(c)
-    stats = eval_run.rollout(c)
+    jobs.validate(c)
+    stats = eval_run.rollout(parse(c))
     index = RecordIndex.load(tmp_path / "rollout" / "rollouts" / "train.index.npz")
     rows = [json.loads(line) for line in open(tmp_path / "rollout" / "rollouts" / "train.jsonl")]
     assert len(index) == len(rows) == stats["records"] and stats["records"] + stats["skipped"] == 4

@@ -19,6 +19,7 @@ import pytest
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import load_model
 from wmtp_jax.checkpoint.policy import load_policy
+from wmtp_jax.run_config import parse
 from wmtp_jax.train import loop
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ def test_legacy_train_state_resumes_exactly(legacy, legacy_workdir, tmp_path):
     c.train.num_steps, c.train.eval_batches = 3, 1
     c.checkpoint.every_steps, c.checkpoint.keep, c.checkpoint.async_save = 2, 1, False
     with jax.default_matmul_precision("highest"):
-        result = loop.train(c)
+        result = loop.train(parse(c))
     assert list(result["losses"]) == [3]  # resumed after step 2
     assert result["losses"][3] == EXPECTED["losses"]["3"]  # bit for bit the old code's uninterrupted run
 

@@ -13,8 +13,7 @@ import torch
 from flax import nnx
 from test_train import micro_config, read_metrics, run
 
-from wmtp_jax import config as config_lib
-from wmtp_jax import sharding
+from wmtp_jax import jobs, sharding
 from wmtp_jax.checkpoint import load_model
 from wmtp_jax.checkpoint.export import export_checkpoint
 from wmtp_jax.checkpoint.policy import load_policy
@@ -113,7 +112,7 @@ def test_lora_config_is_validated(shared, tmp_path):
     c = micro_config("baseline", shared, tmp_path / "w")
     c.model.lora.rank = -2
     with pytest.raises(ValueError, match="model.lora.rank=-2"):
-        config_lib.validate(c)
+        jobs.validate(c)
 
 
 def test_bfloat16_base_stores_the_frozen_weights_in_bfloat16():

@@ -56,11 +56,12 @@ def losses(workdir: Path) -> list[float]:
 def trace(experiment: str, root: Path, shared: dict | None = None) -> list[float]:
     import jax
 
+    from wmtp_jax.run_config import parse
     from wmtp_jax.train import loop
 
     c = micro_job(experiment, root, shared)
     with jax.default_matmul_precision("highest"):
-        loop.train(c)
+        loop.train(parse(c))
     return losses(Path(c.workdir))
 
 

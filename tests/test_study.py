@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import pytest
 
+from wmtp_jax.run_config import parse
 from wmtp_jax.study import runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def study(tmp_path_factory, shared):
     root = tmp_path_factory.mktemp("study")
     c = study_config(root, shared)
     with jax.default_matmul_precision("highest"):
-        summary = runner.run(c)
+        summary = runner.run(parse(c))
     return c, summary
 
 
@@ -105,7 +106,7 @@ def test_a_killed_study_resumes_without_retraining_finished_arms(study, capsys):
     for name in ("eval/results.json", "eval/samples.jsonl"):  # as if killed before its evaluation finished
         (unfinished / name).unlink()
     with jax.default_matmul_precision("highest"):
-        again = runner.run(c)
+        again = runner.run(parse(c))
     printed = capsys.readouterr().out
     assert "baseline seed 0 already finished; skipped" in printed and "training rho1_control seed 0" in printed
     assert finished.stat().st_mtime_ns == stamp and (unfinished / "eval" / "results.json").is_file()
@@ -116,7 +117,7 @@ def test_print_commands_gives_one_runnable_command_per_arm_and_seed(study, capsy
     c, _ = study
     c.study.print_commands = True
     try:
-        runner.run(c)
+        runner.run(parse(c))
     finally:
         c.study.print_commands = False
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python -m wmtp_jax.main")]
@@ -132,7 +133,7 @@ def test_the_best_arm_is_registered_with_an_alias(study):
     c, summary = study
     c.study.register_alias = "candidate"
     try:
-        registered = runner.register(c, summary, runner.expand(c.study))
+        registered = runner.register(parse(c), summary, runner.expand(c.study))
     finally:
         c.study.register_alias = ""
     client = MlflowClient(runner._tracking_uri(c))

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from wmtp_jax import config as config_lib
-from wmtp_jax import sharding
+from wmtp_jax import jobs, sharding
 from wmtp_jax.checkpoint import load_model
 from wmtp_jax.checkpoint.micro import MICRO_MTP
 from wmtp_jax.model import create_model
+from wmtp_jax.run_config import parse
 from wmtp_jax.train import loop
 from wmtp_jax.train.objectives import WeightingConfig, make_objective
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
@@ -42,13 +42,13 @@ def micro_config(experiment, shared, workdir, **overrides):
         for p in parents:
             node = node[p]
         node[leaf] = value
-    config_lib.validate(c)
+    jobs.validate(c)
     return c
 
 
 def run(experiment, shared, workdir, **overrides):
     with jax.default_matmul_precision("highest"):
-        return loop.train(micro_config(experiment, shared, workdir, **overrides))
+        return loop.train(parse(micro_config(experiment, shared, workdir, **overrides)))
 
 
 def read_metrics(workdir):
@@ -310,13 +310,13 @@ def test_config_problems_are_reported_together(shared, tmp_path):
     c.train.learning_rate = -1.0
     c.weighting.rho1_select = "sometimes"
     c.mesh.tensor = 3
-    found = config_lib.problems(c, n_devices=4)
+    found = jobs.problems(c, n_devices=4)
     text = "\n".join(found)
     assert "train.learning_rate=-1.0: expected a positive number" in text
     assert "weighting.rho1_select='sometimes': expected one of ['hard', 'soft']" in text
     assert "mesh=(1, -1, 3)" in text
     c.mesh.tensor = 1
-    found = config_lib.problems(c, n_devices=4)
+    found = jobs.problems(c, n_devices=4)
     assert any("train.batch_size=6: must split into" in p for p in found)
 
 
@@ -376,7 +376,7 @@ def test_training_on_the_synthetic_task_raises_held_out_pass_at_1(shared, tmp_pa
     before.eval = study.eval
     before.model.checkpoint, before.model.cache_dir = shared["model.checkpoint"], shared["model.cache_dir"]
     before.workdir = str(tmp_path / "before")
-    pass_before = eval_run.evaluate(before)["benchmarks"]["synthetic"]["pass@1"]["mean"]
+    pass_before = eval_run.evaluate(parse(before))["benchmarks"]["synthetic"]["pass@1"]["mean"]
 
     args = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/baseline.py:micro"]
     args += [f"--config.{k}={v}" for k, v in shared.items()]
@@ -411,6 +411,6 @@ def test_token_budget_batches_and_epochs_set_the_schedule(shared, tmp_path):
 
     c = micro_config("baseline", shared, tmp_path / "bad")
     c.train.batch_tokens = 1000
-    text = "\n".join(config_lib.problems(c, n_devices=4))
+    text = "\n".join(jobs.problems(c, n_devices=4))
     assert "data.pack=False: expected True when train.batch_tokens > 0" in text
     assert "train.batch_tokens=1000: expected a multiple of the packed row length max(data.buckets)=512" in text

@@ -9,7 +9,7 @@ from wmtp_jax.model import ModelConfig, create_model
 from wmtp_jax.train import hooks
 from wmtp_jax.train.objectives import OBJECTIVES, make_objective
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
-from wmtp_jax.train.trainer import NonFiniteError, Trainer
+from wmtp_jax.train.trainer import Hook, NonFiniteError, Trainer
 
 TINY = ModelConfig(dim=16, n_layers=3, n_heads=2, n_kv_heads=1, vocab_size=128, multiple_of=16, n_future_tokens=2)
 
@@ -43,7 +43,7 @@ class Batches:
         self.position = state["position"]
 
 
-class Recorder:
+class Recorder(Hook):
     def __init__(self):
         self.steps, self.ends, self.metrics = [], [], []
 
@@ -146,7 +146,7 @@ def test_strength_zero_gives_the_unweighted_baseline_loss_exactly(mesh):
     assert loss("rho1") != baseline  # the weights do matter at strength 1
 
 
-class Scripted:
+class Scripted(Hook):
     """Puts a scripted metric into the event at the steps it names (as a validation hook would)."""
 
     def __init__(self, values):

@@ -25,7 +25,7 @@ CLUSTERS = {"": None, "auto": None, "slurm": "slurm", "ompi": "ompi", "mpi4py": 
 
 def settings(c) -> dict | None:
     """``jax.distributed.initialize`` arguments for this run, or None for a single process."""
-    d = c.get("distributed")
+    d = c.distributed
     coordinator = (d.coordinator_address if d else "") or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     num_processes = (d.num_processes if d else 0) or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
     process_id = d.process_id if d and d.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1") or -1)
@@ -51,6 +51,11 @@ def initialize(c) -> bool:
     return True
 
 
+def is_main_process() -> bool:
+    """Whether this is process 0, the one that logs (MLflow, progress bars) and writes shared result files."""
+    return jax.process_index() == 0
+
+
 def main_process_first(fn: Callable[[], T], name: str) -> T:
     """Runs ``fn`` on process 0, then on the others once it finished (for work on a shared filesystem that
     every process needs done once: building micro models, converting checkpoints, preparing data)."""
@@ -58,6 +63,6 @@ def main_process_first(fn: Callable[[], T], name: str) -> T:
         return fn()
     from jax.experimental import multihost_utils
 
-    result = fn() if jax.process_index() == 0 else None
+    result = fn() if is_main_process() else None
     multihost_utils.sync_global_devices(f"{name}:done")
-    return fn() if jax.process_index() != 0 else result
+    return result if is_main_process() else fn()

@@ -12,8 +12,8 @@ from flax import nnx
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import ensure_orbax, load_model
 from wmtp_jax.checkpoint.micro import write_micro_models
-from wmtp_jax.config import model_options
 from wmtp_jax.data.tokenizer import load_tokenizer
+from wmtp_jax.model.config import model_options
 
 
 def run(c) -> dict:
@@ -22,7 +22,7 @@ def run(c) -> dict:
         write_micro_models(c.model.checkpoint.rsplit("/", 1)[0])
     model_dir = ensure_orbax(c.model.checkpoint, c.model.cache_dir, vocab_size=c.model.vocab_size or None)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    model = load_model(model_dir, mesh, **model_options(c))
+    model = load_model(model_dir, mesh, **model_options(c.model))
     tok = load_tokenizer(c.tokenizer)
 
     prompts = list(c.forward.prompts)

@@ -24,63 +24,47 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # Orbax / JAX info lines drown the progress output
     c = _CONFIG.value
     if _runs_generated_code(c):  # the sandbox's worker starts before JAX initialises (never a fork of it)
-        from wmtp_jax.eval.execution import start_worker_pool
+        from wmtp_jax.sandbox.execution import start_worker_pool
 
         start_worker_pool()
     from wmtp_jax import config as config_lib
-    from wmtp_jax import distributed
+    from wmtp_jax import distributed, storage
 
     found = config_lib.apply_overrides(c, _OVERRIDES)
     if not found:
-        try:  # before anything touches a device
-            distributed.initialize(c)
-        except Exception as e:
-            print(
-                f"error: could not start the multi-process runtime with {distributed.settings(c)}: "
-                f"{type(e).__name__}: {e}",
-                file=sys.stderr,
-            )
-            sys.exit(2)
-    if not found:
-        from wmtp_jax import storage
-
         try:  # s3:// inputs become local mirrors before anything reads them (every process: its own disk)
             storage.localize(c)
         except storage.StorageError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-    found += config_lib.problems(c)
+    from wmtp_jax import jobs, run_config  # import JAX and every job: after the sandbox worker started
+
+    run = None
+    try:  # the one typed run config; keys no section declares are errors naming the file
+        run = run_config.parse(c, source=_config_file())
+    except config_lib.ConfigError as e:
+        found += e.problems
+    if run is not None and not found:
+        try:  # before anything touches a device
+            distributed.initialize(run)
+        except Exception as e:
+            print(
+                f"error: could not start the multi-process runtime with {distributed.settings(run)}: "
+                f"{type(e).__name__}: {e}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+    if run is not None:
+        found += jobs.problems(run)
     if found:
         print("error: " + str(config_lib.ConfigError(found)), file=sys.stderr)
         sys.exit(2)
-    if c.job == "forward":
-        from wmtp_jax import forward
+    print(jobs.run(run))
 
-        forward.run(c)
-    elif c.job == "eval":
-        from wmtp_jax.eval import run as eval_run
 
-        results = eval_run.evaluate(c)
-        print(f"done: results in {c.workdir}/eval/results.json (sandbox isolation: {results['sandbox_isolation']})")
-    elif c.job == "study":
-        from wmtp_jax.study import runner
-
-        runner.run(c)
-    elif c.job == "rollout":
-        from wmtp_jax.eval import run as eval_run
-
-        eval_run.rollout(c)
-    elif c.get("dry_run"):
-        from wmtp_jax.train.dry_run import dry_run
-
-        dry_run(c)
-    else:
-        from wmtp_jax.train import loop
-
-        result = loop.train(c)
-        failed = result.get("mlflow_failed_calls")
-        note = f"; {failed} MLflow calls failed (metrics.jsonl is complete)" if failed else ""
-        print(f"done: {result['steps']} steps; final model in {result['final_dir']}{note}")
+def _config_file() -> str:
+    """The config file named on the command line (``configs/rho1.py`` of ``--config=configs/rho1.py:micro``)."""
+    return config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
 
 
 def _runs_generated_code(c) -> bool:

@@ -12,6 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 
+class ConfigError(ValueError):
+    """One or more invalid config values; ``problems`` lists them (key, value, what is allowed)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n  " + "\n  ".join(problems))
+
+
 class Checker:
     """Collects one line per bad value: ``{prefix}.{key}={value!r}: expected {what}`` (``key`` alone without a
     prefix). Values are attributes of ``values``; subclasses may look them up otherwise (``_value``)."""
@@ -57,9 +65,27 @@ class Checker:
         self.check(key, lambda v: lo <= v <= hi, f"a number in [{lo}, {hi}]")
 
 
-def _frozen(value):
+def get_path(config, key: str):
+    """The value at dotted ``key`` (``"model.dtype"``) of a typed run config or a ConfigDict; raises
+    AttributeError for a missing key."""
+    for name in key.split("."):
+        config = getattr(config, name)
+    return config
+
+
+class ConfigChecker(Checker):
+    """``Checker`` over dotted keys of a whole config (``model.dtype``)."""
+
+    def __init__(self, c):
+        super().__init__(c)
+
+    def _value(self, key: str):
+        return get_path(self.values, key)
+
+
+def frozen(value):
     """Lists (at any depth, e.g. curriculum bins) as tuples."""
-    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+    return tuple(frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 class Section:
@@ -67,13 +93,15 @@ class Section:
 
     @classmethod
     def from_config(cls, section, **overrides):
-        """The dataclass from the keys of ``section`` (a ConfigDict or mapping) that name its fields; lists
-        (at any depth) become tuples so the result stays hashable (it is part of jit cache keys)."""
+        """The dataclass from the keys of ``section`` (a ConfigDict or mapping, or a typed section whose attributes
+        include its fields, e.g. ``StepConfig.from_config(run.train)``) that name its fields; lists (at any depth)
+        become tuples so the result stays hashable (it is part of jit cache keys)."""
         values = {}
+        mapping = hasattr(section, "keys")
         for field in dataclasses.fields(cls):
-            if field.name in section:
-                value = section[field.name]
-                values[field.name] = _frozen(value)
+            if field.name in section if mapping else hasattr(section, field.name):
+                value = section[field.name] if mapping else getattr(section, field.name)
+                values[field.name] = frozen(value)
         return cls(**{**values, **overrides})
 
     def checker(self, prefix: str) -> Checker:

@@ -134,3 +134,9 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """Process-local rows -> global arrays sharded over the batch axes."""
+    spec = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(spec, v) for k, v in local.items()}

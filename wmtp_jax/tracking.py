@@ -9,6 +9,7 @@ look like secrets are never logged, and credentials inside URLs are redacted whe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import jax
+from wmtp_jax.distributed import is_main_process
 
 _SECRET = re.compile(r"(secret|password|passwd|token_value|access_key|api_key|credential)", re.IGNORECASE)
 _URL_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
@@ -29,8 +30,11 @@ def redact(value: Any) -> Any:
 
 
 def flatten_config(c, prefix: str = "") -> dict[str, Any]:
+    """``{"train.num_steps": 1000, ...}`` of a run config (typed sections or mappings), without secret keys and
+    with URL credentials redacted (the run's MLflow params)."""
     out = {}
-    for key, value in c.items():
+    items = dataclasses.asdict(c).items() if dataclasses.is_dataclass(c) else c.items()
+    for key, value in items:
         name = f"{prefix}{key}"
         if hasattr(value, "items"):
             out.update(flatten_config(value, name + "."))
@@ -48,14 +52,15 @@ def experiment_name(c) -> str:
     """``mlflow.experiment_name``, or by default ``{project}/{objective}/{dataset}`` (the blueprint's naming):
     project ``mlflow.project``, the objective (or the job), and the training data's name (its prepared file's
     directory, or the micro data set)."""
-    if c.mlflow.get("experiment_name"):
+    if getattr(c.mlflow, "experiment_name", ""):
         return c.mlflow.experiment_name
-    what = c.get("objective") or c.get("job", "run")
-    data = c.get("data", {})
-    dataset = data.get("prepare_micro") or (Path(data["train"]).parent.name if data.get("train") else "") or "none"
-    if c.get("job") == "study":
-        what, dataset = "study", c.study.get("name", "study")
-    return f"{c.mlflow.get('project', 'wmtp')}/{what}/{dataset}"
+    what = getattr(c, "objective", "") or getattr(c, "job", "run")
+    data = getattr(c, "data", None)
+    train = getattr(data, "train", "")
+    dataset = getattr(data, "prepare_micro", "") or (Path(train).parent.name if train else "") or "none"
+    if getattr(c, "job", "") == "study":
+        what, dataset = "study", c.study.name
+    return f"{getattr(c.mlflow, 'project', 'wmtp')}/{what}/{dataset}"
 
 
 def local_tracking_uri(workdir: Path) -> str:
@@ -73,7 +78,7 @@ class Tracker:
         that start a new run every time (evaluation). ``parent_run_id``: make this run a nested child of that run
         (a study's arm under the study's run). The experiment is ``mlflow.experiment_name``, by default
         ``experiment_name(c)``; ``mlflow.tags`` are set on the run."""
-        self.enabled = jax.process_index() == 0
+        self.enabled = is_main_process()
         self.run_id = None
         self.calls = self.failed_calls = 0  # MLflow calls made after the run was opened, and how many failed
         if not self.enabled:
@@ -85,7 +90,7 @@ class Tracker:
 
         self._metric, self._param = Metric, Param
         local = not (c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-        artifacts = c.mlflow.get("artifact_location", "")
+        artifacts = getattr(c.mlflow, "artifact_location", "")
         uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
         run_file = workdir / "mlflow_run.json"
         try:
@@ -102,7 +107,7 @@ class Tracker:
                     experiment_id = self.client.create_experiment(name, artifact_location=location)
                 else:
                     experiment_id = experiment.experiment_id
-                tags = {str(k): str(v) for k, v in dict(c.mlflow.get("tags", {})).items()}
+                tags = {str(k): str(v) for k, v in dict(getattr(c.mlflow, "tags", {})).items()}
                 if parent_run_id:
                     tags["mlflow.parentRunId"] = parent_run_id
                 self.run_id = self.client.create_run(

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from wmtp_jax import sharding
+from wmtp_jax.distributed import is_main_process
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model import ModelConfig, MTPTransformer
 from wmtp_jax.model.mtp import STACKED_GROUPS
@@ -148,7 +149,7 @@ def save_model(model: MTPTransformer, ckpt_dir: str | os.PathLike, **provenance)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     disk = to_disk_layout(flatten(param_tree(nnx.state(model, nnx.Param))))
     ocp.save(ckpt_dir / PARAMS_DIR, unflatten(disk), overwrite=True)
-    if jax.process_index() == 0:
+    if is_main_process():
         write_config(ckpt_dir, model.cfg, **provenance)
 
 
@@ -179,7 +180,7 @@ def save_adapters(model: MTPTransformer, ckpt_dir: str | os.PathLike, base_model
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     trained = nnx.state(model, nnx.Any(nnx.LoRAParam, nnx.PathContains("value_head")))
     ocp.save(ckpt_dir / PARAMS_DIR, param_tree(trained), overwrite=True)
-    if jax.process_index() == 0:
+    if is_main_process():
         config = {
             "format": ADAPTER_FORMAT,
             "base_model": str(Path(base_model).absolute()),

@@ -22,11 +22,12 @@ from wmtp_jax.data.prepare import Problem as DataProblem
 from wmtp_jax.data.prepare import write_split
 from wmtp_jax.data.records import AlpacaRecord
 from wmtp_jax.data.tokenizer import load_tokenizer
+from wmtp_jax.distributed import is_main_process
 from wmtp_jax.eval import benchmarks
-from wmtp_jax.eval.execution import start_worker_pool
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 from wmtp_jax.eval.metrics import mean_pass_at_k
 from wmtp_jax.files import atomic_write_text
+from wmtp_jax.sandbox.execution import start_worker_pool
 from wmtp_jax.tracking import Tracker
 
 
@@ -49,7 +50,7 @@ def _setup(c):
 
 
 def _generate(generator, prompts, config, n_samples, seed, desc):
-    with tqdm(total=len(prompts) * n_samples, desc=desc, unit="completion", disable=jax.process_index() != 0) as bar:
+    with tqdm(total=len(prompts) * n_samples, desc=desc, unit="completion", disable=not is_main_process()) as bar:
         return generator.generate(prompts, config, n_samples=n_samples, seed=seed, progress=bar.update)
 
 
@@ -128,7 +129,7 @@ def run_benchmarks(
     ``results.json`` and ``samples.jsonl`` are written there atomically. Metrics go to ``tracker`` as
     ``{metric_prefix}{benchmark}/pass@{k}`` at ``step``. Returns the results dict (``header`` + "benchmarks").
     """
-    is_main = jax.process_index() == 0
+    is_main = is_main_process()
     results = {**(header or {}), "split": split, "benchmarks": {}}
     rows = []
     for name in e.benchmarks:
@@ -228,7 +229,7 @@ def rollout(c) -> dict:
         c.seed,
         f"rollout {r.source}",
     )
-    if jax.process_index() != 0:  # every process generates (collectively); process 0 executes and writes
+    if not is_main_process():  # every process generates (collectively); process 0 executes and writes
         return {}
     pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
     outcomes = iter(benchmarks.check(pairs, timeout_s=r.timeout_s, memory_mb=r.memory_mb, alpaca=True))

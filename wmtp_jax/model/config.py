@@ -272,3 +272,14 @@ def _read_json(path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ModelConfigError(f"{path}: expected a JSON object, got {type(values).__name__}")
     return values
+
+
+def layout_options(model) -> dict:
+    """``load_model`` overrides for how blocks run (scan, attention kernel), from a config's ``model`` section;
+    shared by the policy and a frozen second model."""
+    return dict(scan_layers=model.scan_layers, attention=model.attention, attention_chunk=model.attention_chunk)
+
+
+def model_options(model) -> dict:
+    """``load_model`` overrides of the policy (dtypes, remat and layout) from a config's ``model`` section."""
+    return dict(dtype=model.dtype, param_dtype=model.param_dtype, remat=model.remat, **layout_options(model))

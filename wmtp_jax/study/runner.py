@@ -22,13 +22,18 @@ import re
 import shlex
 from pathlib import Path
 
-import ml_collections
+import jax
 
 from wmtp_jax import config as config_lib
 from wmtp_jax import storage
 from wmtp_jax.files import atomic_write_text
+from wmtp_jax.run_checks import common_problems
+from wmtp_jax.run_config import RunConfig, parse
+from wmtp_jax.schema import ConfigChecker, ConfigError
 from wmtp_jax.study import report
 from wmtp_jax.tracking import Tracker, experiment_name, local_tracking_uri
+from wmtp_jax.train import loop
+from wmtp_jax.train.checks import training_problems
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_\-\[\]=,.]+)\}")
 
@@ -53,15 +58,15 @@ def expand(study) -> list[ArmSpec]:
     """The arms of ``study.arms`` with grids expanded, in dependency order; raises StudyError."""
     specs = []
     for name, arm in study.arms.items():
-        grid = [(item.partition("=")[0], item.partition("=")[2].split(",")) for item in arm.get("grid", ())]
+        grid = [(item.partition("=")[0], item.partition("=")[2].split(",")) for item in arm.grid]
         for values in itertools.product(*[v for _, v in grid]) if grid else [()]:
             extra = tuple(f"{key}={value}" for (key, _), value in zip(grid, values))
             label = name + (
                 f"[{','.join(f'{k.rsplit(chr(46), 1)[-1]}={v}' for (k, _), v in zip(grid, values))}]" if grid else ""
             )
-            overrides = tuple(arm.get("overrides", ())) + extra
+            overrides = tuple(arm.overrides) + extra
             needs = tuple(sorted({m for o in overrides for m in _PLACEHOLDER.findall(o.partition("=")[2])}))
-            specs.append(ArmSpec(label, arm.config, overrides, bool(arm.get("compare", True)), needs))
+            specs.append(ArmSpec(label, arm.config, overrides, bool(arm.compare), needs))
     by_name = {s.name: s for s in specs}
     for s in specs:
         for stage in s.needs:
@@ -113,7 +118,7 @@ def arm_overrides(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> list[
         out.append(f"mlflow.parent_run_id={parent_run_id}")
     if spec.compared:
         out.append("train.eval_at_end=True")
-        out += [f"eval.{key}={_literal(value)}" for key, value in c.eval.items()]
+        out += [f"eval.{key}={_literal(value)}" for key, value in dataclasses.asdict(c.eval).items()]
     return out
 
 
@@ -129,26 +134,60 @@ def _tracking_uri(c) -> str:
 def _artifacts(c) -> str:
     """Where the arms' artifacts go: the configured location, the server's default for a configured server, else
     the study workdir's ``mlartifacts``."""
-    if c.mlflow.get("artifact_location"):
+    if c.mlflow.artifact_location:
         return c.mlflow.artifact_location
     configured = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     return "" if configured else (Path(c.workdir) / "mlartifacts").absolute().as_uri()
 
 
-def arm_config(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> ml_collections.ConfigDict:
-    """The arm's training config (validated; raises StudyError naming the arm with every problem)."""
-    module = importlib.import_module(f"configs.{spec.config}")
-    arm = module.get_config(c.preset if c.preset != "default" else "")
+def problems(c, k: ConfigChecker) -> None:
+    """The study's own keys and its arms' structure; each arm's config is validated when the arm starts."""
+    k.check(
+        "study.seeds",
+        lambda v: len(v) > 0 and all(isinstance(s, int) and s >= 0 for s in v),
+        "a non-empty tuple of non-negative integer seeds",
+    )
+    k.check("study.bootstrap", lambda v: isinstance(v, int) and v >= 1000, "at least 1000 resamples")
+    k.check("study.flips", lambda v: isinstance(v, int) and v >= 10_000, "at least 10,000 sign flips")
+    k.check("study.common", lambda v: all("=" in item for item in v), "a tuple of KEY=VALUE overrides")
+    for name in c.study.arms:
+        k.check(
+            f"study.arms.{name}.config",
+            lambda v: os.path.isfile(os.path.join("configs", f"{v}.py")),
+            "the name of a training config in configs/ (e.g. baseline, rho1)",
+        )
+    try:
+        specs = expand(c.study)
+    except StudyError as e:
+        k.found.append(str(e))
+        return
+    compared = [s.name for s in specs if s.compared]
+    k.check("study.baseline", lambda v: v in compared, f"one of the compared arms {compared}")
+
+
+def arm_config(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> RunConfig:
+    """The arm's training config, parsed and validated as ``wmtp_jax.main`` does for a command line (the study
+    composes config files the way a user does); raises StudyError naming the arm with every problem."""
+    source = f"configs/{spec.config}.py"
+    arm = importlib.import_module(f"configs.{spec.config}").get_config(c.preset if c.preset != "default" else "")
     found = config_lib.apply_overrides(arm, arm_overrides(c, spec, seed, parent_run_id))
     if not found:
         try:
             storage.localize(arm)  # s3:// inputs as local mirrors, as the training job's command line does
         except storage.StorageError as e:
             found.append(str(e))
-    found += config_lib.problems(arm) if not found else []
+    if not found:
+        try:
+            parsed = parse(arm, source)
+        except ConfigError as e:
+            found = e.problems
+    if not found:
+        k, (data, fsdp) = common_problems(parsed)
+        training_problems(parsed, k, data, fsdp, jax.process_count())
+        found = k.found
     if found:
         raise StudyError(f"study arm {spec.name!r} (seed {seed}):\n  " + "\n  ".join(found))
-    return arm
+    return parsed
 
 
 def command(c, spec: ArmSpec, seed: int) -> str:
@@ -161,8 +200,6 @@ def command(c, spec: ArmSpec, seed: int) -> str:
 
 def run(c) -> dict:
     """Runs (or resumes) the study; returns the report's summary (empty with ``print_commands``)."""
-    from wmtp_jax.train import loop
-
     specs = expand(c.study)
     workdir = Path(c.workdir)
     workdir.mkdir(parents=True, exist_ok=True)

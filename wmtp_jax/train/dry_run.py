@@ -19,9 +19,11 @@ from wmtp_jax import sharding
 from wmtp_jax.checkpoint.convert import peek_config
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.checkpoint.store import abstract_model
-from wmtp_jax.config import layout_options, model_options
 from wmtp_jax.model import ModelConfig, MTPTransformer
+from wmtp_jax.model.config import layout_options, model_options
 from wmtp_jax.model.lora import LoraConfig, apply_lora, quantize_base
+from wmtp_jax.train.loop import batch_rows, make_trainer
+from wmtp_jax.train.objectives import second_model, second_model_dtypes, trained_model
 from wmtp_jax.train.step import BATCH_KEYS
 
 GIB = 2**30
@@ -95,21 +97,19 @@ def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStru
 
 def dry_run(c) -> dict:
     """Compiles the configured step on abstract shapes; prints and returns the figures."""
-    from wmtp_jax.train.loop import batch_rows, make_trainer
-    from wmtp_jax.train.objectives import second_model, second_model_dtypes, trained_model
 
     if c.model.build_micro:  # the micro stand-ins are tiny files; their shapes are what is compiled
         write_micro_models(Path(c.model.checkpoint).parent)
     mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
     vocab = c.model.vocab_size or None
-    policy_cfg = peek_config(c.model.init_from or trained_model(c), vocab).replace(**model_options(c))
+    policy_cfg = peek_config(c.model.init_from or trained_model(c), vocab).replace(**model_options(c.model))
     reference = None
     second, _ = second_model(c)
     if second:
         dtype, param_dtype, quantize = second_model_dtypes(c)
-        ref_cfg = peek_config(second, vocab).replace(dtype=dtype, param_dtype=param_dtype, **layout_options(c))
+        ref_cfg = peek_config(second, vocab).replace(dtype=dtype, param_dtype=param_dtype, **layout_options(c.model))
         reference = sharded_abstract_model(ref_cfg, mesh, quantize=quantize)
-    lora = LoraConfig.from_config(c.model.lora)
+    lora = c.model.lora
     trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)
     length = max(c.data.buckets)
     rows = batch_rows(c)

@@ -5,29 +5,36 @@ save / restore round trip). Both also report each head's teacher-forced CE of th
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
-from wmtp_jax.eval import benchmarks
+from wmtp_jax.distributed import is_main_process
+from wmtp_jax.eval import benchmarks, critic_quality
 from wmtp_jax.eval.generate import Generator
 from wmtp_jax.eval.run import run_benchmarks
 from wmtp_jax.eval.teacher_forced import head_ce, reference_rows
+from wmtp_jax.files import atomic_write_text
 from wmtp_jax.train.hooks import ExportFinal
-from wmtp_jax.train.trainer import StepEvent, Trainer
+from wmtp_jax.train.trainer import Hook, StepEvent, Trainer
 
 REFERENCE_LENGTH = 512  # tokens per teacher-forced row (prompt cut on the left)
 
 
-def validation_settings(c) -> ml_collections.ConfigDict:
+def validation_settings(c):
     """The eval section as the in-training evaluation uses it: ``train.eval_benchmarks``, the first
     ``train.eval_limit`` problems, one greedy sample, pass@1."""
-    e = ml_collections.ConfigDict(c.eval.to_dict())
-    e.benchmarks, e.limit = tuple(c.train.eval_benchmarks), c.train.eval_limit
-    e.n_samples, e.k, e.temperature, e.speculative = 1, (1,), 0.0, False
-    return e
+    return dataclasses.replace(
+        c.eval,
+        benchmarks=tuple(c.train.eval_benchmarks),
+        limit=c.train.eval_limit,
+        n_samples=1,
+        k=(1,),
+        temperature=0.0,
+        speculative=False,
+    )
 
 
 def _broadcast(values: dict[str, float]) -> dict[str, float]:
@@ -63,7 +70,7 @@ def reference_head_ce(model, mesh, rows_by_benchmark: dict, batch_size: int) -> 
     }
 
 
-class ValidationPassAtK:
+class ValidationPassAtK(Hook):
     """Every ``every`` steps: ``val/{benchmark}/pass@1`` (greedy, validation split, first ``limit`` problems) and
     ``val/{benchmark}/ref_ce_head_{k}`` of the live parameters, into ``event.metrics`` (for early stopping and the
     metrics log)."""
@@ -87,7 +94,7 @@ class ValidationPassAtK:
         event.metrics.update(_broadcast(values | {f"val/{k}": v for k, v in ce.items()}))  # the metrics log writes them
 
 
-class EvalAtEnd:
+class EvalAtEnd(Hook):
     """When the run finishes: the eval section's evaluation of what ``final/`` holds (``export``'s state) on the
     test split, written to ``out_dir`` (results.json with the per-head reference CE, samples.jsonl) and logged in
     the training run."""
@@ -123,7 +130,7 @@ class EvalAtEnd:
         )
 
 
-class CriticQuality:
+class CriticQuality(Hook):
     """The critic's AUROC, Brier score and explained variance on held-out labelled data
     (``wmtp_jax.eval.critic_quality``) with the live parameters, at every validation: sets
     ``val/critic/{auroc, brier, explained_variance}`` in ``event.metrics`` for the hooks after it (add it before
@@ -136,7 +143,6 @@ class CriticQuality:
 
     def measure(self, trainer: Trainer, state) -> dict:
         """The quality of ``state``'s trained value head: the model's own, or a co-trained separate critic's."""
-        from wmtp_jax.eval import critic_quality
 
         if state.critic is not None:
             graphdef, params = trainer.ref_graphdef, (state.critic, trainer.reference_state)
@@ -152,7 +158,7 @@ class CriticQuality:
                 event.metrics[f"val/critic/{key}"] = self.last[key]
 
 
-class CriticQualityAtEnd:
+class CriticQualityAtEnd(Hook):
     """After ``ExportFinal``: the critic quality of what ``final/`` holds, written to ``final/critic_quality.json``
     (with the reliability table) and ``{workdir}/critic_reliability.png``, logged as ``critic/*`` metrics and
     artifacts, and kept in ``result`` for the run summary (process 0 writes)."""
@@ -166,11 +172,8 @@ class CriticQualityAtEnd:
             return
         import json
 
-        from wmtp_jax.eval import critic_quality
-        from wmtp_jax.files import atomic_write_text
-
         self.result = {**self.quality.measure(trainer, self.export.state), "step": self.export.selection["step"]}
-        if jax.process_index() != 0:
+        if not is_main_process():
             return
         atomic_write_text(self.export.final_dir / "critic_quality.json", json.dumps(self.result, indent=2) + "\n")
         plot = critic_quality.reliability_plot(self.result, self.workdir / "critic_reliability.png")

@@ -19,27 +19,25 @@ from tqdm.auto import tqdm
 
 from wmtp_jax import sharding, storage
 from wmtp_jax.checkpoint import save_model
+from wmtp_jax.checkpoint.export import export_checkpoint
 from wmtp_jax.checkpoint.store import ADAPTER_CONFIG, CONFIG_FILE, restore_renamed, save_adapters
+from wmtp_jax.distributed import is_main_process
 from wmtp_jax.eval.teacher_forced import head_ce_sums
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.lora import has_lora, merge_lora
 from wmtp_jax.schema import Section
 from wmtp_jax.train import step as step_lib
-from wmtp_jax.train.trainer import StepEvent, Trainer
+from wmtp_jax.train.trainer import Hook, StepEvent, Trainer
 
 
-def _is_main() -> bool:
-    return jax.process_index() == 0
-
-
-class MetricsLog:
+class MetricsLog(Hook):
     """Appends every step's scalar metrics to ``{workdir}/metrics.jsonl`` (process 0) and to MLflow every
     ``log_every`` steps — validation metrics (``val*``) at every step that has them; keeps the per-step losses
     (``losses``). Add it after the hooks that measure (validation), so their metrics are in the same row."""
 
     def __init__(self, workdir: Path, tracker, log_every: int = 1):
         self.tracker, self.log_every, self.losses = tracker, log_every, {}
-        self.file = open(Path(workdir) / "metrics.jsonl", "a") if _is_main() else None
+        self.file = open(Path(workdir) / "metrics.jsonl", "a") if is_main_process() else None
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
         self.losses[event.step] = event.metrics["loss"]
@@ -57,11 +55,11 @@ class MetricsLog:
             self.file = None
 
 
-class ProgressBar:
+class ProgressBar(Hook):
     """A tqdm bar (process 0) with the loss and tokens/s of the last step."""
 
     def __init__(self, total: int, initial: int, desc: str):
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not _is_main())
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not is_main_process())
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
         self.bar.set_postfix(loss=f"{event.metrics['loss']:.4f}", tok_s=f"{event.metrics['tokens_per_s']:,.0f}")
@@ -71,13 +69,7 @@ class ProgressBar:
         self.bar.close()
 
 
-def global_batch(local: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """Process-local rows -> global arrays sharded over the batch axes."""
-    spec = sharding.batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(spec, v) for k, v in local.items()}
-
-
-class Validation:
+class Validation(Hook):
     """Mean per-target CE of all heads over the validation batches (``make_batches()`` yields process-local
     batches); sets ``event.metrics["val_loss"]`` for the hooks after it (checkpointing keeps the best, the
     metrics log writes it)."""
@@ -89,7 +81,10 @@ class Validation:
         total, count = 0.0, 0.0
         for batch in self.make_batches():
             sums, n = head_ce_sums(
-                trainer.graphdef, (state.params, trainer.frozen), global_batch(batch, trainer.mesh), chunk=self.ce_chunk
+                trainer.graphdef,
+                (state.params, trainer.frozen),
+                sharding.global_batch(batch, trainer.mesh),
+                chunk=self.ce_chunk,
             )
             total, count = total + float(jnp.sum(sums)), count + float(jnp.sum(n))
         return total / max(count, 1.0)
@@ -143,7 +138,7 @@ class EarlyStoppingConfig(Section):
         return c.found
 
 
-class EarlyStopping:
+class EarlyStopping(Hook):
     """Asks the trainer to stop once ``config.metric`` stopped improving (add it after the hooks that measure it)."""
 
     def __init__(self, config: EarlyStoppingConfig):
@@ -195,7 +190,7 @@ class IteratorCheckpointable:
         return done()
 
 
-class Checkpoints:
+class Checkpoints(Hook):
     """Orbax checkpoints of the train state and the Grain iterator position, together, under
     ``{workdir}/checkpoints`` (see ``CheckpointConfig`` for when and which are kept). Add it with ``every=1``, after
     the hooks that measure the best-model metric: it decides itself when to save. After a checkpoint is committed
@@ -295,7 +290,7 @@ class Checkpoints:
             self.wait()
 
 
-class ExportFinal:
+class ExportFinal(Hook):
     """Writes the trained model to ``final_dir`` (every process) when the run finishes: the last state, or with
     ``select="best"`` the best checkpoint of ``checkpoints``; ``final_dir/selection.json`` says which. A LoRA model
     is merged, or with ``adapters=(base model directory, model.lora settings)`` (``export.merge_lora=False``)
@@ -352,11 +347,11 @@ class ExportFinal:
         if critic is not None:  # the co-trained separate critic (critic.co_train), usable as a later critic.model
             save_model(critic, self.final_dir / "critic", **self.provenance, role="co-trained critic")
             selection["critic"] = "critic/"
-        if _is_main():
+        if is_main_process():
             atomic_write_text(self.final_dir / "selection.json", json.dumps(selection, indent=2) + "\n")
 
 
-class ExportHF:
+class ExportHF(Hook):
     """After ``ExportFinal``: a Hugging Face ``LlamaForCausalLM`` copy of ``final/`` in ``hf_dir`` (``head``'s
     path for an MTP model; see ``wmtp_jax.checkpoint.export``), written by process 0 and logged in the run."""
 
@@ -364,9 +359,8 @@ class ExportHF:
         self.final_dir, self.hf_dir, self.head, self.tokenizer = Path(final_dir), Path(hf_dir), head, tokenizer
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
-        if status != "FINISHED" or not _is_main():
+        if status != "FINISHED" or not is_main_process():
             return
-        from wmtp_jax.checkpoint.export import export_checkpoint
 
         export_checkpoint(
             self.final_dir,
@@ -379,7 +373,7 @@ class ExportHF:
         )
 
 
-class RemoteWorkdir:
+class RemoteWorkdir(Hook):
     """Keeps ``remote`` (``s3://...``, ``storage.remote_workdir``) a copy of the run (process 0 only).
 
     Each committed checkpoint is uploaded in a background thread (the step never waits), followed by
@@ -398,7 +392,7 @@ class RemoteWorkdir:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self.pending: list = []
         self.failed = 0
-        if _is_main():
+        if is_main_process():
             checkpoints.on_commit.append(self.committed)
 
     def committed(self, step: int, path: Path) -> None:
@@ -429,7 +423,7 @@ class RemoteWorkdir:
                 self._guarded(f"removing checkpoint {old}", storage.delete_prefix, old_uri, self.endpoint)
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
-        if not _is_main():
+        if not is_main_process():
             return
         self.checkpoints.wait()
         for future in self.pending:
@@ -466,7 +460,7 @@ def resume_from_remote(workdir: Path, remote: str, endpoint_url: str = "") -> in
     return step
 
 
-class WeightPlot:
+class WeightPlot(Hook):
     """Sums the token-weight histogram over the run; at the end writes ``weight_distribution.png`` and logs it."""
 
     def __init__(self, path: Path, tracker):
@@ -478,7 +472,7 @@ class WeightPlot:
             self.hist += event.weight_hist
 
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
-        if status == "FINISHED" and _is_main() and self.hist.sum():
+        if status == "FINISHED" and is_main_process() and self.hist.sum():
             plot_weights(self.hist, self.path)
             edges = np.linspace(0.0, step_lib.WEIGHT_HIST_MAX, step_lib.WEIGHT_HIST_BINS + 1)
             atomic_write_text(
@@ -488,7 +482,7 @@ class WeightPlot:
             self.tracker.log_artifact(self.path)
 
 
-class CloseTracker:
+class CloseTracker(Hook):
     """Ends the MLflow run with the loop's status (add it last)."""
 
     def __init__(self, tracker):

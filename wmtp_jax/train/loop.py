@@ -17,22 +17,25 @@ import numpy as np
 from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint import ensure_orbax, load_model
 from wmtp_jax.checkpoint.micro import write_micro_models
-from wmtp_jax.config import layout_options, model_options
 from wmtp_jax.data import assets
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
 from wmtp_jax.data.prepare import data_sha256, prepare_cached
 from wmtp_jax.data.records import RecordIndex, index_path
-from wmtp_jax.data.sampling import SamplingConfig, allowed, build_plan, epoch_size, shard_plan
+from wmtp_jax.data.sampling import allowed, build_plan, epoch_size, shard_plan
 from wmtp_jax.data.tokenizer import load_tokenizer
+from wmtp_jax.distributed import is_main_process
+from wmtp_jax.eval.benchmarks import BENCHMARKS
 from wmtp_jax.files import atomic_write_text
-from wmtp_jax.model.lora import LoraConfig, apply_lora, quantize_base
+from wmtp_jax.model.config import layout_options, model_options
+from wmtp_jax.model.lora import apply_lora, quantize_base
 from wmtp_jax.model.mtp import with_mlp_value_head
+from wmtp_jax.sandbox.execution import start_worker_pool
 from wmtp_jax.schema import Section
 from wmtp_jax.tracking import Tracker, redact
-from wmtp_jax.train import hooks
-from wmtp_jax.train.objectives import CriticConfig, objective_of, second_model, second_model_dtypes, trained_model
+from wmtp_jax.train import eval_hooks, hooks
+from wmtp_jax.train.objectives import objective_of, second_model, second_model_dtypes, trained_model
 from wmtp_jax.train.step import OptimizerConfig, StepConfig
-from wmtp_jax.train.trainer import NonFiniteError, Trainer
+from wmtp_jax.train.trainer import Hook, NonFiniteError, Trainer
 
 __all__ = [
     "Inputs",
@@ -68,7 +71,6 @@ class LoopConfig(Section):
     eval_at_end: bool = False
 
     def problems(self, prefix: str = "train") -> list[str]:
-        from wmtp_jax.eval.benchmarks import BENCHMARKS
 
         c = self.checker(prefix)
         for key in ("batch_size", "log_every", "eval_batches", "max_nonfinite_steps"):
@@ -125,7 +127,7 @@ def _packed_records_per_row(c, index: RecordIndex) -> float:
     """Mean records per packed row of ``max(data.buckets)`` tokens, from the index's token lengths (an estimate:
     it assumes full rows; first-fit packing leaves a little room at the end of each)."""
     row = max(c.data.buckets)
-    lengths = np.minimum(index.length[allowed(index, SamplingConfig.from_config(c.data))], row)
+    lengths = np.minimum(index.length[allowed(index, c.data)], row)
     return row / max(float(lengths.mean()) if len(lengths) else 1.0, 1.0)
 
 
@@ -134,20 +136,18 @@ def resolve_schedule(c, index: RecordIndex):
     rows per step, ``num_epochs`` > 0 the steps (epochs of ``data.strategy``'s draws, ``sampling.epoch_size``; with
     packing counted in tokens). ``c`` itself is unchanged; the resolved values are printed and end up in
     config.json."""
-    c = c.copy_and_resolve_references()
-    rows = batch_rows(c)
+    rows, steps = batch_rows(c), c.train.num_steps
     if c.train.batch_tokens:
-        c.train.batch_size = rows
         print(f"train.batch_tokens={c.train.batch_tokens}: {rows} packed rows of {max(c.data.buckets)} tokens per step")
     if c.train.num_epochs:
-        draws = epoch_size(index, SamplingConfig.from_config(c.data))
+        draws = epoch_size(index, c.data)
         per_step = rows * (_packed_records_per_row(c, index) if c.data.pack else 1.0)
-        c.train.num_steps = max(1, math.ceil(c.train.num_epochs * draws / per_step))
+        steps = max(1, math.ceil(c.train.num_epochs * draws / per_step))
         print(
-            f"train.num_epochs={c.train.num_epochs}: {c.train.num_steps} steps ({draws} {c.data.strategy} draws per "
+            f"train.num_epochs={c.train.num_epochs}: {steps} steps ({draws} {c.data.strategy} draws per "
             f"epoch, {per_step:.1f} records per step)"
         )
-    return c
+    return dataclasses.replace(c, train=dataclasses.replace(c.train, batch_size=rows, num_steps=steps))
 
 
 def plan_draws(c, index: RecordIndex) -> int:
@@ -190,18 +190,20 @@ def _prepare_micro_data(kind: str, cache_dir: Path, max_length: int) -> tuple[Pa
 
 def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
     """The Trainer for ``c.objective`` with the policy (and reference) restored into ``mesh``."""
-    model = load_model(inputs.model_dir, mesh, **model_options(c))
-    critic = CriticConfig.from_config(c.critic)
+    model = load_model(inputs.model_dir, mesh, **model_options(c.model))
+    critic = c.critic
     if c.objective == "critic" and critic.head == "mlp" and not model.cfg.value_head_hidden:
         with_mlp_value_head(model, critic.head_hidden, mesh, seed=c.seed, dropout=critic.head_dropout)
-    lora = LoraConfig.from_config(c.model.lora)
+    lora = c.model.lora
     if lora.enabled:
         apply_lora(model, lora, mesh, seed=c.seed)
     reference = None
     if inputs.reference_dir:
         # frozen: stored in its compute dtype (every weight is cast to it anyway, so results are unchanged)
         dtype, param_dtype, quantize = second_model_dtypes(c)
-        reference = load_model(inputs.reference_dir, mesh, dtype=dtype, param_dtype=param_dtype, **layout_options(c))
+        reference = load_model(
+            inputs.reference_dir, mesh, dtype=dtype, param_dtype=param_dtype, **layout_options(c.model)
+        )
         if quantize:
             quantize_base(reference, quantize, mesh)
         if not objective_of(c).separate_critic and reference.cfg.vocab_size != model.cfg.vocab_size:
@@ -215,7 +217,7 @@ def build_trainer(c, inputs: Inputs, mesh) -> Trainer:
 def make_trainer(c, model, reference, mesh) -> Trainer:
     """The Trainer of config ``c`` for ``model`` (and the frozen ``reference``, or None); the models may be
     abstract (``dry_run``)."""
-    loop = LoopConfig.from_config(c.train)
+    loop = c.train
     return Trainer(
         objective_of(c),
         model,
@@ -237,7 +239,7 @@ def _early_stopped(final_dir: Path) -> bool:
 def _validation_batches(c, inputs: Inputs, tok, whole: bool = False):
     """A function yielding this process's validation batches: the first ``eval_batches`` global batches, or with
     ``whole`` every full batch of the split (the critic's held-out set)."""
-    loop = LoopConfig.from_config(c.train)
+    loop = c.train
     pipeline = PipelineConfig(batch_size=loop.batch_size // jax.process_count(), buckets=tuple(c.data.buckets))
 
     def batches():
@@ -249,56 +251,137 @@ def _validation_batches(c, inputs: Inputs, tok, whole: bool = False):
     return batches
 
 
+@dataclasses.dataclass
+class RunHooks:
+    """The standard hooks of a training run: ``ordered`` as ``(hook, every)`` in the order they run, and the ones
+    whose results ``train`` returns."""
+
+    ordered: list[tuple[Hook, int]]
+    metrics: hooks.MetricsLog
+    tracker: Tracker
+    quality_at_end: eval_hooks.CriticQualityAtEnd | None
+
+
+def standard_hooks(
+    c, trainer: Trainer, inputs: Inputs, checkpoints: hooks.Checkpoints, tracker: Tracker, tok, start: int
+) -> RunHooks:
+    """Every hook of a training run, in the one order that works. Hooks run in the order given, and a hook sees
+    the metrics that the hooks before it added to the step's event:
+
+    1. measure: ``ProgressBar``; ``Validation`` (``val_loss``), ``ValidationPassAtK`` (``val/{benchmark}/pass@1``)
+       and ``CriticQuality`` (``val/critic/*``), at every checkpoint or ``train.eval_every_steps``;
+    2. decide: ``EarlyStopping`` reads the measured metric;
+    3. record: ``MetricsLog`` writes one row per step with everything measured; ``Checkpoints`` saves (and keeps
+       the best by the measured metric);
+    4. at the end, in dependency order: ``ExportFinal`` writes ``final/``; then what reads ``final/``
+       (``CriticQualityAtEnd``, ``ExportHF``, ``EvalAtEnd``) and the weight plot; ``RemoteWorkdir`` uploads once
+       every file is written; ``CloseTracker`` ends the MLflow run last.
+    """
+    loop = c.train
+    workdir = Path(c.workdir)
+    every = checkpoints.config.every_steps
+    early = c.train.early_stopping
+    ordered: list[tuple[Hook, int]] = [(hooks.ProgressBar(loop.num_steps, start, c.objective), 1)]
+    if inputs.validation:
+        ordered.append((hooks.Validation(_validation_batches(c, inputs, tok), trainer.step_config.ce_chunk), every))
+    isolation = start_worker_pool() if loop.eval_every_steps or loop.eval_at_end else ""  # normally started by main
+    if loop.eval_every_steps:
+        settings = eval_hooks.validation_settings(c)
+        ordered.append(
+            (eval_hooks.ValidationPassAtK(settings, tok, isolation=isolation, seed=c.seed), loop.eval_every_steps)
+        )
+    quality = None
+    if trainer.objective.trains_value_head and inputs.validation:  # the critic measured on held-out labelled data
+        held_out = _validation_batches(c, inputs, tok, whole=True)
+        quality = eval_hooks.CriticQuality(lambda: (sharding.global_batch(b, trainer.mesh) for b in held_out()))
+        ordered.append((quality, every))
+    if early.metric:
+        ordered.append((hooks.EarlyStopping(early), 1))
+    metrics = hooks.MetricsLog(workdir, tracker, loop.log_every)
+    ordered += [(metrics, 1), (checkpoints, 1)]  # checkpoints decide themselves when to save
+    lora = c.model.lora
+    export = hooks.ExportFinal(
+        workdir / "final",
+        checkpoints,
+        checkpoints.config.final,
+        adapters=None if c.export.merge_lora or not lora.enabled else (inputs.model_dir, dataclasses.asdict(lora)),
+        objective=c.objective,
+        steps=loop.num_steps,
+    )
+    ordered.append((export, 1))
+    quality_at_end = None
+    if quality is not None:
+        quality_at_end = eval_hooks.CriticQualityAtEnd(quality, export, tracker, workdir)
+        ordered.append((quality_at_end, 1))
+    if c.export.hf:
+        if c.export.hf_head > trainer.model_cfg.n_future_tokens:
+            raise ValueError(
+                f"export.hf_head={c.export.hf_head}: the model has {trainer.model_cfg.n_future_tokens} "
+                "next-token heads (1 = the next token)"
+            )
+        ordered.append((hooks.ExportHF(workdir / "final", workdir / "final_hf", c.export.hf_head, c.tokenizer), 1))
+    if loop.eval_at_end:
+        at_end = eval_hooks.EvalAtEnd(c.eval, tok, tracker, workdir / "eval", export, isolation=isolation, seed=c.seed)
+        ordered.append((at_end, 1))
+    ordered.append((hooks.WeightPlot(workdir / "weight_distribution.png", tracker), 1))
+    if c.storage.remote_workdir:
+        remote = hooks.RemoteWorkdir(workdir, c.storage.remote_workdir, checkpoints, c.storage.endpoint_url)
+        ordered.append((remote, 1))
+    ordered.append((hooks.CloseTracker(tracker), 1))
+    return RunHooks(ordered, metrics, tracker, quality_at_end)
+
+
+def _checkpoints(c, workdir: Path, iterator) -> hooks.Checkpoints:
+    """The train-state checkpoints of ``workdir`` (the best by the early-stopping metric kept and exported when
+    early stopping is on), after fetching the newest remote checkpoint when ``storage.remote_workdir`` is set."""
+    early = c.train.early_stopping
+    config = c.checkpoint
+    if early.metric:
+        config = dataclasses.replace(config, best_metric=early.metric, best_mode=early.mode, final="best")
+    remote = c.storage.remote_workdir
+    if remote:  # a fresh node: the newest complete remote checkpoint (and the metrics so far) come down first
+        resumed = hooks.resume_from_remote(workdir, remote, c.storage.endpoint_url)
+        if resumed is not None:
+            print(f"resuming from {remote}/checkpoints/{resumed}")
+    return hooks.Checkpoints(workdir / "checkpoints", iterator, config)
+
+
+def _training_batches(c, inputs: Inputs, index: RecordIndex, tok, trainer: Trainer):
+    """This process's Grain iterator over the deterministic plan (checkpointable: its position is saved)."""
+    loop = c.train
+    plan = build_plan(index, c.data, plan_draws(c, index), c.seed)
+    local = shard_plan(plan, loop.batch_size, jax.process_index(), jax.process_count())
+    table = trainer.objective.reference_table
+    reference_ce = ReferenceCE(table) if table else None
+    pipeline = PipelineConfig.from_config(c.data, batch_size=loop.batch_size // jax.process_count())
+    return iter(make_dataset(inputs.train, index.offsets(local), tok, pipeline, rows=local, reference_ce=reference_ce))
+
+
 def train(c) -> dict:
-    """Runs (or resumes) training; returns ``{"final_dir", "steps", "losses"}`` (losses: step -> loss)."""
+    """Runs (or resumes) training: prepare inputs -> build the trainer -> build the hooks -> run. Returns
+    ``{"final_dir", "steps", "losses", "mlflow_failed_calls", "critic_quality"}`` (losses: step -> loss)."""
     workdir = Path(c.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     final_dir = workdir / "final"
     if _early_stopped(final_dir):  # a finished early-stopped run is not trained further when re-run
         print(f"{workdir}: already stopped early ({final_dir / 'selection.json'}); nothing to do")
-        return {
-            "final_dir": final_dir,
-            "steps": json.loads((final_dir / "selection.json").read_text())["step"],
-            "losses": {},
-        }
+        step = json.loads((final_dir / "selection.json").read_text())["step"]
+        return {"final_dir": final_dir, "steps": step, "losses": {}}
+    # inputs
     inputs = distributed.main_process_first(lambda: prepare(c), "prepare_inputs")
     index = RecordIndex.load(index_path(inputs.train))
     c = resolve_schedule(c, index)
-    is_main = jax.process_index() == 0
-    if is_main:
-        atomic_write_text(workdir / "config.json", redact(c.to_json_best_effort(indent=2)))
+    if is_main_process():
+        atomic_write_text(workdir / "config.json", redact(c.to_json(indent=2)))
         atomic_write_text(workdir / "inputs.json", json.dumps(dataclasses.asdict(inputs), indent=2) + "\n")
-    mesh = sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor)
-    trainer = build_trainer(c, inputs, mesh)
+    # trainer, data and the state to start from
+    trainer = build_trainer(c, inputs, sharding.make_mesh(c.mesh.data, c.mesh.fsdp, c.mesh.tensor))
     tok = load_tokenizer(c.tokenizer)
-    loop = LoopConfig.from_config(c.train)
-
-    plan = build_plan(index, SamplingConfig.from_config(c.data), plan_draws(c, index), c.seed)
-    local = shard_plan(plan, loop.batch_size, jax.process_index(), jax.process_count())
-    table = trainer.objective.reference_table
-    reference_ce = ReferenceCE(table) if table else None
-    pipeline = PipelineConfig.from_config(c.data, batch_size=loop.batch_size // jax.process_count())
-    iterator = iter(
-        make_dataset(inputs.train, index.offsets(local), tok, pipeline, rows=local, reference_ce=reference_ce)
-    )
-
-    early = hooks.EarlyStoppingConfig.from_config(c.train.early_stopping)
-    checkpoint_config = hooks.CheckpointConfig.from_config(c.checkpoint)
-    if early.metric:  # the best checkpoint by the early-stopping metric is kept and becomes final/
-        checkpoint_config = dataclasses.replace(
-            checkpoint_config, best_metric=early.metric, best_mode=early.mode, final="best"
-        )
-    remote, endpoint = c.storage.remote_workdir, c.storage.endpoint_url
-    if remote:  # a fresh node: the newest complete remote checkpoint (and the metrics so far) come down first
-        resumed = hooks.resume_from_remote(workdir, remote, endpoint)
-        if resumed is not None:
-            print(f"resuming from {remote}/checkpoints/{resumed}")
-    checkpoints = hooks.Checkpoints(workdir / "checkpoints", iterator, checkpoint_config)
-    every = checkpoint_config.every_steps
+    iterator = _training_batches(c, inputs, index, tok, trainer)
+    checkpoints = _checkpoints(c, workdir, iterator)
     state = checkpoints.restore(trainer) or trainer.initial_state()
     start = int(state.step)
-
-    tracker = Tracker(c, workdir, parent_run_id=c.mlflow.get("parent_run_id") or None)
+    tracker = Tracker(c, workdir, parent_run_id=c.mlflow.parent_run_id or None)
     if start == 0:
         tracker.log_artifact(workdir / "config.json")
         tracker.log_params(
@@ -308,71 +391,21 @@ def train(c) -> dict:
                 "inputs.model_dir": inputs.model_dir,
             }
         )
-    trainer.add_hook(hooks.ProgressBar(loop.num_steps, start, c.objective))
-    if inputs.validation:
-        trainer.add_hook(
-            hooks.Validation(_validation_batches(c, inputs, tok), trainer.step_config.ce_chunk), every=every
-        )
-    if loop.eval_every_steps or loop.eval_at_end:
-        from wmtp_jax.eval.execution import start_worker_pool
-        from wmtp_jax.train import eval_hooks
-
-        isolation = start_worker_pool()  # normally already started by wmtp_jax.main, before JAX
-    if loop.eval_every_steps:
-        trainer.add_hook(
-            eval_hooks.ValidationPassAtK(eval_hooks.validation_settings(c), tok, isolation=isolation, seed=c.seed),
-            every=loop.eval_every_steps,
-        )
-    quality = None
-    if trainer.objective.trains_value_head and inputs.validation:  # the critic measured on held-out labelled data
-        from wmtp_jax.train import eval_hooks
-
-        held_out = _validation_batches(c, inputs, tok, whole=True)
-        quality = eval_hooks.CriticQuality(lambda: (hooks.global_batch(b, mesh) for b in held_out()))
-        trainer.add_hook(quality, every=every)
-    if early.metric:
-        trainer.add_hook(hooks.EarlyStopping(early))
-    metrics = hooks.MetricsLog(workdir, tracker, loop.log_every)  # after the measuring hooks: one row per step
-    trainer.add_hook(metrics)
-    trainer.add_hook(checkpoints)  # saves every checkpoint.every_steps, at the end, and when the metric was measured
-    lora = LoraConfig.from_config(c.model.lora)
-    export = hooks.ExportFinal(
-        final_dir,
-        checkpoints,
-        checkpoint_config.final,
-        adapters=None if c.export.merge_lora or not lora.enabled else (inputs.model_dir, dataclasses.asdict(lora)),
-        objective=c.objective,
-        steps=loop.num_steps,
-    )
-    trainer.add_hook(export)
-    quality_at_end = None
-    if quality is not None:
-        quality_at_end = eval_hooks.CriticQualityAtEnd(quality, export, tracker, workdir)
-        trainer.add_hook(quality_at_end)
-    if c.export.hf:
-        if c.export.hf_head > trainer.model_cfg.n_future_tokens:
-            raise ValueError(
-                f"export.hf_head={c.export.hf_head}: the model has {trainer.model_cfg.n_future_tokens} "
-                "next-token heads (1 = the next token)"
-            )
-        trainer.add_hook(hooks.ExportHF(final_dir, workdir / "final_hf", c.export.hf_head, c.tokenizer))
-    if loop.eval_at_end:
-        trainer.add_hook(
-            eval_hooks.EvalAtEnd(c.eval, tok, tracker, workdir / "eval", export, isolation=isolation, seed=c.seed)
-        )
-    trainer.add_hook(hooks.WeightPlot(workdir / "weight_distribution.png", tracker))
-    if remote:
-        trainer.add_hook(hooks.RemoteWorkdir(workdir, remote, checkpoints, endpoint))
-    trainer.add_hook(hooks.CloseTracker(tracker))
-    batches = (hooks.global_batch(batch, mesh) for batch in iterator)
+    # hooks
+    run_hooks = standard_hooks(c, trainer, inputs, checkpoints, tracker, tok, start)
+    for hook, every in run_hooks.ordered:
+        trainer.add_hook(hook, every=every)
+    # run
+    num_steps = c.train.num_steps
     try:
-        trainer.run(state, batches, loop.num_steps)
+        trainer.run(state, (sharding.global_batch(batch, trainer.mesh) for batch in iterator), num_steps)
     except NonFiniteError as e:
         raise NonFiniteError(f"{e}; checkpoints in {workdir / 'checkpoints'}") from None
+    quality = run_hooks.quality_at_end
     return {
         "final_dir": final_dir,
-        "steps": loop.num_steps,
-        "losses": metrics.losses,
+        "steps": num_steps,
+        "losses": run_hooks.metrics.losses,
         "mlflow_failed_calls": tracker.failed_calls,
-        "critic_quality": quality_at_end.result if quality_at_end is not None else None,
+        "critic_quality": quality.result if quality is not None else None,
     }

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax import alignment, losses
+from wmtp_jax.model.quant import QUANTIZED
 from wmtp_jax.schema import Section
 from wmtp_jax.weighting import rho1, td
 
@@ -338,15 +339,13 @@ def make_objective(
 
 def objective_of(c) -> Objective:
     """The objective a training config names (``c.objective`` with its ``weighting`` and ``critic`` sections)."""
-    critic = CriticConfig.from_config(c.get("critic") or {})  # configs written before the section existed: defaults
-    return make_objective(c.objective, WeightingConfig.from_config(c.weighting), critic)
+    return make_objective(c.objective, c.weighting, c.critic)
 
 
 def trained_model(c) -> str:
     """The checkpoint a training config trains (before ``model.init_from``): the separate critic in stage 1 with
     ``critic.model``, else ``model.checkpoint``."""
-    critic = c.get("critic") or {}
-    return critic.get("model") if c.objective == "critic" and critic.get("model") else c.model.checkpoint
+    return c.critic.model if c.objective == "critic" and c.critic.model else c.model.checkpoint
 
 
 def second_model(c) -> tuple[str, str]:
@@ -365,7 +364,6 @@ def second_model_dtypes(c) -> tuple[str, str, str]:
     ``critic.dtype``): frozen, its weights are stored in its compute dtype; "nf4" / "int8" compute in bfloat16 and
     store the block projections quantised (``lora.quantize_base``); a co-trained critic keeps master weights in
     ``model.param_dtype``, like the policy."""
-    from wmtp_jax.model.lora import QUANTIZED
 
     dtype = second_model(c)[1]
     if dtype in QUANTIZED:

@@ -70,7 +70,7 @@ class OptimizerConfig(Section):
     """AdamW with linear warmup and cosine decay from the ``train`` section (``num_steps`` is the schedule length)."""
 
     learning_rate: float = 1e-5
-    warmup_steps: int = 0
+    warmup_steps: int = 50
     num_steps: int = 1000
     end_lr_fraction: float = 0.1
     b1: float = 0.9

@@ -1,16 +1,16 @@
 """The Trainer: one objective, its model(s), the optimizer and the jitted step, with hooks around the loop.
 
     trainer = Trainer(objective, model, mesh=mesh, step_config=StepConfig(...), optimizer=OptimizerConfig(...))
-    trainer.add_hook(MetricsFile(workdir), every=1)
+    trainer.add_hook(MetricsLog(workdir, tracker), every=1)
     state = trainer.initial_state()          # or restored from a checkpoint
     state = trainer.run(state, batches, num_steps=100)
 
-A hook is any object with ``on_step(trainer, event)`` (called every ``every`` steps and at the last step)
-and / or ``on_end(trainer, event, status)`` (status ``FINISHED``, ``STOPPED`` after too many non-finite
+A hook is a ``Hook``: it overrides ``on_step(trainer, event)`` (called every ``every`` steps and at the last
+step) and / or ``on_end(trainer, event, status)`` (status ``FINISHED``, ``STOPPED`` after too many non-finite
 updates, or ``FAILED`` on an exception). Hooks run in the order they were added and may add entries to
 ``event.metrics`` for the hooks after them (validation adds ``val_loss`` before checkpointing reads it). The
 standard hooks (metrics file, MLflow, validation, checkpoints with a "committed" event, ``final/`` export,
-plots) live in ``wmtp_jax.train.hooks``.
+plots) live in ``wmtp_jax.train.hooks``; ``wmtp_jax.train.loop.standard_hooks`` assembles them in their order.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import jax
 import numpy as np
@@ -60,9 +59,19 @@ class StepEvent:
     weight_hist: np.ndarray | None = None
 
 
+class Hook:
+    """The hook protocol: subclass it and override ``on_step`` and / or ``on_end`` (both do nothing here)."""
+
+    def on_step(self, trainer: Trainer, event: StepEvent) -> None:
+        """After a step (every ``every`` steps of ``add_hook`` and at the last step); may add to ``event.metrics``."""
+
+    def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
+        """Once, when ``run`` ends: ``status`` is "FINISHED", "STOPPED" (non-finite updates) or "FAILED"."""
+
+
 @dataclasses.dataclass
 class _Registered:
-    hook: Any
+    hook: Hook
     every: int
 
 
@@ -212,8 +221,11 @@ class Trainer:
         return fn.lower(self.abstract_state(), self.frozen, self.reference_state, batch).compile()
 
     # ------------------------------------------------------------------------------------------ loop
-    def add_hook(self, hook, every: int = 1) -> None:
-        """Calls ``hook.on_step(trainer, event)`` every ``every`` steps and at the last step."""
+    def add_hook(self, hook: Hook, every: int = 1) -> None:
+        """Calls ``hook.on_step(trainer, event)`` every ``every`` steps and at the last step, and
+        ``hook.on_end`` when ``run`` ends; raises TypeError unless ``hook`` is a ``Hook``."""
+        if not isinstance(hook, Hook):
+            raise TypeError(f"{type(hook).__name__} is not a wmtp_jax.train.trainer.Hook (subclass it)")
         self.hooks.append(_Registered(hook, every))
 
     def request_stop(self, reason: str) -> None:
@@ -262,9 +274,8 @@ class Trainer:
                 hist = np.asarray(metrics["weight_hist"]) if "weight_hist" in metrics else None
                 event = StepEvent(step + 1, state, scalars, step + 1 == num_steps, hist)
                 for registered in self.hooks:
-                    on_step = getattr(registered.hook, "on_step", None)
-                    if on_step is not None and (event.last or event.step % registered.every == 0):
-                        on_step(self, event)
+                    if event.last or event.step % registered.every == 0:
+                        registered.hook.on_step(self, event)
                 if nonfinite_run >= self.max_nonfinite_steps:
                     status = "STOPPED"
                     raise NonFiniteError(
@@ -276,7 +287,5 @@ class Trainer:
             status = "FINISHED"
         finally:
             for registered in self.hooks:
-                on_end = getattr(registered.hook, "on_end", None)
-                if on_end is not None:
-                    on_end(self, event, status)
+                registered.hook.on_end(self, event, status)
         return state
