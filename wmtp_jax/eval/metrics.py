@@ -1,4 +1,4 @@
-"""pass@k with the unbiased estimator and a bootstrap interval over problems.
+"""pass@k with the unbiased estimator and a percentile bootstrap interval over problems.
 
 Source: Chen et al. 2021, "Evaluating Large Language Models Trained on Code", eq. 1:
 ``pass@k = E_problems[1 - C(n - c, k) / C(n, k)]`` for n samples of which c pass.
@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.stats
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -26,7 +27,21 @@ def mean_pass_at_k(n: Sequence[int], c: Sequence[int], k: int, *, bootstrap: int
     per_problem = np.asarray([pass_at_k(ni, ci, k) for ni, ci in zip(n, c)])
     if not len(per_problem):
         raise ValueError("mean_pass_at_k: no problems")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(per_problem), (bootstrap, len(per_problem)))
-    means = per_problem[draws].mean(axis=1)
-    return float(per_problem.mean()), (float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+    return float(per_problem.mean()), bootstrap_ci(per_problem, resamples=bootstrap, seed=seed)
+
+
+def bootstrap_ci(values: Sequence[float] | np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """The percentile 95% interval of ``mean(values)`` over ``resamples`` resamples with replacement
+    (``scipy.stats.bootstrap``, ``method="percentile"``; Efron & Tibshirani 1993, ch. 13) from a fixed seed.
+    ``values``: float ``[N]``, e.g. per-problem pass@k or paired differences; constant values give
+    ``(value, value)``."""
+    values = np.asarray(values, np.float64)
+    result = scipy.stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=resamples,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -5,12 +5,12 @@ arm B on the same N problems, ``d_i = r_i(A) - r_i(B)`` with ``r_i`` the unbiase
 al. 2021, eq. 1; for k = 1 the pass rate ``c_i / n_i``); the effect is ``mean(d)``.
 
 - 95% interval: paired bootstrap over problems (the same resampled indices for both arms; Efron & Tibshirani
-  1993, percentile interval), ``resamples`` (>= 1000) draws from a fixed seed.
+  1993, percentile interval), ``resamples`` (>= 1000) draws from a fixed seed (``scipy.stats.bootstrap``).
 - p-value: the sign-flip (paired permutation) test (Fisher 1935; Good 2005, *Permutation, Parametric and
   Bootstrap Tests of Hypotheses*): under H0 each ``d_i`` is symmetric around 0. With at most
   ``EXACT_MAX`` non-zero ``d_i`` every sign pattern is enumerated (exact); otherwise ``flips`` random patterns,
   p = (1 + #{|mean| >= |observed|}) / (1 + flips) (Phipson & Smyth 2010: a Monte-Carlo p-value is never 0).
-  Two-sided. Identical arms give p = 1.
+  Two-sided. Identical arms give p = 1. Computed by ``scipy.stats.permutation_test``.
 - Several seeds of one arm are pooled per problem (samples and passes added up), never averaged as pass@k.
 """
 
@@ -20,11 +20,11 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+import scipy.stats
 
-from wmtp_jax.eval.metrics import pass_at_k
+from wmtp_jax.eval.metrics import bootstrap_ci, pass_at_k
 
 EXACT_MAX = 16  # non-zero differences up to which the sign-flip test enumerates all 2^m patterns
-_TIE = 1e-12  # |flipped mean| counts as "at least as extreme" within this tolerance (float sums)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,33 +83,40 @@ class PairedComparison:
 
 
 def sign_flip_p_value(d: np.ndarray, *, flips: int = 10_000, seed: int = 0) -> tuple[float, str, int]:
-    """Two-sided sign-flip p-value of ``mean(d) = 0``: ``(p, "exact" | "monte-carlo", patterns used)``."""
+    """Two-sided sign-flip p-value of ``mean(d) = 0``: ``(p, "exact" | "monte-carlo", patterns used)``.
+
+    ``scipy.stats.permutation_test`` with ``permutation_type="samples"`` on the one sample of non-zero
+    differences (it flips their signs) and the statistic ``|sum(d)| / len(d)`` with ``alternative="greater"``, so
+    the p-value counts the patterns at least as extreme in either direction. Zero differences never change sign,
+    so only the ``m`` non-zero ones are flipped: every one of the ``2^m`` patterns when ``m <= EXACT_MAX``
+    (scipy enumerates them), else ``flips`` random patterns, for which scipy returns ``(1 + #extreme) / (1 +
+    flips)``."""
     d = np.asarray(d, np.float64)
-    observed = abs(d.mean()) if d.size else 0.0
     nonzero = d[d != 0]
     m = nonzero.size
     if m == 0:
         return 1.0, "exact", 1
-    if m <= EXACT_MAX:
-        patterns = ((np.arange(2**m)[:, None] >> np.arange(m)) & 1) * 2 - 1  # every sign vector, [2^m, m]
-        means = np.abs(patterns @ nonzero) / d.size
-        return float(np.mean(means >= observed - _TIE)), "exact", 2**m
-    if flips < 10_000:
+    exact = m <= EXACT_MAX
+    if not exact and flips < 10_000:
         raise ValueError(f"flips={flips}: at least 10,000 random sign patterns are needed")
-    rng = np.random.default_rng(seed)
-    means = np.abs(rng.choice((-1.0, 1.0), size=(flips, m)) @ nonzero) / d.size
-    return float((1 + np.sum(means >= observed - _TIE)) / (1 + flips)), "monte-carlo", flips
+    result = scipy.stats.permutation_test(
+        (nonzero,),
+        lambda x, axis: np.abs(np.sum(x, axis=axis)) / d.size,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else flips,
+        alternative="greater",
+        random_state=np.random.default_rng(seed),
+    )
+    return float(result.pvalue), ("exact" if exact else "monte-carlo"), (2**m if exact else flips)
 
 
 def paired_bootstrap_ci(d: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Percentile 95% interval of ``mean(d)`` over problems resampled with replacement (the same indices for both
-    arms, which ``d`` already pairs)."""
+    arms, which ``d`` already pairs): ``eval.metrics.bootstrap_ci``."""
     if resamples < 1000:
         raise ValueError(f"resamples={resamples}: at least 1000 bootstrap resamples are needed")
-    d = np.asarray(d, np.float64)
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, (resamples, d.size))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return bootstrap_ci(d, resamples=resamples, seed=seed)
 
 
 def compare(
