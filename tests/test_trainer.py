@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from wmtp_jax import sharding
+from wmtp_jax.checkpoint.train_state import CheckpointConfig
 from wmtp_jax.model import ModelConfig, create_model
 from wmtp_jax.train import hooks
 from wmtp_jax.train.objectives import OBJECTIVES, make_objective
@@ -98,7 +99,7 @@ def test_checkpoint_committed_event_follows_each_finished_checkpoint(mesh, tmp_p
     trainer = tiny_trainer(mesh)
     batches = Batches(mesh)
     checkpoints = hooks.Checkpoints(
-        tmp_path / "ckpt", batches, hooks.CheckpointConfig(every_steps=2, keep=5, async_save=async_save)
+        tmp_path / "ckpt", batches, CheckpointConfig(every_steps=2, keep=5, async_save=async_save)
     )
     committed = []
 
@@ -166,7 +167,7 @@ def test_early_stopping_stops_at_the_right_step_and_exports_the_best_checkpoint(
     trainer = tiny_trainer(mesh)
     batches = Batches(mesh)
     scripted = Scripted({2: 0.5, 4: 0.7, 6: 0.69, 8: 0.5, 10: 0.9})
-    config = hooks.CheckpointConfig(every_steps=100, keep=1, best_metric="score", best_mode="max", async_save=False)
+    config = CheckpointConfig(every_steps=100, keep=1, best_metric="score", best_mode="max", async_save=False)
     checkpoints = hooks.Checkpoints(tmp_path / "ckpt", batches, config)
     saved = {}
     checkpoints.on_commit.append(lambda step, directory: saved.setdefault(step, directory))

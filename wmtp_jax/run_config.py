@@ -18,10 +18,11 @@ from typing import Any
 
 import ml_collections
 
+from wmtp_jax.checkpoint.train_state import CheckpointConfig
 from wmtp_jax.data.sampling import SamplingConfig
 from wmtp_jax.model.lora import LoraConfig
 from wmtp_jax.schema import ConfigError, Section, frozen
-from wmtp_jax.train.hooks import CheckpointConfig, EarlyStoppingConfig
+from wmtp_jax.train.hooks import EarlyStoppingConfig
 from wmtp_jax.train.loop import LoopConfig
 from wmtp_jax.train.objectives import CriticConfig, WeightingConfig
 from wmtp_jax.train.step import OptimizerConfig, StepConfig

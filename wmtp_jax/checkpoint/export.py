@@ -34,20 +34,19 @@ import numpy as np
 import orbax.checkpoint.experimental.v1 as ocp
 import torch
 
-from wmtp_jax.checkpoint.convert import VALUE_HEAD_FILE, ensure_orbax, hf_rules, is_orbax_model_dir, meta_rules
-from wmtp_jax.checkpoint.policy import _lora_config, _starting_model, training_step
+from wmtp_jax.checkpoint.convert import VALUE_HEAD_FILE, ensure_orbax, hf_rules, meta_rules
 from wmtp_jax.checkpoint.store import (
     PARAMS_DIR,
     CheckpointError,
     disk_name,
     flatten,
-    is_adapter_dir,
     model_name,
     partial_load,
     read_adapter_config,
     read_config,
     unflatten,
 )
+from wmtp_jax.checkpoint.train_state import Resolved, resolve, run_lora_config, starting_model
 from wmtp_jax.data.assets import TOKENIZER
 from wmtp_jax.model import ModelConfig
 from wmtp_jax.model.lora import LoraConfig
@@ -179,11 +178,10 @@ def _layered_source(
     return _Source(cfg, names, read, description)
 
 
-def _workdir_source(path: Path) -> _Source:
+def _workdir_source(found: Resolved) -> _Source:
     """A training workdir's latest checkpoint or one ``checkpoints/STEP``: its trained parameters read one leaf at
     a time from the train state (the optimizer state is never read) over its starting model."""
-
-    workdir, step_dir = training_step(path.absolute())
+    workdir, step_dir = found.workdir, found.step_dir
     stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")
     if stored is None:
         raise CheckpointError(f"{step_dir}/state: no 'params' in this train state")
@@ -194,9 +192,9 @@ def _workdir_source(path: Path) -> _Source:
     by_model = {model_name(n.removesuffix("/value")): n for n in stored}  # train-state names end in "/value"
     shapes = _shapes(stored)
     trained = {m: shapes[n] for m, n in by_model.items()}
-    base = _starting_model(workdir)
+    base = starting_model(workdir)
     description = f"training checkpoint {step_dir} (step {step_dir.name}; base {base})"
-    return _layered_source(base, trained, lambda m: read_stored(by_model[m]), _lora_config(workdir), description)
+    return _layered_source(base, trained, lambda m: read_stored(by_model[m]), run_lora_config(workdir), description)
 
 
 def _adapter_source(path: Path) -> _Source:
@@ -219,14 +217,14 @@ def open_source(src: str | Path, cache_dir: str | Path = "artifacts/converted") 
             f"{src}: not a model directory; expected an Orbax model directory (model_config.json + params/), "
             "a training workdir, a workdir's checkpoints/STEP or a torch checkpoint directory"
         )
-    if is_orbax_model_dir(src):
+    found = resolve(src)
+    if found.kind == "model":
         return _orbax_source(src)
-
-    if is_adapter_dir(src):
+    if found.kind == "adapters":
         return _adapter_source(src)
-    if training_step(src.absolute()) is None:  # torch: the cached conversion is itself streamed
+    if found.kind == "torch":  # the cached conversion is itself streamed
         return _orbax_source(ensure_orbax(src, cache_dir))
-    return _workdir_source(src)
+    return _workdir_source(found)
 
 
 def _cast(x: np.ndarray, dtype: str | None) -> torch.Tensor:

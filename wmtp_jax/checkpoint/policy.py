@@ -12,7 +12,6 @@ Accepted ``path``:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -20,12 +19,11 @@ import orbax.checkpoint.experimental.v1 as ocp
 from flax import nnx
 from jax.sharding import Mesh
 
-from wmtp_jax.checkpoint.convert import ensure_orbax, is_orbax_model_dir
+from wmtp_jax.checkpoint.convert import ensure_orbax
 from wmtp_jax.checkpoint.store import (
     PARAMS_DIR,
     CheckpointError,
     flatten,
-    is_adapter_dir,
     load_model,
     model_name,
     param_tree,
@@ -33,41 +31,9 @@ from wmtp_jax.checkpoint.store import (
     read_adapter_config,
     unflatten,
 )
+from wmtp_jax.checkpoint.train_state import resolve, run_lora_config, starting_model
 from wmtp_jax.model.lora import LoraConfig, apply_lora
 from wmtp_jax.model.mtp import with_mlp_value_head
-
-
-def training_step(path: Path) -> tuple[Path, Path] | None:
-    """``(workdir, step_dir)`` if ``path`` is a training workdir or one of its checkpoint steps."""
-    if (path / "checkpoints").is_dir() and (path / "config.json").is_file():
-        steps = sorted(
-            (int(p.name), p) for p in (path / "checkpoints").iterdir() if p.name.isdigit() and (p / "state").is_dir()
-        )
-        if not steps:
-            raise CheckpointError(f"{path}: a training workdir without any finished checkpoint in checkpoints/")
-        return path, steps[-1][1]
-    if (path / "state").is_dir() and path.parent.name == "checkpoints":
-        return path.parent.parent, path
-    return None
-
-
-def _starting_model(workdir: Path) -> Path:
-    """The Orbax model directory a training run started from: ``inputs.json``, or for runs written before it
-    existed, the model keys of ``config.json``."""
-    inputs = workdir / "inputs.json"
-    if inputs.is_file():
-        return Path(json.loads(inputs.read_text())["model_dir"])
-    model_cfg = json.loads((workdir / "config.json").read_text())["model"]
-    return Path(
-        model_cfg.get("init_from")
-        or ensure_orbax(model_cfg["checkpoint"], model_cfg["cache_dir"], vocab_size=model_cfg.get("vocab_size") or None)
-    )
-
-
-def _lora_config(workdir: Path) -> LoraConfig:
-    """The run's ``model.lora`` (runs written before LoRA existed have none: rank 0)."""
-    values = json.loads((workdir / "config.json").read_text())["model"].get("lora") or {}
-    return LoraConfig.from_config(values)
 
 
 def _model_mesh(model: nnx.Module):
@@ -78,12 +44,7 @@ def _model_mesh(model: nnx.Module):
 def convert_if_torch(path: str | Path, cache_dir: str | Path) -> None:
     """Converts ``path`` into ``cache_dir`` (once) if it is a torch checkpoint; anything else is left alone."""
     path = Path(path)
-    if (
-        path.is_dir()
-        and not is_orbax_model_dir(path)
-        and not is_adapter_dir(path)
-        and training_step(path.absolute()) is None
-    ):
+    if path.is_dir() and resolve(path).kind == "torch":
         ensure_orbax(path, cache_dir)
 
 
@@ -99,18 +60,18 @@ def load_policy(
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
-    if is_orbax_model_dir(path):
+    found = resolve(path)
+    if found.kind == "model":
         return load_model(path, mesh, **config_overrides), f"orbax model {path}"
-    if is_adapter_dir(path):
+    if found.kind == "adapters":
         return _load_adapters(path, mesh, config_overrides)
-    found = training_step(path.absolute())
-    if found is None:  # a torch checkpoint directory (the converter names anything it cannot read)
+    if found.kind == "torch":
         model_dir = ensure_orbax(path, cache_dir)
         return load_model(model_dir, mesh, **config_overrides), f"torch checkpoint {path} (converted: {model_dir})"
-    workdir, step_dir = found
-    base = _starting_model(workdir)
+    workdir, step_dir = found.workdir, found.step_dir
+    base = starting_model(workdir)
     model = load_model(base, mesh, **config_overrides)
-    lora = _lora_config(workdir)
+    lora = run_lora_config(workdir)
     if lora.enabled:  # the train state holds the adapters; they run unmerged
         apply_lora(model, lora, _model_mesh(model))
     stored = ocp.checkpointables_metadata(step_dir).metadata["state"].get("params")

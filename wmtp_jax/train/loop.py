@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from wmtp_jax import distributed, sharding
-from wmtp_jax.checkpoint import ensure_orbax, load_model
+from wmtp_jax.checkpoint import ensure_orbax, load_model, train_state
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
@@ -340,7 +340,7 @@ def _checkpoints(c, workdir: Path, iterator) -> hooks.Checkpoints:
         config = dataclasses.replace(config, best_metric=early.metric, best_mode=early.mode, final="best")
     remote = c.storage.remote_workdir
     if remote:  # a fresh node: the newest complete remote checkpoint (and the metrics so far) come down first
-        resumed = hooks.resume_from_remote(workdir, remote, c.storage.endpoint_url)
+        resumed = train_state.resume_from_remote(workdir, remote, c.storage.endpoint_url)
         if resumed is not None:
             print(f"resuming from {remote}/checkpoints/{resumed}")
     return hooks.Checkpoints(workdir / "checkpoints", iterator, config)
