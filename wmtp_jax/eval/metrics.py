@@ -33,9 +33,11 @@ def mean_pass_at_k(n: Sequence[int], c: Sequence[int], k: int, *, bootstrap: int
 def bootstrap_ci(values: Sequence[float] | np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """The percentile 95% interval of ``mean(values)`` over ``resamples`` resamples with replacement
     (``scipy.stats.bootstrap``, ``method="percentile"``; Efron & Tibshirani 1993, ch. 13) from a fixed seed.
-    ``values``: float ``[N]``, e.g. per-problem pass@k or paired differences; constant values give
-    ``(value, value)``."""
+    ``values``: float ``[N]``, N >= 1, e.g. per-problem pass@k or paired differences; constant values (one
+    problem included) give ``(value, value)``."""
     values = np.asarray(values, np.float64)
+    if values.size < 2:  # every resample of one value is that value (scipy asks for two or more)
+        return float(values.mean()), float(values.mean())
     result = scipy.stats.bootstrap(
         (values,),
         np.mean,
