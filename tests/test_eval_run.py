@@ -78,13 +78,13 @@ def test_eval_config_problems_are_reported_together():
 def test_rollouts_are_labelled_by_execution_and_indexed(tmp_path):
     sys.path.insert(0, str(REPO))
     from configs import rollout as rollout_config
-    from wmtp_jax.eval import run as eval_run
+    from wmtp_jax import rollout
 
     c = rollout_config.get_config("micro")
     c.model.checkpoint, c.model.cache_dir = str(tmp_path / "micro" / "mtp_meta"), str(tmp_path / "converted")
     c.workdir, c.rollout.limit = str(tmp_path / "rollout"), 2
     jobs.validate(c)
-    stats = eval_run.rollout(parse(c))
+    stats = rollout.run(parse(c))
     index = RecordIndex.load(tmp_path / "rollout" / "rollouts" / "train.index.npz")
     rows = [json.loads(line) for line in open(tmp_path / "rollout" / "rollouts" / "train.jsonl")]
     assert len(index) == len(rows) == stats["records"] and stats["records"] + stats["skipped"] == 4

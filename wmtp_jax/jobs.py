@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import ml_collections
 
-from wmtp_jax import forward
+from wmtp_jax import forward, rollout
 from wmtp_jax.eval import run as eval_run
 from wmtp_jax.eval.checks import generation_problems
 from wmtp_jax.run_checks import GENERATION_JOBS, common_problems
@@ -61,7 +61,7 @@ def run(c: RunConfig) -> str:
         runner.run(c)
         return "done"
     if c.job == "rollout":
-        eval_run.rollout(c)
+        rollout.run(c)
         return "done"
     if c.dry_run:
         dry_run.dry_run(c)

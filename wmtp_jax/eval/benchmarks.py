@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import gzip
-import json
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -83,15 +81,13 @@ class Outcome:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _jsonl(path: Path) -> Iterable[tuple[int, dict]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield line_no, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BenchmarkError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+def _rows(path: Path) -> Iterable[tuple[str, dict]]:
+    """``("file:line", object)`` of each line, read by ``data.prepare.read_rows`` (the one JSONL / parquet reader);
+    a line that is not a JSON object is a BenchmarkError naming the file, the line and why."""
+    for location, obj, reason in read_rows(path):
+        if obj is None:
+            raise BenchmarkError(f"{location}: {reason}")
+        yield location, obj
 
 
 def _get(row: dict, key: str, types, where: str):
@@ -113,8 +109,7 @@ def load_mbpp(path: str | Path = assets.MBPP, *, split: str = "test", prompt_for
         raise ValueError(f"MBPP prompt_format={prompt_format!r}: expected one of {list(MBPP_FORMATS)}")
     path = Path(path)
     rows = {}
-    for line_no, row in _jsonl(path):
-        where = f"{path}:{line_no}"
+    for where, row in _rows(path):
         task_id = _get(row, "task_id", int, where)
         for key, types in (("text", str), ("code", str), ("test_list", list)):
             _get(row, key, types, where)
@@ -152,8 +147,7 @@ def load_humaneval(path: str | Path = assets.HUMANEVAL) -> list[Problem]:
     """The 164 HumanEval problems; reference = the canonical solution."""
     path = Path(path)
     problems = []
-    for line_no, row in _jsonl(path):
-        where = f"{path}:{line_no}"
+    for where, row in _rows(path):
         f = {k: _get(row, k, str, where) for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
         problems.append(
             Problem(

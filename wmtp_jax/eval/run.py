@@ -1,4 +1,5 @@
-"""The ``eval`` and ``rollout`` jobs: restore a policy, generate, execute, then report pass@k or write data.
+"""The ``eval`` job: restore a policy, generate, execute, then report pass@k (``wmtp_jax.rollout`` writes data
+with the same steps).
 
 One benchmark flows: ``benchmarks.load`` (problems) -> ``Generator.generate`` (completions, on the mesh)
 -> ``benchmarks.check`` (sandboxed execution) -> ``metrics.mean_pass_at_k`` -> results.json / samples.jsonl /
@@ -18,9 +19,6 @@ from tqdm.auto import tqdm
 from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.checkpoint.policy import convert_if_torch, load_policy
-from wmtp_jax.data.prepare import Problem as DataProblem
-from wmtp_jax.data.prepare import write_split
-from wmtp_jax.data.records import AlpacaRecord
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.distributed import is_main_process
 from wmtp_jax.eval import benchmarks
@@ -31,8 +29,9 @@ from wmtp_jax.sandbox.execution import start_worker_pool
 from wmtp_jax.tracking import Tracker
 
 
-def _setup(c):
-    """(sandbox isolation level, mesh, model, description, tokenizer)."""
+def setup(c):
+    """``(sandbox isolation level, mesh, model, description, tokenizer)`` of a generation job's config: the sandbox
+    worker started, the micro models built or a torch checkpoint converted once, the policy restored into the mesh."""
     isolation = start_worker_pool()  # normally already started by wmtp_jax.main, before JAX
 
     def prepare():  # on disk, once: the micro models, a torch conversion
@@ -49,7 +48,8 @@ def _setup(c):
     return isolation, mesh, model, source, tok
 
 
-def _generate(generator, prompts, config, n_samples, seed, desc):
+def generate(generator, prompts, config, n_samples, seed, desc):
+    """``n_samples`` completions of each prompt (``Generator.generate``) with a progress bar on process 0."""
     with tqdm(total=len(prompts) * n_samples, desc=desc, unit="completion", disable=not is_main_process()) as bar:
         return generator.generate(prompts, config, n_samples=n_samples, seed=seed, progress=bar.update)
 
@@ -138,7 +138,7 @@ def run_benchmarks(
         problems = problems[: e.limit] if e.limit else problems
         config = GenerationConfig.from_config(e, stop=problems[0].stop)
         if progress:
-            completions, stats = _generate(
+            completions, stats = generate(
                 generator, [p.prompt for p in problems], config, e.n_samples, seed, f"generate {name}"
             )
         else:
@@ -186,7 +186,7 @@ def evaluate(c) -> dict:
     completions and writes ``{workdir}/eval/results.json``, ``samples.jsonl`` and the MLflow run.
     """
     workdir = Path(c.workdir)
-    isolation, mesh, model, source, tok = _setup(c)
+    isolation, mesh, model, source, tok = setup(c)
     tracker = Tracker(c, workdir, resume=False)
     header = {
         "checkpoint": str(c.model.checkpoint),
@@ -210,63 +210,3 @@ def evaluate(c) -> dict:
     finally:
         tracker.close(status)
     return results
-
-
-def rollout(c) -> dict:
-    """Samples ``rollout.n_samples`` completions per problem, labels each by execution and writes the Alpaca
-    JSONL + index; returns the data-preparation stats of the written split."""
-    r = c.rollout
-    isolation, mesh, model, source, tok = _setup(c)
-    problems = benchmarks.load(r.source, mbpp_split=r.mbpp_split, codecontests_paths=tuple(r.codecontests))
-    if r.limit:
-        problems = problems[: r.limit]
-    config = GenerationConfig.from_config(r, stop=("\n### ",))
-    completions, _ = _generate(
-        Generator(model, mesh, tok, r.batch_size),
-        [p.alpaca_prompt for p in problems],
-        config,
-        r.n_samples,
-        c.seed,
-        f"rollout {r.source}",
-    )
-    if not is_main_process():  # every process generates (collectively); process 0 executes and writes
-        return {}
-    pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
-    outcomes = iter(benchmarks.check(pairs, timeout_s=r.timeout_s, memory_mb=r.memory_mb, alpaca=True))
-    data_problems = []
-    for problem, row in zip(problems, completions):
-        group = DataProblem(f"{r.source}:{problem.task_id}", problem.task_id)
-        for j, comp in enumerate(row):
-            outcome = next(outcomes)
-            if not comp.text.strip():
-                group.skipped.append((f"{problem.task_id} sample {j}", "empty_completion"))
-                continue
-            group.records.append(
-                AlpacaRecord(
-                    instruction=problem.instruction,
-                    input=problem.input,
-                    output=comp.text,
-                    task_id=problem.task_id,
-                    is_correct=outcome.status == "passed",
-                    metadata={
-                        "source": f"rollout/{r.source}",
-                        "difficulty": 0,
-                        "has_tests": True,
-                        "tests": {"asserts": problem.tests} if problem.tests else {"stdio": problem.stdio},
-                        "status": outcome.status,
-                        "finish": comp.finish,
-                        "policy": source,
-                        "sandbox_isolation": isolation,
-                    },
-                )
-            )
-        data_problems.append(group)
-    out_dir = Path(r.out_dir or Path(c.workdir) / "rollouts")
-    result = write_split(data_problems, out_dir, r.split_name, [], tok, r.max_length)
-    stats = result.stats
-    print(
-        f"rollouts: {stats['records']} records ({stats['correct']} correct, {stats['incorrect']} incorrect) "
-        f"from {len(problems)} problems -> {out_dir / (r.split_name + '.jsonl')}; "
-        f"skipped {stats['skipped']}, filtered {stats['filtered']}"
-    )
-    return stats
