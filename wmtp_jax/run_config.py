@@ -269,7 +269,7 @@ def _build(cls: type, section, key: str, unknown: list[str]):
     """``cls`` from the mapping ``section`` (a ConfigDict or dict), recursing into nested sections; each key that
     no field declares is added to ``unknown`` (its full dotted name)."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = [f.name for f in dataclasses.fields(cls)]  # declaration order: problems in a stable order
     unknown += [f"{key}.{name}" if key else name for name in section if name not in names]
     values = {}
     for name in names:

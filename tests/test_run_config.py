@@ -1,0 +1,103 @@
+"""The config tree: every shipped config parses into the typed RunConfig, unknown keys are errors naming the file,
+free-form maps take new keys on the command line, and each job validates its own sections."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+from wmtp_jax import config as config_lib
+from wmtp_jax import jobs
+from wmtp_jax import run_config as rc
+from wmtp_jax.schema import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = ("baseline", "critic", "verifiable", "rho1", "ref_tuning", "eval", "rollout", "forward", "study")
+
+
+def load(name: str, preset: str = "micro"):
+    sys.path.insert(0, str(REPO))
+    return importlib.import_module(f"configs.{name}").get_config(preset)
+
+
+@pytest.mark.parametrize("preset", ["", "micro"])
+def test_every_shipped_config_parses_into_typed_sections(preset):
+    for name in CONFIGS:
+        run = rc.parse(load(name, preset), f"configs/{name}.py")
+        assert isinstance(run, rc.RunConfig) and isinstance(run.model.lora, rc.LoraConfig)
+        if run.job == "train":
+            assert isinstance(run.train, rc.TrainConfig) and isinstance(run.data, rc.DataConfig)
+            assert run.train.early_stopping == rc.EarlyStoppingConfig()
+    ref = rc.parse(load("ref_tuning", preset))
+    assert ref.model.checkpoint == ref.reference.checkpoint  # the field reference is resolved
+
+
+def test_defaults_are_declared_once_in_the_sections():
+    c = rc.parse(load("baseline", ""))
+    assert c.train.warmup_steps == rc.OptimizerConfig().warmup_steps == 50
+    assert c.eval == rc.EvalConfig() and c.weighting == rc.WeightingConfig() and c.mesh == rc.MeshConfig()
+    assert c.data.buckets == rc.DataConfig().buckets and c.checkpoint == rc.CheckpointConfig()
+
+
+def test_an_unknown_key_in_a_config_file_names_the_file_and_the_key():
+    c = load("baseline")
+    c.train.nmu_steps = 3
+    c.weighting.rho1_ratoi = 0.5
+    with pytest.raises(ConfigError) as e:
+        rc.parse(c, "configs/baseline.py")
+    assert e.value.problems == [
+        "configs/baseline.py: unknown config key train.nmu_steps",
+        "configs/baseline.py: unknown config key weighting.rho1_ratoi",
+    ]
+    assert jobs.problems(c, n_devices=4) == [
+        "the config: unknown config key train.nmu_steps",
+        "the config: unknown config key weighting.rho1_ratoi",
+    ]
+
+
+def test_free_form_maps_take_new_keys_on_the_command_line_and_nothing_else_does():
+    c = load("study")
+    found = config_lib.apply_overrides(
+        c,
+        [
+            "mlflow.tags.team=nlp",
+            "study.arms.dft.config=baseline",
+            "study.arms.dft.overrides=('weighting.strength=0.5',)",
+            "study.arms.dft.colour=red",
+            "train.num_steps=3",
+        ],
+    )
+    assert found == ["study.arms.dft.colour: unknown config key", "train.num_steps: unknown config key"]
+    run = rc.parse(c)
+    assert run.mlflow.tags == {"team": "nlp"}
+    assert run.study.arms["dft"] == rc.ArmConfig("baseline", ("weighting.strength=0.5",), (), True)
+
+
+def test_each_job_validates_its_own_sections_all_at_once():
+    c = load("baseline")
+    config_lib.apply_overrides(c, ["train.num_steps=0", "train.ce_chunk=0", "train.early_stopping.patience=0"])
+    config_lib.apply_overrides(c, ["checkpoint.keep=0", "data.strategy=best", "model.dtype=float8"])
+    text = "\n".join(jobs.problems(c, n_devices=4))
+    for key in ("train.num_steps=0", "train.ce_chunk=0", "train.early_stopping.patience=0", "checkpoint.keep=0"):
+        assert key in text, key
+    assert "data.strategy='best'" in text and "model.dtype='float8'" in text
+    e = load("eval")
+    config_lib.apply_overrides(e, ["eval.k=(1, 5)", "eval.top_p=0"])
+    text = "\n".join(jobs.problems(e, n_devices=4))
+    assert "eval.k=(1, 5)" in text and "eval.top_p=0" in text and "train." not in text
+
+
+def test_the_trainer_takes_only_declared_hooks():
+    from wmtp_jax.train.trainer import Hook, Trainer
+
+    class Printer:
+        def on_step(self, trainer, event):
+            pass
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.hooks = []
+    with pytest.raises(TypeError, match="Printer is not a wmtp_jax.train.trainer.Hook"):
+        trainer.add_hook(Printer())
+    trainer.add_hook(Hook(), every=3)
+    assert trainer.hooks[0].every == 3
