@@ -1,10 +1,15 @@
 """Test setup: a 4-device CPU mesh (must be set before JAX is imported) and shared fixtures."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# one persistent XLA compilation cache for the whole suite: both xdist workers and every `python -m wmtp_jax.main`
+# subprocess compile the same micro steps (a resumed run, the same config in several tests) only once
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "wmtp_jax_tests_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import socket
 import subprocess
