@@ -67,6 +67,7 @@ def test_free_form_maps_take_new_keys_on_the_command_line_and_nothing_else_does(
             "study.arms.dft.colour=red",
             "train.num_steps=3",
         ],
+        rc.FREE_FORM,
     )
     assert found == ["study.arms.dft.colour: unknown config key", "train.num_steps: unknown config key"]
     run = rc.parse(c)

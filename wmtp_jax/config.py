@@ -12,11 +12,7 @@ from ml_collections.config_flags import config_path
 
 from wmtp_jax.schema import ConfigError
 
-__all__ = ["FREE_FORM", "ConfigError", "apply_overrides"]
-
-# maps whose keys are the user's own: a command line may add keys to them. mlflow.tags: tag name -> string value;
-# study.arms: arm name -> {config, overrides, grid, compare} (a new arm needs at least its config)
-FREE_FORM = {"mlflow.tags": None, "study.arms": {"config": "", "overrides": (), "grid": (), "compare": True}}
+__all__ = ["ConfigError", "apply_overrides"]
 
 
 def _parse_value(text: str, current):
@@ -39,9 +35,10 @@ def _parse_value(text: str, current):
     return text
 
 
-def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> list[str]:
+def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str], free_form: dict | None = None) -> list[str]:
     """Applies ``KEY=VALUE`` overrides (from ``--config.KEY=VALUE``); returns one problem per unknown key or
-    value of the wrong type instead of stopping at the first."""
+    value of the wrong type instead of stopping at the first. ``free_form``: the maps that take new keys
+    (``run_config.FREE_FORM``: dotted prefix -> None for string values, or the defaults of a new entry)."""
     out = []
     for item in overrides:
         key, sep, text = item.partition("=")
@@ -51,7 +48,7 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> list[
         try:
             current = config_path.get_value(key, c)
         except (KeyError, AttributeError, IndexError, ValueError):
-            current = _new_free_form_key(c, key)
+            current = _new_free_form_key(c, key, free_form or {})
             if current is None:
                 out.append(f"{key}: unknown config key")
                 continue
@@ -65,10 +62,10 @@ def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str]) -> list[
     return out
 
 
-def _new_free_form_key(c: ml_collections.ConfigDict, key: str):
-    """Adds ``key`` to the free-form map it lies in (``FREE_FORM``) and returns its default value, whose type the
-    override's text is parsed as; None when ``key`` is not inside a free-form map of ``c``."""
-    for prefix, entry in FREE_FORM.items():
+def _new_free_form_key(c: ml_collections.ConfigDict, key: str, free_form: dict):
+    """Adds ``key`` to the free-form map it lies in (a prefix of ``free_form``) and returns its default value, whose
+    type the override's text is parsed as; None when ``key`` is not inside a free-form map of ``c``."""
+    for prefix, entry in free_form.items():
         if not key.startswith(prefix + "."):
             continue
         try:

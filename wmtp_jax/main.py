@@ -28,17 +28,15 @@ def main(argv) -> None:
 
         start_worker_pool()
     from wmtp_jax import config as config_lib
-    from wmtp_jax import distributed, storage
+    from wmtp_jax import distributed, jobs, run_config, storage  # JAX and every job: after the sandbox worker
 
-    found = config_lib.apply_overrides(c, _OVERRIDES)
+    found = config_lib.apply_overrides(c, _OVERRIDES, run_config.FREE_FORM)
     if not found:
         try:  # s3:// inputs become local mirrors before anything reads them (every process: its own disk)
             storage.localize(c)
         except storage.StorageError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
-    from wmtp_jax import jobs, run_config  # import JAX and every job: after the sandbox worker started
-
     run = None
     try:  # the one typed run config; keys no section declares are errors naming the file
         run = run_config.parse(c, source=_config_file())

@@ -253,7 +253,9 @@ class RunConfig(Section):
         return json.dumps(dataclasses.asdict(self), indent=indent, default=str)
 
 
-FREE_FORM = {"mlflow.tags", "study.arms"}  # maps whose keys are the user's own (``config.FREE_FORM`` adds them)
+# maps whose keys are the user's own (``config.apply_overrides`` adds keys to them): mlflow.tags holds strings,
+# a new study.arms entry starts from ArmConfig's defaults
+FREE_FORM = {"mlflow.tags": None, "study.arms": dataclasses.asdict(ArmConfig())}
 
 
 def _section_type(annotation) -> type | None:

@@ -76,9 +76,6 @@ def get_path(config, key: str):
 class ConfigChecker(Checker):
     """``Checker`` over dotted keys of a whole config (``model.dtype``)."""
 
-    def __init__(self, c):
-        super().__init__(c)
-
     def _value(self, key: str):
         return get_path(self.values, key)
 
