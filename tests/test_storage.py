@@ -94,20 +94,19 @@ def test_checkpoints_outlive_the_node(s3, shared, tmp_path):
 
 def test_config_paths_on_s3_become_local_mirrors(s3, tmp_path):
     """``storage.localize``: a data file arrives with its index beside it; local paths stay as they are."""
-    import ml_collections
+    from wmtp_jax.run_config import DataConfig, ModelSection, RunConfig, StorageConfig
 
     client, bucket = s3
     for name in ("train.jsonl", "train.index.npz"):
         client.put_object(Bucket=bucket, Key=f"data/cc/{name}", Body=name.encode())
-    c = ml_collections.ConfigDict(
-        {
-            "storage": {"cache_dir": str(tmp_path / "mirror"), "endpoint_url": ""},
-            "model": {"checkpoint": str(tmp_path / "local_model")},
-            "data": {"train": f"s3://{bucket}/data/cc/train.jsonl", "validation": ""},
-        }
+    run = RunConfig(
+        storage=StorageConfig(cache_dir=str(tmp_path / "mirror"), endpoint_url=""),
+        model=ModelSection(checkpoint=str(tmp_path / "local_model")),
+        data=DataConfig(train=f"s3://{bucket}/data/cc/train.jsonl", validation=""),
     )
-    assert storage.localize(c) == ["data.train"]
-    train = c.data.train
+    local, keys = storage.localize(run)
+    assert keys == ["data.train"] and run.data.train.startswith("s3://")  # a copy; the given config is unchanged
+    train = local.data.train
     assert train.startswith(str(tmp_path / "mirror")) and open(train).read() == "train.jsonl"
-    assert (tmp_path / "mirror").exists() and c.model.checkpoint == str(tmp_path / "local_model")
+    assert (tmp_path / "mirror").exists() and local.model.checkpoint == str(tmp_path / "local_model")
     assert open(train.replace("train.jsonl", "train.index.npz")).read() == "train.index.npz"

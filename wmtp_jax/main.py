@@ -31,17 +31,17 @@ def main(argv) -> None:
     from wmtp_jax import distributed, jobs, run_config, storage  # JAX and every job: after the sandbox worker
 
     found = config_lib.apply_overrides(c, _OVERRIDES, run_config.FREE_FORM)
-    if not found:
-        try:  # s3:// inputs become local mirrors before anything reads them (every process: its own disk)
-            storage.localize(c)
-        except storage.StorageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
     run = None
     try:  # the one typed run config; keys no section declares are errors naming the file
         run = run_config.parse(c, source=_config_file())
     except config_lib.ConfigError as e:
         found += e.problems
+    if run is not None and not found:
+        try:  # s3:// inputs become local mirrors before anything reads them (every process: its own disk)
+            run, _ = storage.localize(run)
+        except storage.StorageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
     if run is not None and not found:
         try:  # before anything touches a device
             distributed.initialize(run)

@@ -73,6 +73,15 @@ def get_path(config, key: str):
     return config
 
 
+def replace_path(config, key: str, value):
+    """A copy of the frozen dataclass tree ``config`` with the value at dotted ``key`` replaced (each section on
+    the way is copied with ``dataclasses.replace``); raises AttributeError for a missing key."""
+    name, _, rest = key.partition(".")
+    if not rest:
+        return dataclasses.replace(config, **{name: value})
+    return dataclasses.replace(config, **{name: replace_path(getattr(config, name), rest, value)})
+
+
 class ConfigChecker(Checker):
     """``Checker`` over dotted keys of a whole config (``model.dtype``)."""
 

@@ -25,8 +25,10 @@ import shutil
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 from wmtp_jax.files import atomic_path
+from wmtp_jax.schema import get_path, replace_path
 
 MARKER = "_COMPLETE"
 SCHEME = "s3://"
@@ -273,18 +275,16 @@ _DATA_KEYS = ("data.train", "data.validation", "weighting.rho1_reference_ce")
 _FILE_KEYS = ("tokenizer",)
 
 
-def localize(c) -> list[str]:
-    """Replaces every ``s3://`` path of config ``c`` by its local mirror (``storage.cache_dir``), in place; returns
-    the keys it mirrored. Local paths are left as they are (local first). Raises StorageError naming the URL."""
-    from ml_collections.config_flags import config_path
-
-    section = c.get("storage", {})
-    cache, endpoint = section.get("cache_dir", "artifacts/remote"), section.get("endpoint_url", "")
+def localize(run) -> tuple[Any, list[str]]:
+    """``(run config, mirrored keys)``: a copy of the typed run config ``run`` whose every ``s3://`` path is replaced
+    by its local mirror (``storage.cache_dir``), and the keys it mirrored. Local paths are left as they are (local
+    first); sections the run does not have are skipped. Raises StorageError naming the URL."""
+    cache, endpoint = run.storage.cache_dir, run.storage.endpoint_url
     done = []
     for key in (*_DIRECTORY_KEYS, *_DATA_KEYS, *_FILE_KEYS):
         try:
-            value = config_path.get_value(key, c)
-        except (KeyError, AttributeError):
+            value = get_path(run, key)
+        except AttributeError:  # a job without this section (eval has no data section)
             continue
         if not is_remote(value):
             continue
@@ -293,6 +293,6 @@ def localize(c) -> list[str]:
             local = local_path(parent, cache, endpoint) / name
         else:
             local = local_path(value, cache, endpoint)
-        config_path.set_value(key, c, str(local))
+        run = replace_path(run, key, str(local))
         done.append(key)
-    return done
+    return run, done

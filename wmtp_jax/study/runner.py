@@ -173,14 +173,14 @@ def arm_config(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> RunConfi
     found = config_lib.apply_overrides(arm, arm_overrides(c, spec, seed, parent_run_id), FREE_FORM)
     if not found:
         try:
-            storage.localize(arm)  # s3:// inputs as local mirrors, as the training job's command line does
-        except storage.StorageError as e:
-            found.append(str(e))
-    if not found:
-        try:
             parsed = parse(arm, source)
         except ConfigError as e:
             found = e.problems
+    if not found:
+        try:
+            parsed, _ = storage.localize(parsed)  # s3:// inputs as local mirrors, as the training job's command does
+        except storage.StorageError as e:
+            found.append(str(e))
     if not found:
         k, (data, fsdp) = common_problems(parsed)
         training_problems(parsed, k, data, fsdp, jax.process_count())
