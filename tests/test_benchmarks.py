@@ -5,7 +5,8 @@ import json
 import pytest
 
 from wmtp_jax.data import assets
-from wmtp_jax.eval import benchmarks as B
+from wmtp_jax.data import benchmarks as B
+from wmtp_jax.eval import judge as J
 
 
 @pytest.fixture(scope="module")
@@ -20,29 +21,29 @@ def mbpp():
 
 def test_canonical_humaneval_solutions_all_pass(humaneval):
     assert len(humaneval) == 164
-    outcomes = B.check([(p, p.reference) for p in humaneval])
+    outcomes = J.check([(p, p.reference) for p in humaneval])
     failing = [(p.task_id, o) for p, o in zip(humaneval, outcomes) if o.status != "passed"]
     assert not failing
 
 
 def test_mbpp_reference_solutions_pass_on_the_test_split(mbpp):
     assert [p.task_id for p in mbpp[:2]] == ["mbpp/11", "mbpp/12"] and len(mbpp) == 500
-    outcomes = B.check([(p, p.reference) for p in mbpp])
+    outcomes = J.check([(p, p.reference) for p in mbpp])
     failing = [(p.task_id, o.detail[-200:]) for p, o in zip(mbpp, outcomes) if o.status != "passed"]
     assert len(failing) <= 5, failing  # >= 99%; measured: 500 / 500 (README)
 
 
 def test_wrong_solutions_and_early_exits_fail(humaneval, mbpp):
     shifted = [(p, q.reference) for p, q in zip(mbpp[:60], mbpp[1:61])]  # another task's solution
-    assert B.outcome_counts(B.check(shifted))["passed"] == 0
+    assert J.outcome_counts(J.check(shifted))["passed"] == 0
     wrong_body = [(p, "    return None\n") for p in humaneval[:40]]
-    assert B.outcome_counts(B.check(wrong_body))["passed"] == 0
+    assert J.outcome_counts(J.check(wrong_body))["passed"] == 0
     cheats = [
         "    import sys\n    sys.exit(0)\nimport sys\nsys.exit(0)\n",
         "    pass\nimport os\nos._exit(0)\n",
         "    pass\nraise SystemExit\n",
     ]
-    outcomes = B.check([(humaneval[0], c) for c in cheats] + [(mbpp[0], "import sys\nsys.exit(0)\n")])
+    outcomes = J.check([(humaneval[0], c) for c in cheats] + [(mbpp[0], "import sys\nsys.exit(0)\n")])
     assert [o.status for o in outcomes] == ["failed"] * 4
     assert "before the tests finished" in outcomes[0].detail
 
@@ -50,7 +51,7 @@ def test_wrong_solutions_and_early_exits_fail(humaneval, mbpp):
 def test_stdio_problems_compare_normalised_output():
     problem = B.Problem("codecontests", "sum", "prompt", ("\n```",), stdio=(("1 2\n", "3\n"), ("5 5\n", "10\n")))
     good = "a, b = map(int, input().split())\nprint(a + b, '  ')\nprint()\n"
-    outcomes = B.check(
+    outcomes = J.check(
         [(problem, good), (problem, "print(3)"), (problem, "import sys; sys.exit(1)"), (problem, "while True: pass")],
         timeout_s=2,
     )
@@ -71,10 +72,10 @@ def test_loaders_and_prompt_formats(tmp_path):
         B.load_mbpp(prompt_format="5shot")
     bad = tmp_path / "cc.jsonl"
     bad.write_text(json.dumps({"name": "x", "description": "d", "public_tests": {"input": ["1"], "output": []}}) + "\n")
-    with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: public_tests has 1 inputs but 0 outputs"):
+    with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: malformed_tests: public_tests needs as many text inputs"):
         B.load_codecontests([bad])
     bad.write_text('{"name": 1}\n')
-    with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: field 'name'"):
+    with pytest.raises(B.BenchmarkError, match=r"cc.jsonl:1: wrong_type: name is int"):
         B.load_codecontests([bad])
     assert assets.HUMANEVAL.exists()
 
@@ -113,7 +114,34 @@ def test_codecontests_eval_reads_parquet_shards_with_private_and_generated_tests
     assert B.dataset_label("codecontests", types.SimpleNamespace(codecontests=())) == (
         "CodeContests train-split smoke set"
     )
-    outcomes = B.check([(problem, "print(int(input()) * 2)"), (problem, "print(4)")], timeout_s=5)
+    outcomes = J.check([(problem, "print(int(input()) * 2)"), (problem, "print(4)")], timeout_s=5)
     assert [o.status for o in outcomes] == ["passed", "failed"]
-    with pytest.raises(B.BenchmarkError, match=r"missing/test-\*\.parquet matches no file; download"):
+    with pytest.raises(B.BenchmarkError, match=r"missing/test-\*\.parquet: no CodeContests file matches it; download"):
         B.load_codecontests([str(tmp_path / "missing" / "test-*.parquet")])
+
+
+def test_one_loader_serves_evaluation_and_data_preparation(tmp_path):
+    """A bad MBPP row stops evaluation with its file and line, while data preparation (through the same loader)
+    skips it with the same reason and keeps the rest; both see the same problems."""
+    from wmtp_jax.data.prepare import mbpp_problems
+
+    rows = [json.loads(line) for line in assets.MBPP.read_text().splitlines()[:20]]
+    path = tmp_path / "mbpp.jsonl"
+    lines = [json.dumps(r) for r in rows]
+    lines[12] = json.dumps({**rows[12], "test_list": "assert f(1) == 2"})  # task 13: tests not a list
+    lines.append(json.dumps(rows[15]))  # task 16 again
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(B.BenchmarkError, match=r"mbpp.jsonl:13: wrong_type: test_list is str"):
+        B.load_mbpp(path)
+    skipped = []
+    problems = B.load_mbpp(path, skipped=skipped)
+    assert skipped == [
+        (f"{path}:13", "wrong_type: test_list is str"),
+        (f"{path}:21", f"duplicate_task_id: 16 (first at {path}:16)"),
+    ]
+    assert [p.task_id for p in problems] == [f"mbpp/{i}" for i in range(11, 21) if i != 13]
+    groups = list(mbpp_problems(path, "test"))
+    assert [g.skipped[0][1] for g in groups if g.skipped] == [reason for _, reason in skipped]
+    records = [g.records[0] for g in groups if g.records]
+    assert [(r.task_id, r.output, r.input) for r in records] == [(p.task_id, p.reference, p.input) for p in problems]
+    assert records[0].metadata["tests"]["test_list"] == rows[10]["test_list"]

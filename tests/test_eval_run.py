@@ -7,8 +7,9 @@ from pathlib import Path
 from test_main import run_main
 
 from wmtp_jax import jobs
+from wmtp_jax.data import benchmarks
 from wmtp_jax.data.records import RecordIndex
-from wmtp_jax.eval import benchmarks
+from wmtp_jax.eval import judge
 from wmtp_jax.run_config import parse
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +35,7 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
         assert set(r) >= {"pass@1", "pass@2", "outcomes", "generation", "sandbox_isolation"}
         assert sum(r["outcomes"].values()) == 4 and 0 <= r["pass@1"]["mean"] <= r["pass@2"]["mean"] <= 1
     samples = [json.loads(line) for line in open(tmp_path / "run" / "eval" / "samples.jsonl")]
-    assert len(samples) == 12 and {s["status"] for s in samples} <= set(benchmarks.OUTCOMES)
+    assert len(samples) == 12 and {s["status"] for s in samples} <= set(judge.OUTCOMES)
     assert all(s["sandbox_isolation"] == results["sandbox_isolation"] for s in samples)
 
     from mlflow import MlflowClient
@@ -61,7 +62,7 @@ def test_eval_config_problems_are_reported_together():
     assert out.returncode == 2
     assert "eval.codecontests" not in out.stderr  # the default test-split files are missing, but not evaluated
     out2 = run_main("--config=configs/eval.py", "--config.eval.codecontests=('nowhere/test-*.parquet',)")
-    assert "eval.codecontests=('nowhere/test-*.parquet',): CodeContests: nowhere/test-*.parquet matches no file" in (
+    assert "eval.codecontests=('nowhere/test-*.parquet',): nowhere/test-*.parquet: no CodeContests file matches it" in (
         out2.stderr
     )
     for expected in (
@@ -89,9 +90,9 @@ def test_rollouts_are_labelled_by_execution_and_indexed(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "rollout" / "rollouts" / "train.jsonl")]
     assert len(index) == len(rows) == stats["records"] and stats["records"] + stats["skipped"] == 4
     assert [r["is_correct"] for r in rows] == list(index.is_correct)
-    assert all(r["metadata"]["status"] in benchmarks.OUTCOMES and r["task_id"].startswith("mbpp/6") for r in rows)
+    assert all(r["metadata"]["status"] in judge.OUTCOMES and r["task_id"].startswith("mbpp/6") for r in rows)
     # the labels come from running the tests: reference answers to the Alpaca prompt pass, swapped ones fail
     problems = benchmarks.load_mbpp(split="train")[:20]
-    right = benchmarks.check([(p, p.reference) for p in problems], alpaca=True)
-    wrong = benchmarks.check([(p, q.reference) for p, q in zip(problems, problems[1:])], alpaca=True)
+    right = judge.check([(p, p.reference) for p in problems], alpaca=True)
+    wrong = judge.check([(p, q.reference) for p, q in zip(problems, problems[1:])], alpaca=True)
     assert [o.status for o in right] == ["passed"] * 20 and all(o.status != "passed" for o in wrong)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wmtp_jax.data.prepare import Problem as DataProblem
-from wmtp_jax.data.prepare import write_split
+from wmtp_jax.data import benchmarks
+from wmtp_jax.data.prepare import RecordGroup, write_split
 from wmtp_jax.data.records import AlpacaRecord
 from wmtp_jax.distributed import is_main_process
-from wmtp_jax.eval import benchmarks
+from wmtp_jax.eval import judge
 from wmtp_jax.eval import run as eval_run
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 
@@ -39,10 +39,10 @@ def run(c) -> dict:
     if not is_main_process():  # every process generates (collectively); process 0 executes and writes
         return {}
     pairs = [(p, comp.text) for p, row in zip(problems, completions) for comp in row]
-    outcomes = iter(benchmarks.check(pairs, timeout_s=r.timeout_s, memory_mb=r.memory_mb, alpaca=True))
+    outcomes = iter(judge.check(pairs, timeout_s=r.timeout_s, memory_mb=r.memory_mb, alpaca=True))
     data_problems = []
     for problem, row in zip(problems, completions):
-        group = DataProblem(f"{r.source}:{problem.task_id}", problem.task_id)
+        group = RecordGroup(f"{r.source}:{problem.task_id}", problem.task_id)
         for j, comp in enumerate(row):
             outcome = next(outcomes)
             if not comp.text.strip():

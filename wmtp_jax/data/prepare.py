@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import gzip
 import hashlib
 import json
 import os
@@ -30,16 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from wmtp_jax.data import assets, synthetic
+from wmtp_jax.data import assets, benchmarks, synthetic
 from wmtp_jax.data.decontaminate import DEFAULT_N, Decontaminator
-from wmtp_jax.data.records import CODECONTESTS_EXAMPLES, AlpacaRecord, IndexBuilder, codecontests_input, format_prompt
+from wmtp_jax.data.records import CODECONTESTS_EXAMPLES, AlpacaRecord, IndexBuilder, format_prompt
+from wmtp_jax.data.rows import read_rows
 from wmtp_jax.data.synthetic import SPLITS
 from wmtp_jax.data.tokenizer import Tokenizer
 from wmtp_jax.files import atomic_write_text
 
 PYTHON_LANGUAGES = {1: "python2", 3: "python3"}
 OTHER_LANGUAGES = {2: "cpp", 4: "java"}
-MBPP_SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974)}
 LENGTH_BINS = [0, 128, 256, 512, 1024, 2048, 4096, 8192, 2**31]
 TRAINING_SPLITS = ("train", "validation")  # decontaminated by default (CodeContests "valid" is an evaluation split)
 
@@ -49,8 +48,8 @@ class NothingUsable(RuntimeError):
 
 
 @dataclasses.dataclass
-class Problem:
-    """One problem's worth of candidate records, or the reason it was skipped."""
+class RecordGroup:
+    """The candidate training records of one source problem (one row), or the reasons it was skipped."""
 
     location: str  # "file:line" or "file:row N"
     problem_id: str = ""
@@ -68,46 +67,7 @@ class SplitResult:
     report: dict[str, Any]
 
 
-# --------------------------------------------------------------------------------------------- readers
-def _read_jsonl(path: Path) -> Iterator[tuple[str, dict | None, str]]:
-    """Yields ``(location, object or None, reason)``; reason is set when the line is unusable."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
-            loc = f"{path}:{n}"
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield loc, None, f"non_utf8: {e.reason} at byte {e.start}"
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield loc, None, f"malformed_json: {e.msg} at column {e.colno}"
-                continue
-            if not isinstance(obj, dict):
-                yield loc, None, f"malformed_json: expected an object, got {type(obj).__name__}"
-                continue
-            yield loc, obj, ""
-
-
-def _read_parquet(path: Path) -> Iterator[tuple[str, dict | None, str]]:
-    import pyarrow.parquet as pq
-
-    row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=64):
-        for obj in batch.to_pylist():
-            yield f"{path}:row {row}", obj, ""
-            row += 1
-
-
-def read_rows(path: Path) -> Iterator[tuple[str, dict | None, str]]:
-    return _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
-
-
-def _field(obj: dict, name: str, types, problem: Problem) -> Any:
+def _field(obj: dict, name: str, types, problem: RecordGroup) -> Any:
     """``obj[name]`` if present with one of ``types``; otherwise records the reason and returns None."""
     if name not in obj or obj[name] is None:
         problem.skipped.append((problem.location, f"missing_field: {name}"))
@@ -127,23 +87,22 @@ def _clean_code(code: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- sources
-def codecontests_problem(location: str, obj: dict, examples: int = CODECONTESTS_EXAMPLES) -> Problem:
-    """One CodeContests problem -> records for its Python solutions (correct and incorrect); the records' input
-    holds up to ``examples`` public tests (``records.codecontests_input``)."""
-    p = Problem(location)
-    name = _field(obj, "name", str, p)
-    description = _field(obj, "description", str, p)
+def codecontests_problem(location: str, obj: dict, examples: int = CODECONTESTS_EXAMPLES) -> RecordGroup:
+    """One CodeContests row -> records for its Python solutions (correct and incorrect). The statement, tests and
+    Alpaca input (up to ``examples`` public tests) come from ``benchmarks.codecontests_problem``, as evaluation
+    reads them; a row it refuses is skipped with its reason."""
+    p = RecordGroup(location)
+    try:
+        problem = benchmarks.codecontests_problem(location, obj, examples)
+    except benchmarks.BenchmarkError as e:
+        p.skipped.append((e.location, e.reason))
+        return p
     difficulty = _field(obj, "difficulty", int, p)
     source = obj.get("source", 0)
     groups = {key: _field(obj, key, dict, p) for key in ("solutions", "incorrect_solutions")}
     if p.skipped:
         return p
-    p.problem_id, p.difficulty = name, difficulty
-    has_tests = any(
-        isinstance(obj.get(k), dict) and obj[k].get("input")
-        for k in ("public_tests", "private_tests", "generated_tests")
-    )
-    examples_text = codecontests_input(obj.get("public_tests"), examples)
+    p.problem_id, p.difficulty = problem.task_id, difficulty
     for key, group in groups.items():
         languages, solutions = group.get("language"), group.get("solution")
         if not isinstance(languages, list) or not isinstance(solutions, list) or len(languages) != len(solutions):
@@ -162,15 +121,15 @@ def codecontests_problem(location: str, obj: dict, examples: int = CODECONTESTS_
             else:
                 p.records.append(
                     AlpacaRecord(
-                        instruction=description,
-                        input=examples_text,
+                        instruction=problem.instruction,
+                        input=problem.input,
                         output=_clean_code(code),
-                        task_id=name,
+                        task_id=problem.task_id,
                         is_correct=key == "solutions",
                         metadata={
                             "source": "codecontests",
                             "difficulty": difficulty,
-                            "has_tests": bool(has_tests),
+                            "has_tests": bool(problem.stdio),
                             "language": PYTHON_LANGUAGES[lang],
                             "cc_source": source,
                         },
@@ -179,59 +138,53 @@ def codecontests_problem(location: str, obj: dict, examples: int = CODECONTESTS_
     return p
 
 
-def codecontests_problems(paths: Iterable[Path], examples: int = CODECONTESTS_EXAMPLES) -> Iterator[Problem]:
+def codecontests_problems(paths: Iterable[Path], examples: int = CODECONTESTS_EXAMPLES) -> Iterator[RecordGroup]:
     for path in paths:
         for loc, obj, reason in read_rows(Path(path)):
-            yield Problem(loc, skipped=[(loc, reason)]) if obj is None else codecontests_problem(loc, obj, examples)
+            yield RecordGroup(loc, skipped=[(loc, reason)]) if obj is None else codecontests_problem(loc, obj, examples)
 
 
-def mbpp_problems(path: Path, split: str) -> Iterator[Problem]:
-    lo, hi = MBPP_SPLITS[split]
-    for loc, obj, reason in read_rows(Path(path)):
-        if obj is None:
-            yield Problem(loc, skipped=[(loc, reason)])
-            continue
-        p = Problem(loc)
-        task_id = _field(obj, "task_id", int, p)
-        text, code, tests = _field(obj, "text", str, p), _field(obj, "code", str, p), _field(obj, "test_list", list, p)
-        if p.skipped:
-            yield p
-            continue
-        if not lo <= task_id <= hi:
-            continue
-        if not code.strip():
-            p.skipped.append((loc, "empty_solution"))
-            yield p
-            continue
-        p.problem_id = f"mbpp/{task_id}"
-        p.records.append(
-            AlpacaRecord(
-                instruction=text,
-                input="\n".join(tests),
-                output=_clean_code(code),
-                task_id=p.problem_id,
-                is_correct=True,
-                metadata={
-                    "source": "mbpp",
-                    "difficulty": 0,
-                    "has_tests": bool(tests),
-                    "tests": {
-                        "test_list": tests,
-                        "test_setup_code": obj.get("test_setup_code", ""),
-                        "challenge_test_list": obj.get("challenge_test_list", []),
+def _benchmark_groups(problems: list[benchmarks.Problem], skipped: list[tuple[str, str]]) -> Iterator[RecordGroup]:
+    """The training records of benchmark problems (read by ``data.benchmarks``, the one loader per benchmark):
+    the reference solution as output, the dataset's tests as ``metadata.tests``; a problem without a reference
+    solution is skipped as ``empty_solution``, and rows the loader refused come first, with their reasons."""
+    for location, reason in skipped:
+        yield RecordGroup(location, skipped=[(location, reason)])
+    for problem in problems:
+        group = RecordGroup(problem.location, problem.task_id)
+        if not (problem.reference or "").strip():
+            group.skipped.append((problem.location, "empty_solution"))
+        else:
+            group.records.append(
+                AlpacaRecord(
+                    instruction=problem.instruction,
+                    input=problem.input,
+                    output=problem.prefix + problem.reference,  # HumanEval: prompt + canonical solution
+                    task_id=problem.task_id,
+                    is_correct=True,
+                    metadata={
+                        "source": problem.benchmark,
+                        "difficulty": 0,
+                        "has_tests": bool(problem.tests),
+                        "tests": dict(problem.test_fields),
                     },
-                },
+                )
             )
-        )
-        yield p
+        yield group
 
 
-def synthetic_problems(split: str) -> Iterator[Problem]:
+def mbpp_problems(path: Path, split: str) -> Iterator[RecordGroup]:
+    skipped: list[tuple[str, str]] = []
+    problems = benchmarks.load_mbpp(path, split=split, prompt_format="zeroshot", skipped=skipped)
+    return _benchmark_groups(problems, skipped)
+
+
+def synthetic_problems(split: str) -> Iterator[RecordGroup]:
     """The synthetic task (``wmtp_jax.data.synthetic``): one correct record per instance, plus its incorrect
     solution in the train split (for the critic)."""
 
     for inst in synthetic.instances(split):
-        p = Problem(inst.task_id, problem_id=inst.task_id)
+        p = RecordGroup(inst.task_id, problem_id=inst.task_id)
         solutions = [(inst.solution, True)] + ([(inst.wrong_solution, False)] if split == "train" else [])
         for output, correct in solutions:
             p.records.append(
@@ -255,15 +208,15 @@ def synthetic_problems(split: str) -> Iterator[Problem]:
 ALPACA_FIELDS = {"instruction": str, "input": str, "output": str, "task_id": str, "is_correct": bool, "metadata": dict}
 
 
-def alpaca_problems(paths: Iterable[Path]) -> Iterator[Problem]:
+def alpaca_problems(paths: Iterable[Path]) -> Iterator[RecordGroup]:
     """Alpaca JSONL already in the record format (rollouts, labelled sets), regrouped by task_id."""
-    groups: dict[str, Problem] = {}
+    groups: dict[str, RecordGroup] = {}
     for path in paths:
         for loc, obj, reason in read_rows(Path(path)):
             if obj is None:
-                yield Problem(loc, skipped=[(loc, reason)])
+                yield RecordGroup(loc, skipped=[(loc, reason)])
                 continue
-            p = Problem(loc)
+            p = RecordGroup(loc)
             fields = {k: _field(obj, k, t, p) for k, t in ALPACA_FIELDS.items()}
             if not p.skipped and not fields["output"].strip():
                 p.skipped.append((loc, "empty_solution"))
@@ -272,52 +225,26 @@ def alpaca_problems(paths: Iterable[Path]) -> Iterator[Problem]:
                 continue
             difficulty = fields["metadata"].get("difficulty", 0)
             group = groups.setdefault(
-                fields["task_id"], Problem(loc, fields["task_id"], difficulty if isinstance(difficulty, int) else 0)
+                fields["task_id"], RecordGroup(loc, fields["task_id"], difficulty if isinstance(difficulty, int) else 0)
             )
             group.records.append(AlpacaRecord(**fields))
     yield from groups.values()
 
 
-def humaneval_problems(path: Path) -> Iterator[Problem]:
-    for loc, obj, reason in read_rows(Path(path)):
-        if obj is None:
-            yield Problem(loc, skipped=[(loc, reason)])
-            continue
-        p = Problem(loc)
-        fields = {k: _field(obj, k, str, p) for k in ("task_id", "prompt", "canonical_solution", "test", "entry_point")}
-        if p.skipped:
-            yield p
-            continue
-        p.problem_id = fields["task_id"]
-        p.records.append(
-            AlpacaRecord(
-                instruction="Complete the following Python function.",
-                input=fields["prompt"],
-                output=fields["prompt"] + fields["canonical_solution"],
-                task_id=p.problem_id,
-                is_correct=True,
-                metadata={
-                    "source": "humaneval",
-                    "difficulty": 0,
-                    "has_tests": True,
-                    "tests": {"test": fields["test"], "entry_point": fields["entry_point"]},
-                },
-            )
-        )
-        yield p
+def humaneval_problems(path: Path) -> Iterator[RecordGroup]:
+    skipped: list[tuple[str, str]] = []
+    return _benchmark_groups(benchmarks.load_humaneval(path, skipped=skipped), skipped)
 
 
 # --------------------------------------------------------------------------------------------- writing
 def evaluation_problems(extra_files: Iterable[str | Path] = ()) -> Iterator[tuple[str, str, str]]:
     """The default evaluation sets as ``(benchmark, task_id, text)``: HumanEval, the MBPP test split, and every
     problem of ``extra_files`` (CodeContests parquet / JSONL with original field names, or Alpaca JSONL)."""
-    for problem in humaneval_problems(assets.HUMANEVAL):
-        for rec in problem.records:
-            yield "humaneval", problem.problem_id, rec.output  # prompt (docstring) + canonical solution
-    for problem in mbpp_problems(assets.MBPP, "test"):
-        for rec in problem.records:
-            yield "mbpp_test", problem.problem_id, rec.instruction
-            yield "mbpp_test", problem.problem_id, rec.output
+    for problem in benchmarks.load_humaneval():
+        yield "humaneval", problem.task_id, problem.prompt + problem.reference  # docstring + canonical solution
+    for problem in benchmarks.load_mbpp(split="test", prompt_format="zeroshot"):
+        yield "mbpp_test", problem.task_id, problem.instruction
+        yield "mbpp_test", problem.task_id, problem.reference
     for path in map(Path, extra_files):
         for location, obj, reason in read_rows(path):
             if obj is None:
@@ -362,7 +289,7 @@ def _sha256(path: Path) -> str:
 
 
 def write_split(
-    problems: Iterable[Problem],
+    problems: Iterable[RecordGroup],
     out_dir: str | os.PathLike,
     split: str,
     inputs: list[Path],
@@ -515,7 +442,7 @@ def prepare(
             results.append(write(codecontests_problems(paths, codecontests_examples), name, paths))
     elif source == "mbpp":
         path = Path(inputs[0]) if inputs else assets.MBPP
-        for name in [split] if split else list(MBPP_SPLITS):
+        for name in [split] if split else list(benchmarks.MBPP_SPLITS):
             results.append(write(mbpp_problems(path, name), name, [path]))
     elif source == "alpaca":
         if not inputs:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from wmtp_jax.data.prepare import MBPP_SPLITS
-from wmtp_jax.eval.benchmarks import BENCHMARKS, MBPP_FORMATS, BenchmarkError, codecontests_files
+from wmtp_jax.data.benchmarks import BENCHMARKS, MBPP_FORMATS, MBPP_SPLITS, BenchmarkError, codecontests_files
 from wmtp_jax.schema import ConfigChecker
 
 

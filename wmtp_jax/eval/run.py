@@ -2,7 +2,7 @@
 with the same steps).
 
 One benchmark flows: ``benchmarks.load`` (problems) -> ``Generator.generate`` (completions, on the mesh)
--> ``benchmarks.check`` (sandboxed execution) -> ``metrics.mean_pass_at_k`` -> results.json / samples.jsonl /
+-> ``judge.check`` (sandboxed execution) -> ``metrics.mean_pass_at_k`` -> results.json / samples.jsonl /
 MLflow.
 """
 
@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.checkpoint.policy import convert_if_torch, load_policy
+from wmtp_jax.data import benchmarks
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.distributed import is_main_process
-from wmtp_jax.eval import benchmarks
+from wmtp_jax.eval import judge
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 from wmtp_jax.eval.metrics import mean_pass_at_k
 from wmtp_jax.files import atomic_write_text
@@ -77,7 +78,7 @@ def _score(
         "speculative": e.speculative,
         "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
         **pass_at,
-        "outcomes": benchmarks.outcome_counts(outcomes),
+        "outcomes": judge.outcome_counts(outcomes),
         "generation": {
             "tokens": stats.tokens,
             "seconds": round(stats.seconds, 3),
@@ -148,7 +149,7 @@ def run_benchmarks(
         if not is_main:
             continue
         t0 = time.perf_counter()
-        outcomes = benchmarks.check(
+        outcomes = judge.check(
             [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
             timeout_s=e.timeout_s,
             memory_mb=e.memory_mb,

@@ -11,8 +11,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from wmtp_jax.data import benchmarks
 from wmtp_jax.distributed import is_main_process
-from wmtp_jax.eval import benchmarks, critic_quality
+from wmtp_jax.eval import critic_quality
 from wmtp_jax.eval.generate import Generator
 from wmtp_jax.eval.run import run_benchmarks
 from wmtp_jax.eval.teacher_forced import head_ce, reference_rows

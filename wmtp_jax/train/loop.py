@@ -18,13 +18,13 @@ from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint import ensure_orbax, load_model, train_state
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
+from wmtp_jax.data.benchmarks import BENCHMARKS
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
 from wmtp_jax.data.prepare import data_sha256, prepare_cached
 from wmtp_jax.data.records import RecordIndex, index_path
 from wmtp_jax.data.sampling import allowed, build_plan, epoch_size, shard_plan
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.distributed import is_main_process
-from wmtp_jax.eval.benchmarks import BENCHMARKS
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.config import layout_options, model_options
 from wmtp_jax.model.lora import apply_lora, quantize_base
