@@ -50,7 +50,6 @@ def get_config(preset: str = ""):
         c.study.seeds = (0,)
         c.eval.benchmarks = ("synthetic",)
         c.eval.limit = 0  # the 30 held-out instances
-        c.eval.n_samples, c.eval.k, c.eval.temperature = 1, (1,), 0.0
         c.eval.max_new_tokens = 16
         c.eval.batch_size = 20
         c.eval.prompt_buckets = (64,)

@@ -22,6 +22,11 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
         f"--config.model.cache_dir={tmp_path}/converted",
         f"--config.workdir={tmp_path}/run",
         "--config.eval.limit=2",
+        "--config.eval.protocol=mtp_paper",  # its two temperatures, on a budget: 2 samples, pass@1 / pass@2
+        "--config.eval.n_samples=2",
+        "--config.eval.k=(1, 2)",
+        "--config.eval.k_temperatures=(0.2, 0.8)",
+        "--config.eval.max_new_tokens=32",
     )
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
@@ -30,12 +35,22 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
     # the shipped CodeContests sample is train-split data: its results must say so
     assert results["benchmarks"]["codecontests"]["dataset"] == "CodeContests train-split smoke set"
     assert results["benchmarks"]["mbpp"]["dataset"] == "MBPP test split"
+    assert results["protocol"] == {
+        "name": "mtp_paper",
+        "deviations": {"n_samples": 2, "k": [1, 2], "k_temperatures": [0.2, 0.8], "max_new_tokens": 32},
+    }
     for name, r in results["benchmarks"].items():
-        assert r["problems"] == 2 and r["limit"] == 2 and r["n_samples"] == 2 and r["temperature"] == 0.8
-        assert set(r) >= {"pass@1", "pass@2", "outcomes", "generation", "sandbox_isolation"}
-        assert sum(r["outcomes"].values()) == 4 and 0 <= r["pass@1"]["mean"] <= r["pass@2"]["mean"] <= 1
+        assert r["problems"] == 2 and r["limit"] == 2 and r["n_samples"] == 2 and r["temperature"] == 0.2
+        assert set(r) >= {"pass@1", "pass@2", "outcomes", "generation", "sandbox_isolation", "timeout_reruns"}
+        assert sum(r["outcomes"].values()) == 4 and 0 <= r["pass@1"]["mean"] <= 1 and 0 <= r["pass@2"]["mean"] <= 1
+        # pass@1 from the samples drawn at 0.2, pass@2 from those drawn at 0.8
+        assert r["k_temperatures"] == [0.2, 0.8] and set(r["by_temperature"]) == {"0.2", "0.8"}
+        assert (
+            r["pass@1"] == r["by_temperature"]["0.2"]["pass@1"] and r["pass@2"] == r["by_temperature"]["0.8"]["pass@2"]
+        )
     samples = [json.loads(line) for line in open(tmp_path / "run" / "eval" / "samples.jsonl")]
-    assert len(samples) == 12 and {s["status"] for s in samples} <= set(judge.OUTCOMES)
+    assert len(samples) == 24 and {s["status"] for s in samples} <= set(judge.OUTCOMES)
+    assert sorted({s["temperature"] for s in samples}) == [0.2, 0.8]
     assert all(s["sandbox_isolation"] == results["sandbox_isolation"] for s in samples)
 
     from mlflow import MlflowClient

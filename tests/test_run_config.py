@@ -36,7 +36,11 @@ def test_every_shipped_config_parses_into_typed_sections(preset):
 def test_defaults_are_declared_once_in_the_sections():
     c = rc.parse(load("baseline", ""))
     assert c.train.warmup_steps == rc.OptimizerConfig().warmup_steps == 50
-    assert c.eval == rc.EvalConfig() and c.weighting == rc.WeightingConfig() and c.mesh == rc.MeshConfig()
+    from wmtp_jax.eval.protocols import PROTOCOLS
+
+    # a training run's eval section: the section's defaults + the MTP paper's protocol + the shipped benchmarks
+    expected = rc.EvalConfig(protocol="mtp_paper", benchmarks=("mbpp", "humaneval"), **PROTOCOLS["mtp_paper"])
+    assert c.eval == expected and c.weighting == rc.WeightingConfig() and c.mesh == rc.MeshConfig()
     assert c.data.buckets == rc.DataConfig().buckets and c.checkpoint == rc.CheckpointConfig()
 
 
@@ -87,6 +91,34 @@ def test_each_job_validates_its_own_sections_all_at_once():
     config_lib.apply_overrides(e, ["eval.k=(1, 5)", "eval.top_p=0"])
     text = "\n".join(jobs.problems(e, n_devices=4))
     assert "eval.k=(1, 5)" in text and "eval.top_p=0" in text and "train." not in text
+
+
+def test_protocol_presets_resolve_to_their_documented_settings_and_explicit_keys_win():
+    from wmtp_jax.eval.protocols import PROTOCOLS, deviations, temperatures
+
+    mtp = rc.parse(load("eval", "")).eval  # production: the MTP paper's protocol
+    assert (mtp.protocol, mtp.n_samples, mtp.k, mtp.k_temperatures) == ("mtp_paper", 200, (1, 10, 100), (0.2, 0.8, 0.8))
+    assert temperatures(mtp) == {0.2: (1,), 0.8: (10, 100)} and deviations(mtp) == {}
+    assert rc.parse(load("rho1", "")).train.eval_at_end and not rc.parse(load("rho1")).train.eval_at_end
+    micro = rc.parse(load("eval")).eval
+    assert (micro.protocol, micro.n_samples, micro.k, micro.temperature) == ("greedy", 1, (1,), 0.0)
+
+    c = load("eval", "")  # the explicit key comes first on the command line and still wins over the preset
+    assert (
+        config_lib.apply_overrides(c, ["eval.temperature=0.5", "eval.protocol=codecontests"], rc.FREE_FORM, rc.PRESETS)
+        == []
+    )
+    e = rc.parse(c).eval
+    assert (e.protocol, e.n_samples, e.k, e.top_p, e.max_new_tokens) == ("codecontests", 10, (1, 5), 0.95, 1024)
+    assert e.temperature == 0.5 and deviations(e) == {"temperature": 0.5} and temperatures(e) == {0.5: (1, 5)}
+    assert PROTOCOLS["codecontests"]["temperature"] == 0.2
+    found = config_lib.apply_overrides(load("eval"), ["eval.protocol=humaneval_plus"], rc.FREE_FORM, rc.PRESETS)
+    assert found == ["eval.protocol='humaneval_plus': expected one of ['greedy', 'mtp_paper', 'codecontests']"]
+    bad = load("eval")
+    config_lib.apply_overrides(bad, ["eval.k_temperatures=(0.2,)", "eval.k=(1, 2)", "eval.n_samples=2"])
+    assert "eval.k_temperatures=(0.2,): expected () or one non-negative temperature per eval.k=(1, 2)" in "\n".join(
+        jobs.problems(bad, n_devices=4)
+    )
 
 
 def test_the_trainer_takes_only_declared_hooks():

@@ -35,12 +35,31 @@ def _parse_value(text: str, current):
     return text
 
 
-def apply_overrides(c: ml_collections.ConfigDict, overrides: list[str], free_form: dict | None = None) -> list[str]:
+def apply_overrides(
+    c: ml_collections.ConfigDict, overrides: list[str], free_form: dict | None = None, presets: dict | None = None
+) -> list[str]:
     """Applies ``KEY=VALUE`` overrides (from ``--config.KEY=VALUE``); returns one problem per unknown key or
     value of the wrong type instead of stopping at the first. ``free_form``: the maps that take new keys
-    (``run_config.FREE_FORM``: dotted prefix -> None for string values, or the defaults of a new entry)."""
+    (``run_config.FREE_FORM``: dotted prefix -> None for string values, or the defaults of a new entry).
+    ``presets``: selector keys (``run_config.PRESETS``: ``"eval.protocol"`` -> {name: {key: value}}); a selector
+    override is applied first and writes its preset's keys into its section, so the other overrides win."""
     out = []
+    selectors = [item for item in overrides if item.partition("=")[0] in (presets or {})]
+    for item in selectors:
+        key, _, name = item.partition("=")
+        choices = presets[key]
+        if name not in choices:
+            out.append(f"{key}={name!r}: expected one of {list(choices)}")
+            continue
+        try:
+            section = config_path.get_value(key.rpartition(".")[0], c) if "." in key else c
+        except (KeyError, AttributeError):
+            out.append(f"{key}: unknown config key (this config has no {key.rpartition('.')[0]} section)")
+            continue
+        section.update({**choices[name], key.rpartition(".")[2]: name})
     for item in overrides:
+        if item in selectors:
+            continue
         key, sep, text = item.partition("=")
         if not sep:
             out.append(f"--config.{key}: expected --config.{key}=VALUE")

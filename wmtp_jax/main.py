@@ -30,7 +30,7 @@ def main(argv) -> None:
     from wmtp_jax import config as config_lib
     from wmtp_jax import distributed, jobs, run_config, storage  # JAX and every job: after the sandbox worker
 
-    found = config_lib.apply_overrides(c, _OVERRIDES, run_config.FREE_FORM)
+    found = config_lib.apply_overrides(c, _OVERRIDES, run_config.FREE_FORM, run_config.PRESETS)
     run = None
     try:  # the one typed run config; keys no section declares are errors naming the file
         run = run_config.parse(c, source=_config_file())

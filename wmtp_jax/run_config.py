@@ -20,6 +20,7 @@ import ml_collections
 
 from wmtp_jax.checkpoint.train_state import CheckpointConfig
 from wmtp_jax.data.sampling import SamplingConfig
+from wmtp_jax.eval.protocols import PROTOCOLS
 from wmtp_jax.model.lora import LoraConfig
 from wmtp_jax.schema import ConfigError, Section, frozen
 from wmtp_jax.train.hooks import EarlyStoppingConfig
@@ -133,13 +134,17 @@ class EvalConfig(Section):
     training run (``train.eval_at_end``)."""
 
     benchmarks: tuple[str, ...] = ("mbpp", "humaneval", "codecontests")  # and "synthetic"
+    # a named set of the sampling keys below (PROTOCOLS, docs/evaluation.md); explicit eval.* keys override it
+    protocol: str = "greedy"
     mbpp_format: str = "3shot"  # 3shot (lm-evaluation-harness) | zeroshot (bigcode docstring)
     # the published parquet shards of the test split (private and generated tests; globs allowed)
     codecontests: tuple[str, ...] = ("data/code_contests/test-*.parquet",)
     limit: int = 0  # > 0: only the first N problems of each benchmark (recorded)
     n_samples: int = 1  # completions per problem
     k: tuple[int, ...] = (1,)  # pass@k for each k <= n_samples
-    temperature: float = 0.0  # 0 = greedy; the MTP paper: 0.1-0.2 for pass@1, 0.8 for pass@10/100
+    temperature: float = 0.0  # 0 = greedy
+    # one temperature per k (n_samples drawn at each distinct one); () = `temperature` for every k
+    k_temperatures: tuple[float, ...] = ()
     top_p: float = 0.95
     max_new_tokens: int = 512
     batch_size: int = 8  # generation rows at once (a multiple of the data-parallel devices)
@@ -256,6 +261,8 @@ class RunConfig(Section):
 # maps whose keys are the user's own (``config.apply_overrides`` adds keys to them): mlflow.tags holds strings,
 # a new study.arms entry starts from ArmConfig's defaults
 FREE_FORM = {"mlflow.tags": None, "study.arms": dataclasses.asdict(ArmConfig())}
+# keys that select a preset of their section's keys (``config.apply_overrides`` applies them first)
+PRESETS = {"eval.protocol": PROTOCOLS}  # eval/protocols.py
 
 
 def _section_type(annotation) -> type | None:

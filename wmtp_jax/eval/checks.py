@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from wmtp_jax.data.benchmarks import BENCHMARKS, MBPP_FORMATS, MBPP_SPLITS, BenchmarkError, codecontests_files
+from wmtp_jax.eval.protocols import PROTOCOLS, temperatures
 from wmtp_jax.schema import ConfigChecker
 
 
@@ -23,10 +24,16 @@ def generation_problems(c, k: ConfigChecker, data, fsdp, group: str | None = Non
             lambda v: len(v) > 0 and all(isinstance(x, int) and 1 <= x <= c.eval.n_samples for x in v),
             f"a non-empty tuple of integers in [1, eval.n_samples={c.eval.n_samples}]",
         )
+        k.one_of("eval.protocol", tuple(PROTOCOLS))
+        k.check(
+            "eval.k_temperatures",
+            lambda v: not v or (len(v) == len(c.eval.k) and all(isinstance(t, (int, float)) and t >= 0 for t in v)),
+            f"() or one non-negative temperature per eval.k={tuple(c.eval.k)}",
+        )
         k.check(
             "eval.speculative",
-            lambda v: not v or c.eval.temperature == 0,
-            "False unless eval.temperature=0 (self-speculative decoding is greedy only)",
+            lambda v: not v or all(t == 0 for t in temperatures(c.eval)),
+            "False unless every temperature is 0 (self-speculative decoding is greedy only)",
         )
         k.positive("eval.bootstrap")
         paths = "eval.codecontests"

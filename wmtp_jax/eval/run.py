@@ -25,6 +25,7 @@ from wmtp_jax.distributed import is_main_process
 from wmtp_jax.eval import judge
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 from wmtp_jax.eval.metrics import mean_pass_at_k
+from wmtp_jax.eval.protocols import deviations, temperatures
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.sandbox.execution import start_worker_pool
 from wmtp_jax.tracking import Tracker
@@ -56,23 +57,34 @@ def generate(generator, prompts, config, n_samples, seed, desc):
 
 
 def _score(
-    name: str, problems, completions, stats, outcomes, e, seed: int, isolation: str, exec_seconds: float
+    name: str,
+    problems,
+    completions,
+    stats,
+    outcomes,
+    e,
+    seed: int,
+    isolation: str,
+    exec_seconds: float,
+    ks: tuple[int, ...],
+    temperature: float,
 ) -> dict:
-    """One benchmark's entry of results.json: pass@k (Chen et al. 2021, per problem then averaged, bootstrap
-    95% interval over problems), the settings, counts by outcome and generation figures."""
+    """One benchmark's entry of results.json for the samples drawn at ``temperature``: pass@k for each of ``ks``
+    (Chen et al. 2021, per problem then averaged, bootstrap 95% interval over problems), the settings, counts by
+    outcome and generation figures."""
     passed = defaultdict(int)
     for problem, outcome in zip((p for p, row in zip(problems, completions) for _ in row), outcomes):
         passed[problem.task_id] += outcome.status == "passed"
     n, correct = [e.n_samples] * len(problems), [passed[p.task_id] for p in problems]
     pass_at = {}
-    for k in e.k:
+    for k in ks:
         mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=seed)
         pass_at[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
     return {
         "problems": len(problems),
         "limit": e.limit or None,
         "n_samples": e.n_samples,
-        "temperature": e.temperature,
+        "temperature": temperature,
         "top_p": e.top_p,
         "max_new_tokens": e.max_new_tokens,
         "speculative": e.speculative,
@@ -96,8 +108,8 @@ def _score(
     }
 
 
-def _sample_rows(name: str, problems, completions, outcomes, isolation: str):
-    """samples.jsonl rows: every completion with its outcome."""
+def _sample_rows(name: str, problems, completions, outcomes, isolation: str, temperature: float):
+    """samples.jsonl rows: every completion with its outcome and the temperature it was sampled at."""
     outcomes = iter(outcomes)
     for problem, row in zip(problems, completions):
         for j, comp in enumerate(row):
@@ -106,6 +118,7 @@ def _sample_rows(name: str, problems, completions, outcomes, isolation: str):
                 "benchmark": name,
                 "task_id": problem.task_id,
                 "sample": j,
+                "temperature": temperature,
                 "completion": comp.text,
                 "finish": comp.finish,
                 "status": outcome.status,
@@ -135,37 +148,64 @@ def run_benchmarks(
     ``{metric_prefix}{benchmark}/pass@{k}`` at ``step``. Returns the results dict (``header`` + "benchmarks").
     """
     is_main = is_main_process()
-    results = {**(header or {}), "split": split, "benchmarks": {}}
+    protocol = {
+        "name": e.protocol,
+        "deviations": {k: list(v) if isinstance(v, tuple) else v for k, v in deviations(e).items()},
+    }
+    results = {**(header or {}), "split": split, "protocol": protocol, "benchmarks": {}}
     rows = []
     for name in e.benchmarks:
         problems = benchmarks.load_for(name, e, split)
         n_available = len(problems)
         problems = problems[: e.limit] if e.limit else problems
-        config = GenerationConfig.from_config(e, stop=problems[0].stop)
-        if progress:
-            completions, stats = generate(
-                generator, [p.prompt for p in problems], config, e.n_samples, seed, f"generate {name}"
+        passes = temperatures(e)  # one generation pass per distinct temperature
+        by_temperature = {}
+        for temperature, ks in passes.items():
+            config = GenerationConfig.from_config(e, stop=problems[0].stop, temperature=temperature)
+            prompts, what = (
+                [p.prompt for p in problems],
+                f"generate {name}" + (f" T={temperature}" if len(passes) > 1 else ""),
             )
-        else:
-            completions, stats = generator.generate(
-                [p.prompt for p in problems], config, n_samples=e.n_samples, seed=seed
+            if progress:
+                completions, stats = generate(generator, prompts, config, e.n_samples, seed, what)
+            else:
+                completions, stats = generator.generate(prompts, config, n_samples=e.n_samples, seed=seed)
+            if not is_main:
+                continue
+            t0 = time.perf_counter()
+            outcomes = judge.check(
+                [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
+                timeout_s=e.timeout_s,
+                memory_mb=e.memory_mb,
             )
+            by_temperature[temperature] = _score(
+                name,
+                problems,
+                completions,
+                stats,
+                outcomes,
+                e,
+                seed,
+                isolation,
+                time.perf_counter() - t0,
+                ks,
+                temperature,
+            )
+            rows += list(_sample_rows(name, problems, completions, outcomes, isolation, temperature))
         if not is_main:
             continue
-        t0 = time.perf_counter()
-        outcomes = judge.check(
-            [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
-            timeout_s=e.timeout_s,
-            memory_mb=e.memory_mb,
-        )
-        result = _score(name, problems, completions, stats, outcomes, e, seed, isolation, time.perf_counter() - t0)
+        result = dict(next(iter(by_temperature.values())))  # the first temperature's settings and counts ...
+        for r in by_temperature.values():  # ... and every k from the samples drawn at its own temperature
+            result.update({key: value for key, value in r.items() if key.startswith("pass@")})
+        if len(by_temperature) > 1:
+            result["k_temperatures"] = list(e.k_temperatures)
+            result["by_temperature"] = {str(t): r for t, r in by_temperature.items()}
         label = benchmarks.dataset_label(name, e, split)
         results["benchmarks"][name] = {"dataset": label, "problems_available": n_available, **result}
-        rows += list(_sample_rows(name, problems, completions, outcomes, isolation))
         if tracker is not None:
             tracker.log_metrics(
                 {f"{metric_prefix}{name}/pass@{k}": result[f"pass@{k}"]["mean"] for k in e.k}
-                | {f"{metric_prefix}{name}/tokens_per_s": stats.tokens_per_second},
+                | {f"{metric_prefix}{name}/tokens_per_s": result["generation"]["tokens_per_s"]},
                 step,
             )
         summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)

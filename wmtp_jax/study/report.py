@@ -43,18 +43,23 @@ def _eval_dir(workdir: Path) -> Path:
 
 
 def load_counts(workdir: Path) -> tuple[dict[str, dict[str, tuple[int, int]]], dict]:
-    """``({benchmark: {task_id: (n samples, n passed)}}, results.json)`` of one finished run."""
+    """``({benchmark: {task_id: (n samples, n passed)}}, results.json)`` of one finished run. Under a protocol
+    with several temperatures only the samples drawn at the first one (pass@1's) count, so a problem's pass
+    rate is that of one sampling distribution."""
     directory = _eval_dir(Path(workdir))
+    results = json.loads((directory / "results.json").read_text())
+    first = {name: r.get("temperature") for name, r in results.get("benchmarks", {}).items()}
     counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
     for i, line in enumerate(open(directory / "samples.jsonl"), 1):
         try:
             row = json.loads(line)
+            if "temperature" in row and row["temperature"] != first.get(row["benchmark"], row["temperature"]):
+                continue
             entry = counts[row["benchmark"]][str(row["task_id"])]
             entry[0] += 1
             entry[1] += row["status"] == "passed"
         except (json.JSONDecodeError, KeyError) as e:
             raise ReportError(f"{directory / 'samples.jsonl'}:{i}: not a sample row ({e})") from None
-    results = json.loads((directory / "results.json").read_text())
     return {b: {t: (n, c) for t, (n, c) in tasks.items()} for b, tasks in counts.items()}, results
 
 

@@ -28,7 +28,7 @@ from wmtp_jax import config as config_lib
 from wmtp_jax import storage
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.run_checks import common_problems
-from wmtp_jax.run_config import FREE_FORM, RunConfig, parse
+from wmtp_jax.run_config import FREE_FORM, PRESETS, RunConfig, parse
 from wmtp_jax.schema import ConfigChecker, ConfigError
 from wmtp_jax.study import report
 from wmtp_jax.tracking import Tracker, experiment_name, local_tracking_uri
@@ -170,7 +170,7 @@ def arm_config(c, spec: ArmSpec, seed: int, parent_run_id: str = "") -> RunConfi
     composes config files the way a user does); raises StudyError naming the arm with every problem."""
     source = f"configs/{spec.config}.py"
     arm = importlib.import_module(f"configs.{spec.config}").get_config(c.preset if c.preset != "default" else "")
-    found = config_lib.apply_overrides(arm, arm_overrides(c, spec, seed, parent_run_id), FREE_FORM)
+    found = config_lib.apply_overrides(arm, arm_overrides(c, spec, seed, parent_run_id), FREE_FORM, PRESETS)
     if not found:
         try:
             parsed = parse(arm, source)

@@ -31,9 +31,11 @@ def validation_settings(c):
         c.eval,
         benchmarks=tuple(c.train.eval_benchmarks),
         limit=c.train.eval_limit,
+        protocol="greedy",
         n_samples=1,
         k=(1,),
         temperature=0.0,
+        k_temperatures=(),
         speculative=False,
     )
 
