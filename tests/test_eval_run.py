@@ -58,8 +58,11 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
     from wmtp_jax.tracking import local_tracking_uri
 
     client = MlflowClient(local_tracking_uri(tmp_path / "run"))
-    run_id = json.loads((tmp_path / "run" / "mlflow_run.json").read_text())["run_id"]
+    run_id = json.loads((tmp_path / "run" / "eval" / "mlflow_run.json").read_text())["run_id"]
     logged = client.get_run(run_id)
+    # a bare converted model: its own experiment, named after it
+    assert client.get_experiment(logged.info.experiment_id).name == "wmtp/eval/mtp_meta"
+    assert "## Evaluation" in (tmp_path / "run" / "report.md").read_text()
     assert "humaneval/pass_at_1" in logged.data.metrics and logged.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run_id)} >= {"results.json", "samples.jsonl"}
 
@@ -68,7 +71,7 @@ def test_eval_config_problems_are_reported_together():
     out = run_main(
         "--config=configs/eval.py",
         "--config.eval.benchmarks=('mbpp', 'apps')",
-        "--config.eval.k=(1, 5)",
+        "--config.eval.k=(1, 500)",
         "--config.eval.speculative=true",
         "--config.eval.temperature=0.5",
         "--config.eval.batch_size=6",
@@ -83,8 +86,9 @@ def test_eval_config_problems_are_reported_together():
     for expected in (
         "checkpoint='': expected an existing Orbax model directory",
         "eval.benchmarks=('mbpp', 'apps')",
-        "eval.k=(1, 5): expected a non-empty tuple of integers in [1, eval.n_samples=1]",
-        "eval.speculative=True: expected False unless eval.temperature=0",
+        "eval.k=(1, 500): expected a non-empty tuple of integers in [1, eval.n_samples=200]",
+        "eval.k_temperatures=(0.2, 0.8, 0.8): expected () or one non-negative temperature per eval.k=(1, 500)",
+        "eval.speculative=True: expected False unless every temperature is 0",
         "eval.batch_size=6: must be a multiple of the 4",
         "eval.mbpp_format='2shot'",
     ):

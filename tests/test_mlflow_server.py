@@ -84,6 +84,26 @@ def test_training_and_evaluation_log_over_http_and_survive_the_server_going_away
     assert {"results.json", "samples.jsonl"} <= {a.path for a in client.list_artifacts(run_id, "eval")} | artifacts
     stored = {o["Key"] for o in client_s3.list_objects_v2(Bucket=bucket, Prefix="mlartifacts/")["Contents"]}
     assert any(k.endswith(f"{run_id}/artifacts/config.json") for k in stored)  # the artifacts live in S3
+    assert "report.md" in artifacts and "humaneval" in (tmp_path / "up" / "report.md").read_text()
+
+    # a standalone evaluation of final/ is a child of the training run, in its experiment, tagged with its id
+    from wmtp_jax.eval.run import evaluate
+    from wmtp_jax.run_config import parse
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from configs import eval as eval_config
+
+    c = eval_config.get_config("micro")
+    c.model.checkpoint, c.workdir, c.mlflow.tracking_uri = str(tmp_path / "up" / "final"), str(tmp_path / "up"), uri
+    c.eval.benchmarks, c.eval.limit = ("humaneval",), 1
+    evaluate(parse(c))
+    assert json.loads((tmp_path / "up" / "mlflow_run.json").read_text())["run_id"] == run_id  # not taken over
+    child = client.get_run(json.loads((tmp_path / "up" / "eval" / "mlflow_run.json").read_text())["run_id"])
+    assert child.info.experiment_id == logged.info.experiment_id and child.info.status == "FINISHED"
+    assert child.data.tags["mlflow.parentRunId"] == child.data.tags["wmtp.evaluates_run_id"] == run_id
+    assert "humaneval/pass_at_1" in child.data.metrics and "report.md" in {
+        a.path for a in client.list_artifacts(child.info.run_id)
+    }
 
     def kill_after_step_2():
         metrics = tmp_path / "down" / "metrics.jsonl"

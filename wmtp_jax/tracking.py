@@ -60,7 +60,12 @@ def experiment_name(c) -> str:
     dataset = getattr(data, "prepare_micro", "") or (Path(train).parent.name if train else "") or "none"
     if getattr(c, "job", "") == "study":
         what, dataset = "study", c.study.name
+    if getattr(c, "job", "") == "eval":  # a model evaluated on its own: the experiment is named after the model
+        dataset = Path(str(c.model.checkpoint).rstrip("/")).name or "none"
     return f"{getattr(c.mlflow, 'project', 'wmtp')}/{what}/{dataset}"
+
+
+RUN_FILE = "mlflow_run.json"  # a training run's MLflow run id and store, in its workdir
 
 
 def local_tracking_uri(workdir: Path) -> str:
@@ -73,11 +78,25 @@ class Tracker:
     processes other than 0 or when the run could not be opened. Once the run is open, a failing call (the server
     went away) is counted in ``failed_calls`` and the run goes on; ``close`` reports the count."""
 
-    def __init__(self, c, workdir: Path, resume: bool = True, parent_run_id: str | None = None):
+    def __init__(
+        self,
+        c,
+        workdir: Path,
+        resume: bool = True,
+        parent_run_id: str | None = None,
+        *,
+        tracking_uri: str | None = None,
+        experiment_id: str | None = None,
+        tags: dict[str, str] | None = None,
+        run_file: str = RUN_FILE,
+    ):
         """``resume``: continue the MLflow run recorded in ``workdir`` (a resumed training run); False for jobs
         that start a new run every time (evaluation). ``parent_run_id``: make this run a nested child of that run
-        (a study's arm under the study's run). The experiment is ``mlflow.experiment_name``, by default
-        ``experiment_name(c)``; ``mlflow.tags`` are set on the run."""
+        (a study's arm under the study's run, an evaluation under the training run it evaluates). The experiment
+        is ``experiment_id`` if given, else ``mlflow.experiment_name``, by default ``experiment_name(c)``;
+        ``mlflow.tags`` and ``tags`` are set on the run. ``tracking_uri``: the store when the config names none
+        (an evaluation logs into its training run's store). ``run_file``: where in ``workdir`` the run id is kept
+        (an evaluation keeps its own, ``eval/mlflow_run.json``, so it never takes over a training run's)."""
         self.enabled = is_main_process()
         self.run_id = None
         self.calls = self.failed_calls = 0  # MLflow calls made after the run was opened, and how many failed
@@ -91,8 +110,9 @@ class Tracker:
         self._metric, self._param = Metric, Param
         local = not (c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         artifacts = getattr(c.mlflow, "artifact_location", "")
-        uri = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_tracking_uri(workdir)
-        run_file = workdir / "mlflow_run.json"
+        explicit = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = explicit or tracking_uri or local_tracking_uri(workdir)
+        run_file = workdir / run_file
         try:
             self.client = MlflowClient(tracking_uri=uri)
             previous = json.loads(run_file.read_text()) if run_file.exists() else {}
@@ -100,19 +120,21 @@ class Tracker:
                 self.run_id = previous["run_id"]  # a resumed run continues its MLflow run
                 self.client.update_run(self.run_id, status="RUNNING")
             else:
-                name = experiment_name(c)
-                experiment = self.client.get_experiment_by_name(name)
-                if experiment is None:
-                    location = artifacts or ((workdir / "mlartifacts").absolute().as_uri() if local else None)
-                    experiment_id = self.client.create_experiment(name, artifact_location=location)
-                else:
-                    experiment_id = experiment.experiment_id
-                tags = {str(k): str(v) for k, v in dict(getattr(c.mlflow, "tags", {})).items()}
+                if not experiment_id:
+                    name = experiment_name(c)
+                    experiment = self.client.get_experiment_by_name(name)
+                    if experiment is None:
+                        location = artifacts or ((workdir / "mlartifacts").absolute().as_uri() if local else None)
+                        experiment_id = self.client.create_experiment(name, artifact_location=location)
+                    else:
+                        experiment_id = experiment.experiment_id
+                tags = {str(k): str(v) for k, v in {**dict(getattr(c.mlflow, "tags", {})), **(tags or {})}.items()}
                 if parent_run_id:
                     tags["mlflow.parentRunId"] = parent_run_id
                 self.run_id = self.client.create_run(
                     experiment_id, run_name=c.mlflow.run_name or None, tags=tags or None
                 ).info.run_id
+                run_file.parent.mkdir(parents=True, exist_ok=True)
                 run_file.write_text(json.dumps({"run_id": self.run_id, "tracking_uri": uri}))
                 params = [Param(k, str(v)[:500]) for k, v in flatten_config(c).items()]
                 for i in range(0, len(params), 100):

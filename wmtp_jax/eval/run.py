@@ -9,7 +9,9 @@ MLflow.
 from __future__ import annotations
 
 import json
+import os
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from wmtp_jax.eval import judge
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 from wmtp_jax.eval.metrics import mean_pass_at_k
 from wmtp_jax.eval.protocols import deviations, temperatures
+from wmtp_jax.eval.report import write_run_report
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.sandbox.execution import start_worker_pool
-from wmtp_jax.tracking import Tracker
+from wmtp_jax.tracking import RUN_FILE, Tracker
 
 
 def setup(c):
@@ -224,6 +227,51 @@ def run_benchmarks(
     return results
 
 
+def training_run(checkpoint: str | Path) -> dict | None:
+    """The training run that wrote ``checkpoint`` (its workdir, ``final/`` or ``checkpoints/<step>``):
+    ``{"workdir", "run_id", "tracking_uri"}`` from that workdir's ``mlflow_run.json``, or None (a converted or
+    downloaded model)."""
+    path = Path(str(checkpoint))
+    for candidate in (path, path.parent, path.parent.parent):
+        recorded = candidate / RUN_FILE
+        if recorded.is_file():
+            try:
+                run = json.loads(recorded.read_text())
+                return {"workdir": str(candidate), "run_id": run["run_id"], "tracking_uri": run["tracking_uri"]}
+            except (json.JSONDecodeError, KeyError, OSError):
+                return None
+    return None
+
+
+def training_run_link(c) -> dict:
+    """``Tracker`` arguments that attach an evaluation to the training run it evaluates: a child run in that run's
+    experiment and store (when the config names no other store, or names the same), tagged with its run id;
+    with another store only the tag. ``{}`` for a model no training run of ours wrote (its experiment is then
+    named after the model, ``tracking.experiment_name``)."""
+    run = training_run(c.model.checkpoint)
+    if run is None or not is_main_process():
+        return {}
+    tags = {"wmtp.evaluates_run_id": run["run_id"], "wmtp.evaluates_workdir": run["workdir"]}
+    explicit = c.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if explicit and explicit != run["tracking_uri"]:
+        return {"tags": tags}
+    try:
+        from mlflow import MlflowClient
+
+        experiment_id = MlflowClient(run["tracking_uri"]).get_run(run["run_id"]).info.experiment_id
+    except Exception as e:  # the training run's store is gone: an unlinked evaluation, said so
+        warnings.warn(
+            f"training run {run['run_id']} not found in {run['tracking_uri']} ({e}); not linked", stacklevel=2
+        )
+        return {"tags": tags}
+    return {
+        "tracking_uri": run["tracking_uri"],
+        "experiment_id": experiment_id,
+        "parent_run_id": run["run_id"],
+        "tags": tags,
+    }
+
+
 def evaluate(c) -> dict:
     """Runs every benchmark of ``c.eval.benchmarks``; returns the results dict written to results.json.
 
@@ -232,7 +280,7 @@ def evaluate(c) -> dict:
     """
     workdir = Path(c.workdir)
     isolation, mesh, model, source, tok = setup(c)
-    tracker = Tracker(c, workdir, resume=False)
+    tracker = Tracker(c, workdir, resume=False, run_file="eval/mlflow_run.json", **training_run_link(c))
     header = {
         "checkpoint": str(c.model.checkpoint),
         "model": source,
@@ -251,6 +299,8 @@ def evaluate(c) -> dict:
             out_dir=workdir / "eval",
             header=header,
         )
+        if is_main_process():  # report.md beside the results (a training workdir's report now shows this run)
+            tracker.log_artifact(write_run_report(workdir))
         status = "FINISHED"
     finally:
         tracker.close(status)

@@ -20,6 +20,7 @@ from wmtp_jax.checkpoint.export import export_checkpoint
 from wmtp_jax.checkpoint.store import ADAPTER_CONFIG, CONFIG_FILE, save_adapters
 from wmtp_jax.checkpoint.train_state import TrainStateCheckpoints
 from wmtp_jax.distributed import is_main_process
+from wmtp_jax.eval.report import write_run_report
 from wmtp_jax.eval.teacher_forced import head_ce_sums
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.lora import has_lora, merge_lora
@@ -321,6 +322,18 @@ class WeightPlot(Hook):
                 json.dumps({"edges": edges.tolist(), "counts": self.hist.tolist()}) + "\n",
             )
             self.tracker.log_artifact(self.path)
+
+
+class RunReport(Hook):
+    """At the end of a finished run: ``{workdir}/report.md`` (``eval.report.write_run_report``) from what the hooks
+    before it wrote (final/, the evaluation, metrics, weights), logged to MLflow. Add it after them."""
+
+    def __init__(self, workdir: Path, tracker):
+        self.workdir, self.tracker = Path(workdir), tracker
+
+    def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
+        if status == "FINISHED" and is_main_process():
+            self.tracker.log_artifact(write_run_report(self.workdir))
 
 
 class CloseTracker(Hook):

@@ -274,7 +274,8 @@ def standard_hooks(
     3. record: ``MetricsLog`` writes one row per step with everything measured; ``Checkpoints`` saves (and keeps
        the best by the measured metric);
     4. at the end, in dependency order: ``ExportFinal`` writes ``final/``; then what reads ``final/``
-       (``CriticQualityAtEnd``, ``ExportHF``, ``EvalAtEnd``) and the weight plot; ``RemoteWorkdir`` uploads once
+       (``CriticQualityAtEnd``, ``ExportHF``, ``EvalAtEnd``) and the weight plot; ``RunReport`` writes report.md
+       from all of them; ``RemoteWorkdir`` uploads once
        every file is written; ``CloseTracker`` ends the MLflow run last.
     """
     loop = c.train
@@ -324,6 +325,7 @@ def standard_hooks(
         at_end = eval_hooks.EvalAtEnd(c.eval, tok, tracker, workdir / "eval", export, isolation=isolation, seed=c.seed)
         ordered.append((at_end, 1))
     ordered.append((hooks.WeightPlot(workdir / "weight_distribution.png", tracker), 1))
+    ordered.append((hooks.RunReport(workdir, tracker), 1))  # reads what the hooks above wrote
     if c.storage.remote_workdir:
         remote = hooks.RemoteWorkdir(workdir, c.storage.remote_workdir, checkpoints, c.storage.endpoint_url)
         ordered.append((remote, 1))
