@@ -3,11 +3,7 @@
 import importlib
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -197,50 +193,6 @@ def test_a_non_finite_step_leaves_parameters_and_optimizer_state_untouched():
     assert any(np.abs(np.asarray(x)).max() > 0 for x in jax.tree.leaves(after["opt_state"]))
 
 
-def test_exact_resume_after_sigkill(shared, tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "wmtp_jax.main",
-        "--config=configs/baseline.py:micro",
-        "--config.train.num_steps=6",
-        "--config.checkpoint.every_steps=2",
-        "--config.checkpoint.async_save=False",
-    ]
-    args += [f"--config.{k}={v}" for k, v in shared.items()]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    full = subprocess.run(
-        args + [f"--config.workdir={tmp_path / 'full'}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert full.returncode == 0, full.stderr[-3000:]
-    killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(
-        args + [f"--config.workdir={killed_dir}"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 600
-    while time.time() < deadline:  # kill once step 3 is done (a checkpoint exists at step 2)
-        if (killed_dir / "metrics.jsonl").exists() and len(
-            (killed_dir / "metrics.jsonl").read_text().splitlines()
-        ) >= 3:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (killed_dir / "checkpoints" / "2").is_dir() and not (killed_dir / "final").exists()
-    resumed = subprocess.run(
-        args + [f"--config.workdir={killed_dir}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    want, got = read_metrics(tmp_path / "full"), read_metrics(killed_dir)
-    assert sorted(got) == list(range(1, 7))
-    for s in range(1, 7):
-        assert got[s]["loss"] == want[s]["loss"], (s, got[s]["loss"], want[s]["loss"])  # bit for bit
-
-
 # ---------------------------------------------------------------------------------------------- step level
 def _batch(b=8, length=48, seed=0):
     rng = np.random.RandomState(seed)
@@ -363,34 +315,6 @@ def test_remat_step_matches_no_remat():
         results.append((float(metrics["loss"]), float(metrics["grad_norm"])))
     for loss, norm in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-6) and norm == pytest.approx(results[0][1], rel=1e-5)
-
-
-def test_training_on_the_synthetic_task_raises_held_out_pass_at_1(shared, tmp_path):
-    """The learning signal that makes pass@k a measurement: greedy pass@1 on the 30 held-out synthetic instances,
-    of the micro model before training (the eval job) and after the micro study's 800 steps (``eval_at_end``;
-    run as a user runs it, on one CPU device, which is twice as fast here as 4 virtual ones)."""
-    from wmtp_jax.eval import run as eval_run
-
-    study = importlib.import_module("configs.study").get_config("micro")
-    before = importlib.import_module("configs.eval").get_config("micro")
-    before.eval = study.eval
-    before.model.checkpoint, before.model.cache_dir = shared["model.checkpoint"], shared["model.cache_dir"]
-    before.workdir = str(tmp_path / "before")
-    pass_before = eval_run.evaluate(parse(before))["benchmarks"]["synthetic"]["pass@1"]["mean"]
-
-    args = [sys.executable, "-m", "wmtp_jax.main", "--config=configs/baseline.py:micro"]
-    args += [f"--config.{k}={v}" for k, v in shared.items()]
-    args += [f"--config.{item}" for item in study.study.common]
-    args += [f"--config.eval.{k}={v if isinstance(v, str) else repr(v)}" for k, v in study.eval.items()]
-    args += ["--config.train.eval_at_end=True", f"--config.workdir={tmp_path / 'after'}"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stderr[-3000:]
-    results = json.loads((tmp_path / "after" / "eval" / "results.json").read_text())
-    pass_after = results["benchmarks"]["synthetic"]["pass@1"]["mean"]
-    assert results["benchmarks"]["synthetic"]["problems"] == 30 and results["mesh"]["fsdp"] == 1
-    # 0 / 30 before; 0.67 to 1.0 after on this machine (when the copying of the digit sets in varies a little)
-    assert pass_before <= 0.1 and pass_after >= pass_before + 0.3, (pass_before, pass_after)
 
 
 def test_token_budget_batches_and_epochs_set_the_schedule(shared, tmp_path):

@@ -86,7 +86,7 @@ def _evaluation(results: dict | None, workdir: Path) -> list[str]:
     lines = [
         f"Protocol `{protocol.get('name', '?')}`"
         + (f" with {', '.join(f'{k}={v}' for k, v in deviations.items())}" if deviations else "")
-        + f"; model: {results.get('model', '?')}; sandbox: {results.get('sandbox_isolation', '?')}.",
+        + f"; sandbox: {results.get('sandbox_isolation', '?')}; devices: {results.get('devices', '?')}.",
         "",
     ]
     ks = sorted(
@@ -163,12 +163,12 @@ def write_run_report(workdir: str | Path, title: str = "") -> Path:
         centres = (edges[:-1] + edges[1:]) / 2
         mean = float((centres * counts).sum() / counts.sum())
         cdf = np.cumsum(counts) / counts.sum()
-        q = {p: float(edges[1:][np.searchsorted(cdf, p)]) for p in (0.5, 0.9, 0.99)}
-        zero = float(counts[0] / counts.sum())
+        bins = {p: int(np.searchsorted(cdf, p)) for p in (0.5, 0.9, 0.99)}  # the bin holding each quantile
+        where = {p: f"[{edges[i]:.3f}, {edges[i + 1]:.3f})" for p, i in bins.items()}
         lines += [
-            f"Weights of valid targets over the run (those in [0, {edges[-1]:.0f}]): mean ≈ {mean:.3f}, "
-            f"median ≤ {q[0.5]:.3f}, 90th percentile ≤ "
-            f"{q[0.9]:.3f}, 99th ≤ {q[0.99]:.3f}; {zero:.1%} in the lowest bin [{edges[0]:.2f}, {edges[1]:.2f}).",
+            f"Weights of valid targets over the run (histogram of {len(counts)} bins over [0, {edges[-1]:.0f}]; "
+            f"larger weights are not counted): mean ≈ {mean:.3f} (bin centres); the median lies in {where[0.5]}, "
+            f"the 90th percentile in {where[0.9]}, the 99th in {where[0.99]}.",
             "",
         ]
         if (workdir / "weight_distribution.png").is_file():

@@ -130,6 +130,29 @@ def _sample_rows(name: str, problems, completions, outcomes, isolation: str, tem
             }
 
 
+def _sample_and_judge(generator, name: str, problems, e, temperature: float, ks, seed: int, isolation: str, progress):
+    """One generation pass over ``problems`` at ``temperature`` (every process), judged on process 0:
+    ``(its results entry for ks, its samples.jsonl rows)``, or None on the other processes."""
+    config = GenerationConfig.from_config(e, stop=problems[0].stop, temperature=temperature)
+    prompts = [p.prompt for p in problems]
+    if progress:
+        what = f"generate {name}" + (f" T={temperature}" if e.k_temperatures else "")
+        completions, stats = generate(generator, prompts, config, e.n_samples, seed, what)
+    else:
+        completions, stats = generator.generate(prompts, config, n_samples=e.n_samples, seed=seed)
+    if not is_main_process():
+        return None
+    t0 = time.perf_counter()
+    outcomes = judge.check(
+        [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
+        timeout_s=e.timeout_s,
+        memory_mb=e.memory_mb,
+    )
+    seconds = time.perf_counter() - t0
+    result = _score(name, problems, completions, stats, outcomes, e, seed, isolation, seconds, ks, temperature)
+    return result, list(_sample_rows(name, problems, completions, outcomes, isolation, temperature))
+
+
 def run_benchmarks(
     generator: Generator,
     e,
@@ -161,40 +184,12 @@ def run_benchmarks(
         problems = benchmarks.load_for(name, e, split)
         n_available = len(problems)
         problems = problems[: e.limit] if e.limit else problems
-        passes = temperatures(e)  # one generation pass per distinct temperature
-        by_temperature = {}
-        for temperature, ks in passes.items():
-            config = GenerationConfig.from_config(e, stop=problems[0].stop, temperature=temperature)
-            prompts, what = (
-                [p.prompt for p in problems],
-                f"generate {name}" + (f" T={temperature}" if len(passes) > 1 else ""),
-            )
-            if progress:
-                completions, stats = generate(generator, prompts, config, e.n_samples, seed, what)
-            else:
-                completions, stats = generator.generate(prompts, config, n_samples=e.n_samples, seed=seed)
-            if not is_main:
-                continue
-            t0 = time.perf_counter()
-            outcomes = judge.check(
-                [(p, comp.text) for p, row in zip(problems, completions) for comp in row],
-                timeout_s=e.timeout_s,
-                memory_mb=e.memory_mb,
-            )
-            by_temperature[temperature] = _score(
-                name,
-                problems,
-                completions,
-                stats,
-                outcomes,
-                e,
-                seed,
-                isolation,
-                time.perf_counter() - t0,
-                ks,
-                temperature,
-            )
-            rows += list(_sample_rows(name, problems, completions, outcomes, isolation, temperature))
+        by_temperature: dict[float, dict] = {}
+        for temperature, ks in temperatures(e).items():  # one generation pass per distinct temperature
+            scored = _sample_and_judge(generator, name, problems, e, temperature, ks, seed, isolation, progress)
+            if scored is not None:  # process 0
+                by_temperature[temperature], samples = scored
+                rows += samples
         if not is_main:
             continue
         result = dict(next(iter(by_temperature.values())))  # the first temperature's settings and counts ...
