@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from wmtp_jax.schema import frozen
+
 PROTOCOLS: dict[str, dict[str, Any]] = {
     # one greedy completion per problem: cheap, deterministic; the local and :micro default
     "greedy": {
@@ -56,8 +58,4 @@ def temperatures(e) -> dict[float, tuple[int, ...]]:
 def deviations(e) -> dict[str, Any]:
     """The keys of eval section ``e`` whose values differ from its protocol's (``{key: value}``)."""
     preset = PROTOCOLS.get(e.protocol, {})
-    return {key: getattr(e, key) for key, value in preset.items() if tuple_or(getattr(e, key)) != tuple_or(value)}
-
-
-def tuple_or(value):
-    return tuple(value) if isinstance(value, (list, tuple)) else value
+    return {key: getattr(e, key) for key, value in preset.items() if frozen(getattr(e, key)) != frozen(value)}

@@ -174,10 +174,7 @@ def run_benchmarks(
     ``{metric_prefix}{benchmark}/pass@{k}`` at ``step``. Returns the results dict (``header`` + "benchmarks").
     """
     is_main = is_main_process()
-    protocol = {
-        "name": e.protocol,
-        "deviations": {k: list(v) if isinstance(v, tuple) else v for k, v in deviations(e).items()},
-    }
+    protocol = {"name": e.protocol, "deviations": deviations(e)}  # tuples are written as JSON lists
     results = {**(header or {}), "split": split, "protocol": protocol, "benchmarks": {}}
     rows = []
     for name in e.benchmarks:
