@@ -24,6 +24,13 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def pytest_report_header(config):
+    from wmtp_jax.sandbox.execution import _isolation
+
+    level, drop_uid = _isolation()
+    return f"wmtp_jax sandbox: isolation {level!r}, programs run as {'a dropped uid' if drop_uid else 'this uid'}"
+
+
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory):
     """Micro checkpoints, conversions and prepared data shared by every training test."""
