@@ -132,10 +132,11 @@ def test_hostile_programs_are_contained(tmp_path):
     }
     names = list(hostile)
     start = time.monotonic()
-    results = dict(zip(names, execute([hostile[n] for n in names], timeout_s=4, memory_mb=512, max_output_bytes=4096)))
     # the fork bomb runs in a batch of its own: where RLIMIT_NPROC cannot bind (root without a uid to drop to) its
     # thousands of processes can starve programs beside it into a timeout, which this test would misread
-    results["fork_bomb"] = execute([fork_bomb], timeout_s=4, memory_mb=512)[0]
+    bomb = execute([fork_bomb], timeout_s=4, memory_mb=512)[0]
+    results = dict(zip(names, execute([hostile[n] for n in names], timeout_s=4, memory_mb=512, max_output_bytes=4096)))
+    results["fork_bomb"] = bomb
     results["after"] = execute(["print('fine')"], timeout_s=5)[0]
     assert time.monotonic() - start < 60
     statuses = {n: results[n].status for n in [*names, "fork_bomb"]}
