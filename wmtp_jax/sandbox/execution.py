@@ -127,13 +127,13 @@ def isolation_level() -> str:
     return _isolation()[0]
 
 
-def _sandbox_prefix() -> list[str]:
+def _sandbox_prefix(read_only: frozenset[str] = frozenset()) -> list[str]:
     level, drop_uid = _isolation()
     if level == "unshare":
         return _unshare_args(drop_uid)
     if level != "bwrap":
         return []
-    # the interpreter, its standard library and the server stay visible even when they live under /tmp
+    # the interpreter, its standard library, the server and the read-only paths stay visible under /tmp
     needed = {
         os.path.realpath(p)
         for p in (
@@ -142,6 +142,7 @@ def _sandbox_prefix() -> list[str]:
             sys.exec_prefix,
             os.path.dirname(_ZYGOTE),
             os.path.dirname(os.path.realpath(sys.executable)),
+            *read_only,
         )
     }
     under_tmp = sorted(p for p in needed if p == "/tmp" or p.startswith("/tmp/"))
@@ -153,7 +154,8 @@ class _Zygote:
     """One slot's sandboxed fork server (``_zygote.py``): a long-lived, isolated interpreter that forks a child
     per program, so a program costs a fork instead of an interpreter start (and a namespace setup)."""
 
-    def __init__(self, slot: int):
+    def __init__(self, slot: int, read_only: frozenset[str] = frozenset()):
+        self.read_only = read_only  # host paths its programs may read (bound read-only where /tmp is private)
         level, drop_uid = _isolation()
         flags = ["--own-pid-namespace"] if level in ("bwrap", "unshare") else []
         env = {
@@ -164,7 +166,7 @@ class _Zygote:
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         self.proc = subprocess.Popen(
-            [*_sandbox_prefix(), sys.executable, "-I", "-S", _ZYGOTE, *flags],
+            [*_sandbox_prefix(read_only), sys.executable, "-I", "-S", _ZYGOTE, *flags],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -215,13 +217,17 @@ def _run_one(
     memory_mb: int,
     max_output_bytes: int,
     max_processes: int,
+    read_only: frozenset[str],
     slot: int,
 ) -> ExecutionResult:
     start = time.monotonic()
     zygote = _ZYGOTES.get(slot)
-    if zygote is None or not zygote.alive():
+    if zygote is not None and not read_only <= zygote.read_only:  # restarted with the new paths visible
+        zygote.close()
+        read_only = read_only | zygote.read_only
+    if zygote is None or not zygote.alive() or not read_only <= zygote.read_only:
         try:
-            zygote = _ZYGOTES[slot] = _Zygote(slot)
+            zygote = _ZYGOTES[slot] = _Zygote(slot, read_only)
         except OSError as e:
             return ExecutionResult("error", None, "", f"could not start the sandbox: {e}", time.monotonic() - start)
     request = {
@@ -243,21 +249,22 @@ def _run_one(
     return ExecutionResult(reply["status"], reply["exit_code"], reply["stdout"], reply["stderr"], reply["duration_s"])
 
 
-def _run_batch(programs, stdins, as_main, timeout_s, memory_mb, max_output_bytes, max_processes, max_workers):
+def _run_batch(programs, stdins, as_main, timeouts, memory, max_output_bytes, max_processes, read_only, max_workers):
     """In the worker process: a thread per running program, each with its own slot (uid when root)."""
     slots = queue.Queue()
     for i in range(max_workers):
         slots.put(i)
 
-    def run(program, stdin, main):
+    def run(program, stdin, main, timeout_s, memory_mb):
         slot = slots.get()
         try:
-            return _run_one(program, stdin, main, timeout_s, memory_mb, max_output_bytes, max_processes, slot)
+            limits = (timeout_s, memory_mb, max_output_bytes, max_processes, read_only)
+            return _run_one(program, stdin, main, *limits, slot)
         finally:
             slots.put(slot)
 
     with concurrent.futures.ThreadPoolExecutor(max_workers) as pool:
-        return list(pool.map(run, programs, stdins, as_main))
+        return list(pool.map(run, programs, stdins, as_main, timeouts, memory))
 
 
 def _serve() -> None:
@@ -358,20 +365,21 @@ def _per_program(name: str, value, n: int, scalar) -> list:
 def execute(
     programs: Sequence[str],
     *,
-    timeout_s: float = 10.0,
-    memory_mb: int = 1024,
+    timeout_s: float | Sequence[float] = 10.0,
+    memory_mb: int | Sequence[int] = 1024,
     stdin=None,
     as_main: bool | Sequence[bool] = True,
     max_output_bytes: int = 64 * 1024,
     max_processes: int = 64,
     max_workers: int | None = None,
+    read_only: Sequence[str | os.PathLike] = (),
 ) -> list[ExecutionResult]:
     """Runs each complete Python source in ``programs`` in its own limited process; results in order.
 
     Args:
       programs: Python sources (standard library only: the interpreter runs with ``-I -S``).
-      timeout_s: wall-clock limit per program (CPU limit = this + 1 s).
-      memory_mb: address-space limit per program.
+      timeout_s: wall-clock limit per program (CPU limit = this + 1 s); one value or one per program.
+      memory_mb: address-space limit per program; one value or one per program.
       stdin: None (closed stdin), one string for every program, or one string per program.
       as_main: run the program as a script (``__name__ == "__main__"``, as ``python program.py`` does), or, False,
         as the official assert-style harnesses exec it (human-eval, EvalPlus, lm-evaluation-harness's code_eval:
@@ -380,25 +388,31 @@ def execute(
       max_output_bytes: stdout / stderr kept per program (head and tail).
       max_processes: RLIMIT_NPROC (stops fork bombs of unprivileged users; bwrap/unshare contain root's).
       max_workers: programs run at once (default: CPU count).
+      read_only: host files or directories the programs may read (the bwrap sandbox has a private /tmp: paths under
+        it are bound read-only; elsewhere the root filesystem is already visible, read-only). Give directories
+        and files readable by all users: as root, programs run as an unprivileged uid.
     Returns:
       One ``ExecutionResult`` per program: status "passed" (exit 0), "failed" (non-zero exit or killed by a
       limit), "timeout" or "error" (could not be run, or broke its worker twice).
     Raises:
-      ValueError: ``stdin`` or ``as_main`` is a list of the wrong length.
+      ValueError: ``stdin``, ``as_main``, ``timeout_s`` or ``memory_mb`` is a list of the wrong length.
     """
     stdins = _per_program("stdin", stdin, len(programs), (str, type(None)))
     flags = _per_program("as_main", as_main, len(programs), bool)
+    timeouts = _per_program("timeout_s", timeout_s, len(programs), (int, float))
+    memory = _per_program("memory_mb", memory_mb, len(programs), int)
     if not programs:
         return []
-    args = (timeout_s, memory_mb, max_output_bytes, max_processes, max_workers or os.cpu_count() or 1)
+    paths = frozenset(os.path.realpath(p) for p in read_only)
+    args = (max_output_bytes, max_processes, paths, max_workers or os.cpu_count() or 1)
     try:
-        return _submit((list(programs), stdins, flags, *args))
+        return _submit((list(programs), stdins, flags, timeouts, memory, *args))
     except _WorkerDied:
         pass
     results = []
-    for program, s, main in zip(programs, stdins, flags):  # find the program that killed the worker: run each alone
+    for one in zip(programs, stdins, flags, timeouts, memory):  # find the program that killed the worker: each alone
         try:
-            results += _submit(([program], [s], [main], *args))
+            results += _submit((*([v] for v in one), *args))
         except _WorkerDied:
             results.append(ExecutionResult("error", None, "", "the program killed the sandbox worker", 0.0))
     return results
