@@ -77,7 +77,7 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     # final/ is evaluated at the end of every production run (report.md beside results.json); the shipped
     # benchmarks only: add "codecontests" once its test split is downloaded (eval.codecontests)
     c.eval = eval_section(preset)
-    c.eval.benchmarks = ("mbpp", "humaneval")
+    c.eval.benchmarks = ("mbpp", "humaneval", "humaneval_plus", "mbpp_plus")
     c.train.eval_at_end = preset != "micro"
 
     if preset == "micro":

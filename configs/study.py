@@ -30,7 +30,7 @@ def get_config(preset: str = ""):
     c.job = "study"
     c.workdir = "workdir/study"
     c.eval = base.eval_section(preset)  # the same evaluation for every arm
-    c.eval.benchmarks = ("mbpp", "humaneval", "codecontests")
+    c.eval.benchmarks = ("mbpp", "humaneval", "humaneval_plus", "mbpp_plus", "codecontests")
 
     c.study = rc.section_dict(rc.StudyConfig)  # every key, its default and meaning: run_config.py
     c.study.arms = ml_collections.ConfigDict(

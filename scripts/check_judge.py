@@ -1,6 +1,7 @@
 """Prints how often this project's judge agrees with the official harnesses (``wmtp_jax.eval.agreement``).
 
   uv run python scripts/check_judge.py                       # all 164 HumanEval + 500 MBPP test problems
+  uv run python scripts/check_judge.py --benchmarks humaneval_plus,mbpp_plus   # vs evalplus 0.3.1
   uv run python scripts/check_judge.py --limit 20 --kinds canonical,main_unittest
   uv run python scripts/check_judge.py --as-main             # the judge before the fix: programs run as __main__
 
@@ -30,10 +31,11 @@ def main() -> int:
     from wmtp_jax.sandbox.execution import start_worker_pool
 
     start_worker_pool()
-    kinds = [k for k in args.kinds.split(",") if k] or list(agreement.COMPLETION_KINDS)
-    unknown = sorted(set(kinds) - set(agreement.COMPLETION_KINDS))
+    known = [*agreement.COMPLETION_KINDS, *agreement.PLUS_KINDS]
+    kinds = [k for k in args.kinds.split(",") if k] or known
+    unknown = sorted(set(kinds) - set(known))
     if unknown:
-        parser.error(f"unknown kinds {unknown}; expected some of {list(agreement.COMPLETION_KINDS)}")
+        parser.error(f"unknown kinds {unknown}; expected some of {known}")
     verdicts = []
     for name in args.benchmarks.split(","):
         problems = benchmarks.load(name, mbpp_format="zeroshot")

@@ -10,6 +10,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # subprocess compile the same micro steps (a resumed run, the same config in several tests) only once
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "wmtp_jax_tests_xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# HumanEval+ / MBPP+ expected outputs (wmtp_jax.eval.differential), computed once per problem for the whole suite
+os.environ.setdefault("WMTP_EVALPLUS_CACHE", os.path.join(tempfile.gettempdir(), "wmtp_jax_tests_evalplus"))
 
 import socket
 import subprocess

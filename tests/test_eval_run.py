@@ -31,10 +31,11 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "eval" / "results.json").read_text())
     assert results["sandbox_isolation"] in ("bwrap", "unshare", "rlimits") and results["mesh"]["fsdp"] == 4
-    assert set(results["benchmarks"]) == {"mbpp", "humaneval", "codecontests"}
+    assert set(results["benchmarks"]) == {"mbpp", "humaneval", "humaneval_plus", "mbpp_plus", "codecontests"}
     # the shipped CodeContests sample is train-split data: its results must say so
     assert results["benchmarks"]["codecontests"]["dataset"] == "CodeContests train-split smoke set"
     assert results["benchmarks"]["mbpp"]["dataset"] == "MBPP test split"
+    assert results["benchmarks"]["mbpp_plus"]["dataset"] == "MBPP+ v0.2.0"
     assert results["protocol"] == {
         "name": "mtp_paper",
         "deviations": {"n_samples": 2, "k": [1, 2], "k_temperatures": [0.2, 0.8], "max_new_tokens": 32},
@@ -48,8 +49,16 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
         assert (
             r["pass@1"] == r["by_temperature"]["0.2"]["pass@1"] and r["pass@2"] == r["by_temperature"]["0.8"]["pass@2"]
         )
+    for name in ("humaneval_plus", "mbpp_plus"):  # plus (base and plus inputs) and base pass@k, EvalPlus's limits
+        r = results["benchmarks"][name]
+        assert set(r["base"]) == {"pass@1", "pass@2"} and r["time_limits"]["memory_mb"] == 4096
+        assert r["base"]["pass@1"]["mean"] >= r["pass@1"]["mean"]
     samples = [json.loads(line) for line in open(tmp_path / "run" / "eval" / "samples.jsonl")]
-    assert len(samples) == 24 and {s["status"] for s in samples} <= set(judge.OUTCOMES)
+    assert len(samples) == 40 and {s["status"] for s in samples} <= set(judge.OUTCOMES)
+    # HumanEval+ has HumanEval's prompts: judged on the same completions, not sampled again
+    texts = lambda name: [(s["task_id"], s["temperature"], s["completion"]) for s in samples if s["benchmark"] == name]
+    assert texts("humaneval") == texts("humaneval_plus")
+    assert all(s["base_status"] in judge.OUTCOMES for s in samples if s["benchmark"].endswith("_plus"))
     assert sorted({s["temperature"] for s in samples}) == [0.2, 0.8]
     assert all(s["sandbox_isolation"] == results["sandbox_isolation"] for s in samples)
 
@@ -62,7 +71,8 @@ def test_eval_micro_writes_results_samples_and_mlflow(tmp_path):
     logged = client.get_run(run_id)
     # a bare converted model: its own experiment, named after it
     assert client.get_experiment(logged.info.experiment_id).name == "wmtp/eval/mtp_meta"
-    assert "## Evaluation" in (tmp_path / "run" / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Evaluation" in report and "| mbpp_plus (base) |" in report
     assert "humaneval/pass_at_1" in logged.data.metrics and logged.info.status == "FINISHED"
     assert {a.path for a in client.list_artifacts(run_id)} >= {"results.json", "samples.jsonl"}
 

@@ -39,7 +39,9 @@ def test_defaults_are_declared_once_in_the_sections():
     from wmtp_jax.eval.protocols import PROTOCOLS
 
     # a training run's eval section: the section's defaults + the MTP paper's protocol + the shipped benchmarks
-    expected = rc.EvalConfig(protocol="mtp_paper", benchmarks=("mbpp", "humaneval"), **PROTOCOLS["mtp_paper"])
+    expected = rc.EvalConfig(
+        protocol="mtp_paper", benchmarks=("mbpp", "humaneval", "humaneval_plus", "mbpp_plus"), **PROTOCOLS["mtp_paper"]
+    )
     assert c.eval == expected and c.weighting == rc.WeightingConfig() and c.mesh == rc.MeshConfig()
     assert c.data.buckets == rc.DataConfig().buckets and c.checkpoint == rc.CheckpointConfig()
 

@@ -133,7 +133,8 @@ class EvalConfig(Section):
     """``eval``: benchmarks, sampling and sandbox settings of the eval job and of the evaluation at the end of a
     training run (``train.eval_at_end``)."""
 
-    benchmarks: tuple[str, ...] = ("mbpp", "humaneval", "codecontests")  # and "synthetic"
+    # also "synthetic"; HumanEval+ reuses HumanEval's completions (the same prompts) when both are evaluated
+    benchmarks: tuple[str, ...] = ("mbpp", "humaneval", "humaneval_plus", "mbpp_plus", "codecontests")
     # a named set of the sampling keys below (PROTOCOLS, docs/evaluation.md); explicit eval.* keys override it
     protocol: str = "greedy"
     mbpp_format: str = "3shot"  # 3shot (lm-evaluation-harness) | zeroshot (bigcode docstring)

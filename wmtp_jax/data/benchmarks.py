@@ -11,6 +11,9 @@ Prompt formats (``docs/formulas.md``, "Evaluation"):
   MBPP "zeroshot": bigcode-evaluation-harness — the task text and its first test inside a triple-quoted
     docstring; stop at a new top-level statement.
   HumanEval: the prompt itself; program = prompt + completion + test + ``check(entry_point)``.
+  HumanEval+ / MBPP+ (``wmtp_jax.data.evalplus``): EvalPlus's own prompts (HumanEval's; MBPP+'s docstring with the
+    task and one assert), program = prompt + completion, judged on the canonical solution's outputs for every
+    base and plus input (``Problem.differential``).
   CodeContests: the statement and an instruction to read stdin / write stdout; every public, private and
     generated test must print the expected output. Read from the published parquet shards (or JSONL with the
     same fields); the production default is the test split, and results from the shipped 30-problem sample
@@ -28,11 +31,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wmtp_jax.data import assets, synthetic
+from wmtp_jax.data import assets, evalplus, synthetic
 from wmtp_jax.data.records import CODECONTESTS_EXAMPLES, codecontests_input, format_prompt
 from wmtp_jax.data.rows import read_rows
 
-BENCHMARKS = ("mbpp", "humaneval", "codecontests", "synthetic")
+BENCHMARKS = ("mbpp", "humaneval", "codecontests", "synthetic", "humaneval_plus", "mbpp_plus")
 ALPACA_STOP = ("\n### ",)  # a completion of an Alpaca-format prompt ends before the next section
 MBPP_FORMATS = ("3shot", "zeroshot")
 MBPP_FEWSHOT_IDS = (2, 3, 4)
@@ -57,7 +60,8 @@ class Problem:
 
     prompt / stop: what the model sees and where its completion ends; prefix: source placed before the
     completion in the program (HumanEval: the prompt); tests: assert-style code run after it, or
-    stdio: ``((stdin, expected stdout), ...)``; reference: a known-good completion (None if the data has none);
+    stdio: ``((stdin, expected stdout), ...)``; differential: EvalPlus's input lists, judged against the canonical
+    solution's outputs (HumanEval+, MBPP+); reference: a known-good completion (None if the data has none);
     instruction / input: the problem as an Alpaca record (for rollouts, same format as data preparation);
     test_fields: the tests in the dataset's own fields (training records keep them as ``metadata.tests``);
     location: where the problem was read ("file:line").
@@ -70,6 +74,7 @@ class Problem:
     prefix: str = ""
     tests: str = ""
     stdio: tuple[tuple[str, str], ...] = ()
+    differential: evalplus.DifferentialTests | None = dataclasses.field(default=None, compare=False)
     reference: str | None = None
     instruction: str = ""
     input: str = ""
@@ -227,6 +232,71 @@ def load_humaneval(
     return problems
 
 
+def _load_plus(benchmark: str, path: Path, skipped: list[tuple[str, str]] | None) -> list[Problem]:
+    dataset = benchmark.removesuffix("_plus")
+    data_hash = evalplus.file_hash(path)
+    problems, seen = [], {}
+    for where, row in _rows(path, skipped):
+        try:
+            require(row, evalplus.FIELDS, where)
+            if row["task_id"] in seen:
+                raise BenchmarkError(where, f"duplicate_task_id: {row['task_id']} (first at {seen[row['task_id']]})")
+            base, plus = row["base_input"], row["plus_input"] or []
+            if dataset == "mbpp":
+                base, plus = (evalplus.mbpp_plus_arguments(row["task_id"], inputs) for inputs in (base, plus))
+            if not isinstance(plus, list) or not all(isinstance(args, list | tuple) for args in (*base, *plus)):
+                raise BenchmarkError(where, "wrong_type: every input must be a list of arguments")
+        except BenchmarkError as e:
+            _skip(e, skipped)
+            continue
+        except (ValueError, TypeError, IndexError, AttributeError) as e:  # an input the conversion cannot take
+            _skip(BenchmarkError(where, f"bad_inputs: {type(e).__name__}: {e}"), skipped)
+            continue
+        seen[row["task_id"]] = where
+        prompt = row["prompt"]
+        humaneval = dataset == "humaneval"
+        problems.append(
+            Problem(
+                benchmark,
+                row["task_id"],
+                prompt,
+                HUMANEVAL_STOP if humaneval else MBPP_ZEROSHOT_STOP,
+                prefix=prompt,
+                differential=evalplus.DifferentialTests(
+                    dataset, row["entry_point"], prompt + row["canonical_solution"], base, plus, row["atol"], data_hash
+                ),
+                reference=row["canonical_solution"],
+                instruction="Complete the following Python function." if humaneval else prompt.strip().strip('"'),
+                input=prompt if humaneval else "",
+                test_fields={"entry_point": row["entry_point"], "test": row.get("test") or row.get("assertion", "")},
+                location=where,
+            )
+        )
+    return problems
+
+
+def load_humaneval_plus(
+    path: str | Path = assets.HUMANEVAL_PLUS, *, skipped: list[tuple[str, str]] | None = None
+) -> list[Problem]:
+    """The 164 HumanEval+ problems in file order (reference = the canonical solution).
+
+    Raises:
+      BenchmarkError: a bad row (a missing / mistyped field, a repeated task id, an input that is not a list of
+        arguments), unless ``skipped`` is given."""
+    return _load_plus("humaneval_plus", Path(path), skipped)
+
+
+def load_mbpp_plus(
+    path: str | Path = assets.MBPP_PLUS, *, skipped: list[tuple[str, str]] | None = None
+) -> list[Problem]:
+    """The 378 MBPP+ problems in file order, arguments converted as EvalPlus converts them
+    (``evalplus.MBPP_PLUS_ARGUMENT_TYPES``).
+
+    Raises:
+      BenchmarkError: as ``load_humaneval_plus``."""
+    return _load_plus("mbpp_plus", Path(path), skipped)
+
+
 CODECONTESTS_SMOKE = "train-split smoke set"
 CODECONTESTS_HINT = (
     "download the test split's parquet shards of DeepMind CodeContests (Hugging Face deepmind/code_contests, "
@@ -353,6 +423,10 @@ def load(
         return load_codecontests(codecontests_paths or (assets.CODECONTESTS_SAMPLE,))
     if benchmark == "synthetic":
         return load_synthetic(synthetic_split)
+    if benchmark == "humaneval_plus":
+        return load_humaneval_plus()
+    if benchmark == "mbpp_plus":
+        return load_mbpp_plus()
     raise ValueError(f"unknown benchmark {benchmark!r}; expected one of {list(BENCHMARKS)}")
 
 
@@ -364,12 +438,14 @@ def dataset_label(name: str, e, split: str = "test") -> str:
         return f"CodeContests {what}" + ("" if what == CODECONTESTS_SMOKE else " split")
     if name == "humaneval":
         return "HumanEval"
+    if name in evalplus.VERSIONS:
+        return evalplus.VERSIONS[name]
     return f"{'MBPP' if name == 'mbpp' else name} {split} split"
 
 
 def load_for(name: str, e, split: str = "test") -> list[Problem]:
     """Benchmark ``name`` as an eval config section ``e`` asks for it (MBPP format, CodeContests files), from
-    ``split`` (MBPP and synthetic; the others have one evaluation split)."""
+    ``split`` (MBPP and synthetic; the others have one evaluation split: MBPP+ spans MBPP's splits, as published)."""
     return load(
         name,
         mbpp_format=e.mbpp_format,

@@ -6,9 +6,11 @@ solution of an evaluation problem. Texts are normalised before n-grams are taken
 of whitespace, so indentation, spacing and line breaks never hide an overlap (code tokens stay as written:
 ``range(n):`` is one token). Texts shorter than n tokens have no n-gram and match nothing.
 
-The evaluation sets are by default every benchmark the eval job reads: HumanEval (prompt + canonical solution)
-and the MBPP test split (statement, code), plus any CodeContests or Alpaca files given (statements and
-solutions; e.g. the CodeContests test and valid parquet shards). Each match is reported with the evaluation
+The evaluation sets are by default every benchmark the eval job reads: HumanEval (prompt + canonical solution),
+the MBPP test split (statement, code), HumanEval+ and MBPP+ (prompt, canonical solution; MBPP+ draws 108 of its
+tasks from MBPP's train split and 39 from its validation split, so MBPP training records of those tasks match),
+plus any CodeContests or Alpaca files given (statements and solutions; e.g. the CodeContests test and valid
+parquet shards). Each match is reported with the evaluation
 problem it overlaps (``wmtp_jax.data.prepare`` writes them to ``{split}.report.json``).
 """
 
@@ -96,6 +98,8 @@ class Overlap:
 
 class Decontaminator:
     """An index of the n-grams of evaluation problems; ``check(records)`` finds each training record's first match.
+    A record of the same problem, by namespaced task id ("mbpp/602" is MBPP+'s "Mbpp/602"; case ignored), matches
+    whatever its text (field "task_id"): MBPP+ rewrote some statements and solutions of the tasks it took over.
 
     Args:
       problems: ``(benchmark, task_id, text)`` triples; every text of a problem (statement, solutions) is indexed.
@@ -108,6 +112,7 @@ class Decontaminator:
         self.n = n
         self.index: dict[int, tuple[str, str]] = {}
         self.sources: dict[str, int] = {}
+        self.task_ids: dict[str, tuple[str, str]] = {}
         self._last_instruction: tuple[str, Overlap | None] | None = None
         seen = set()
         for benchmark, task_id, text in problems:
@@ -115,6 +120,8 @@ class Decontaminator:
                 self.index.setdefault(h, (benchmark, task_id))
             if (benchmark, task_id) not in seen:
                 seen.add((benchmark, task_id))
+                if "/" in task_id:  # a benchmark's own id, not a file location or a bare number
+                    self.task_ids.setdefault(task_id.lower(), (benchmark, task_id))
                 self.sources[benchmark] = self.sources.get(benchmark, 0) + 1
         # a one-hash Bloom filter over the low bits: most training n-grams are rejected by one vectorised gather,
         # only the few that pass are looked up in the dict (~32 slots per indexed n-gram: ~3% pass by chance)
@@ -142,11 +149,14 @@ class Decontaminator:
         return found
 
     def check(self, records: Sequence) -> list[Overlap | None]:
-        """The first overlap of each record (objects with ``instruction`` and ``output``), batched by runs of records
-        that share an instruction."""
+        """The first overlap of each record (objects with ``instruction``, ``output`` and optionally ``task_id``):
+        the same task first, else n-grams, batched by runs of records that share an instruction."""
         out: list[Overlap | None] = []
         for instruction, group in itertools.groupby(records, key=lambda r: r.instruction):
-            out += self.overlaps(instruction, [r.output for r in group])
+            group = list(group)
+            for record, hit in zip(group, self.overlaps(instruction, [r.output for r in group])):
+                same = self.task_ids.get(str(getattr(record, "task_id", "")).lower())
+                out.append(Overlap("task_id", *same) if same else hit)
         return out
 
     def describe(self) -> dict:

@@ -238,13 +238,18 @@ def humaneval_problems(path: Path) -> Iterator[RecordGroup]:
 
 # --------------------------------------------------------------------------------------------- writing
 def evaluation_problems(extra_files: Iterable[str | Path] = ()) -> Iterator[tuple[str, str, str]]:
-    """The default evaluation sets as ``(benchmark, task_id, text)``: HumanEval, the MBPP test split, and every
-    problem of ``extra_files`` (CodeContests parquet / JSONL with original field names, or Alpaca JSONL)."""
+    """The default evaluation sets as ``(benchmark, task_id, text)``: HumanEval, the MBPP test split, HumanEval+
+    and MBPP+ (the same problems as the originals with more tests, but MBPP+ takes its 378 tasks from every MBPP
+    split: its train- and validation-split tasks are evaluation problems too), and every problem of
+    ``extra_files`` (CodeContests parquet / JSONL with original field names, or Alpaca JSONL)."""
     for problem in benchmarks.load_humaneval():
         yield "humaneval", problem.task_id, problem.prompt + problem.reference  # docstring + canonical solution
     for problem in benchmarks.load_mbpp(split="test", prompt_format="zeroshot"):
         yield "mbpp_test", problem.task_id, problem.instruction
         yield "mbpp_test", problem.task_id, problem.reference
+    for problem in (*benchmarks.load_humaneval_plus(), *benchmarks.load_mbpp_plus()):
+        yield problem.benchmark, problem.task_id, problem.prompt  # HumanEval+: docstring; MBPP+: task and an assert
+        yield problem.benchmark, problem.task_id, problem.reference
     for path in map(Path, extra_files):
         for location, obj, reason in read_rows(path):
             if obj is None:

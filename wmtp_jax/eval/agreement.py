@@ -8,17 +8,28 @@ lm-evaluation-harness's program (completion + "\\n" + the three ``test_list`` as
 ``code_eval`` metric runs). A pair agrees when both say passed or both say not passed (the reference harness
 has no separate timeout / error statuses that matter here).
 
+HumanEval+ / MBPP+ are judged against the ``evalplus`` package (0.3.1) itself: its data loader reads the shipped
+files (``HUMANEVAL_OVERRIDE_PATH`` / ``MBPP_OVERRIDE_PATH``), its ``trusted_exec`` computes the expected outputs and
+timings, its ``untrusted_check`` gives the base and plus verdicts (EvalPlus's own sandbox is weaker than ours: it is
+the reference for verdicts only). Each completion gives two rows, ``{benchmark}/base`` and ``{benchmark}`` (plus),
+and one more kind, ``plus_only_wrong``: right on the base inputs, wrong on every other.
+
 ``DELIBERATE`` lists the differences we keep on purpose, with the reason; ``scripts/check_judge.py`` prints the
 table for all problems, ``tests/test_judge_agreement.py`` checks a sample in CI.
 """
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import dataclasses
+import functools
+import os
+import pickle
 import re
 from collections.abc import Callable, Sequence
 
+from wmtp_jax.data import assets
 from wmtp_jax.data.benchmarks import Problem
 from wmtp_jax.eval import judge
 
@@ -90,6 +101,21 @@ COMPLETION_KINDS: dict[str, Callable[[Problem, str], str]] = {
     ),
 }
 
+
+def plus_only_wrong(p: Problem, ref: str) -> str:
+    """The reference, wrapped so that it answers None to every input that is not one of the base inputs."""
+    name = entry_point(p)
+    base = base64.b64encode(pickle.dumps([repr(list(args)) for args in p.differential.base_inputs])).decode()
+    return _after(
+        ref,
+        f"import base64 as _b64, pickle as _pickle\n\n_base_inputs = set(_pickle.loads(_b64.b64decode({base!r})))\n"
+        f"_original = {name}\n\n\ndef {name}(*args):\n    seen = repr(list(args)) in _base_inputs\n"
+        "    out = _original(*args)\n    return out if seen else None\n",
+    )
+
+
+PLUS_KINDS = {"plus_only_wrong": plus_only_wrong}  # HumanEval+ / MBPP+ only
+
 # Differences we keep on purpose: (benchmark, task_id or completion kind) -> why our verdict may differ
 DELIBERATE: dict[tuple[str, str], str] = {
     ("mbpp", "mbpp/367"): (
@@ -122,8 +148,66 @@ class Verdicts:
 def completions(
     problems: Sequence[Problem], kinds: Sequence[str] = tuple(COMPLETION_KINDS)
 ) -> list[tuple[Problem, str, str]]:
-    """``(problem, kind, completion)`` for every problem with a reference solution and every kind."""
-    return [(p, kind, COMPLETION_KINDS[kind](p, p.reference)) for p in problems if p.reference for kind in kinds]
+    """``(problem, kind, completion)`` for every problem with a reference solution and every kind (``PLUS_KINDS``
+    only for HumanEval+ / MBPP+)."""
+    build = COMPLETION_KINDS | PLUS_KINDS
+    return [
+        (p, kind, build[kind](p, p.reference))
+        for p in problems
+        if p.reference
+        for kind in kinds
+        if kind in COMPLETION_KINDS or p.differential is not None
+    ]
+
+
+@functools.cache
+def _evalplus_problems(dataset: str) -> dict:
+    """evalplus's own problems (its loader, on the shipped file)."""
+    os.environ.setdefault("HUMANEVAL_OVERRIDE_PATH", str(assets.HUMANEVAL_PLUS))
+    os.environ.setdefault("MBPP_OVERRIDE_PATH", str(assets.MBPP_PLUS))
+    from evalplus.data import get_human_eval_plus, get_mbpp_plus
+
+    return get_human_eval_plus() if dataset == "humaneval" else get_mbpp_plus()
+
+
+@functools.lru_cache(maxsize=8)
+def _evalplus_expected(dataset: str, task_id: str) -> dict:
+    """evalplus's ground truth of one problem, as its ``get_groundtruth`` computes it (``trusted_exec``)."""
+    from evalplus.eval._special_oracle import MBPP_OUTPUT_NOT_NONE_TASKS
+    from evalplus.gen.util import trusted_exec
+
+    problem = _evalplus_problems(dataset)[task_id]
+    code = problem["prompt"] + problem["canonical_solution"]
+    not_none = dataset == "mbpp" and problem["entry_point"] in MBPP_OUTPUT_NOT_NONE_TASKS
+    out = {}
+    for kind in ("base", "plus"):
+        inputs = problem[f"{kind}_input"]
+        out[kind], out[f"{kind}_time"] = trusted_exec(code, inputs, problem["entry_point"], True, not_none)
+    return out
+
+
+def evalplus_verdicts(problem: Problem, completion: str) -> tuple[str, str]:
+    """``(base, plus)`` statuses ("pass", "fail", "timeout") of evalplus 0.3.1's ``untrusted_check`` (fast check,
+    its default time limits) on ``prompt + completion``, as ``evalplus.evaluate`` judges a sample."""
+    from evalplus.eval import untrusted_check
+
+    dataset = problem.differential.dataset
+    row = _evalplus_problems(dataset)[problem.task_id]
+    expected = _evalplus_expected(dataset, problem.task_id)
+    solution = row["prompt"] + completion
+    return tuple(
+        untrusted_check(
+            dataset,
+            solution,
+            row[f"{kind}_input"],
+            row["entry_point"],
+            expected=expected[kind],
+            atol=row["atol"],
+            ref_time=expected[f"{kind}_time"],
+            fast_check=True,
+        )[0]
+        for kind in ("base", "plus")
+    )
 
 
 def reference_verdict(problem: Problem, completion: str, timeout_s: float = REFERENCE_TIMEOUT_S) -> str:
@@ -162,9 +246,20 @@ def compare(
     ``as_main``: judge ours with the old semantics (assert-style programs as ``__main__``), for before / after."""
     items = completions(problems, kinds)
     ours = judge.check([(p, c) for p, _, c in items], timeout_s=timeout_s, assert_style_as_main=as_main)
+    plain = [i for i, (p, _, _) in enumerate(items) if p.differential is None]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        theirs = list(pool.map(lambda item: reference_verdict(item[0], item[2], timeout_s), items))
-    return [Verdicts(p.benchmark, p.task_id, kind, o.status, t) for (p, kind, _), o, t in zip(items, ours, theirs)]
+        theirs = dict(zip(plain, pool.map(lambda i: reference_verdict(items[i][0], items[i][2], timeout_s), plain)))
+    out = []
+    for i, ((p, kind, completion), o) in enumerate(zip(items, ours)):
+        if p.differential is None:
+            out.append(Verdicts(p.benchmark, p.task_id, kind, o.status, theirs[i]))
+            continue
+        # evalplus forks its own checker per call: run from this thread, one problem's expected outputs cached
+        base, plus = evalplus_verdicts(p, completion)
+        plus = plus if base == "pass" else base  # EvalPlus's plus verdict counts base and plus inputs
+        out.append(Verdicts(f"{p.benchmark}/base", p.task_id, kind, o.base, "passed" if base == "pass" else base))
+        out.append(Verdicts(p.benchmark, p.task_id, kind, o.status, "passed" if plus == "pass" else plus))
+    return out
 
 
 def table(verdicts: Sequence[Verdicts]) -> list[dict]:

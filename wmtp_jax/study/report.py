@@ -45,7 +45,8 @@ def _eval_dir(workdir: Path) -> Path:
 def load_counts(workdir: Path) -> tuple[dict[str, dict[str, tuple[int, int]]], dict]:
     """``({benchmark: {task_id: (n samples, n passed)}}, results.json)`` of one finished run. Under a protocol
     with several temperatures only the samples drawn at the first one (pass@1's) count, so a problem's pass
-    rate is that of one sampling distribution."""
+    rate is that of one sampling distribution. HumanEval+ / MBPP+ give two benchmarks: ``name`` (plus: base and
+    plus inputs) and ``name/base``."""
     directory = _eval_dir(Path(workdir))
     results = json.loads((directory / "results.json").read_text())
     first = {name: r.get("temperature") for name, r in results.get("benchmarks", {}).items()}
@@ -58,6 +59,10 @@ def load_counts(workdir: Path) -> tuple[dict[str, dict[str, tuple[int, int]]], d
             entry = counts[row["benchmark"]][str(row["task_id"])]
             entry[0] += 1
             entry[1] += row["status"] == "passed"
+            if "base_status" in row:  # HumanEval+ / MBPP+: "status" is plus; base is compared as its own benchmark
+                entry = counts[row["benchmark"] + "/base"][str(row["task_id"])]
+                entry[0] += 1
+                entry[1] += row["base_status"] == "passed"
         except (json.JSONDecodeError, KeyError) as e:
             raise ReportError(f"{directory / 'samples.jsonl'}:{i}: not a sample row ({e})") from None
     return {b: {t: (n, c) for t, (n, c) in tasks.items()} for b, tasks in counts.items()}, results
@@ -111,7 +116,7 @@ def build(
         pooled[arm.name] = {b: pool([counts[b] for counts, _ in runs]) for b in sorted(benchmarks)}
         settings[arm.name] = {
             b: {
-                key: runs[0][1]["benchmarks"][b].get(key)
+                key: runs[0][1]["benchmarks"][b.removesuffix("/base")].get(key)
                 for key in ("n_samples", "temperature", "limit", "prompt_format", "dataset")
             }
             | {"split": runs[0][1].get("split", "test")}
