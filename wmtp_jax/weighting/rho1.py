@@ -8,8 +8,8 @@ For head k at position p with target y = token p+k+1:
 Hard selection keeps the top ``ratio`` of valid targets by score, per head, over the whole (global,
 all-device) batch the function sees: weight 1, others 0. The soft variant: z-score over valid targets ->
 softmax(score / T) -> rescale to mean 1 -> clip [eps, w_max] -> renormalise to mean 1. The "seed" variant (the
-design this project replaces) emphasises the top ``top_p`` by |excess loss| over a base weight, see
-``seed_weights``.
+design documents' formula, README section 2.3 of the design this project replaces) grades the top ``top_p`` of
+targets by |excess loss| above a base weight, then applies the soft pipeline, see ``seed_weights``.
 """
 
 from __future__ import annotations
@@ -57,22 +57,30 @@ def soft_weights(
 
 
 def seed_weights(
-    score: jax.Array, valid: jax.Array, top_p: float = 0.2, alpha: float = 0.3, temperature: float = 0.6
+    score: jax.Array,
+    valid: jax.Array,
+    top_p: float = 0.2,
+    alpha: float = 0.3,
+    temperature: float = 0.6,
+    eps: float = 0.05,
+    w_max: float = 3.0,
 ) -> jax.Array:
-    """The original design's Rho-1 variant, per head over the valid targets: with ``s = |score|`` and ``q`` the
-    ``1 - top_p`` quantile of s, the emphasis ``e = alpha + (1 - alpha) * min(s / q, 1)`` is 1 for the top ``top_p``
-    of tokens and falls continuously to the base weight ``alpha`` as s goes to 0; then
-    ``w = N * softmax(e / T)`` (mean 1 over the N valid targets; the largest weight ratio is exp((1 - alpha) / T)).
-    ``[B, S, H]``, 0 on invalid targets."""
+    """The design documents' Rho-1 variant, per head over the valid targets (``docs/formulas.md``, "Rho-1
+    weights"): with ``s = |score|``, ``q`` the ``1 - top_p`` quantile of s and ``s_max`` its largest value,
+
+        raw = (s / s_max) * 1[s > q] + alpha,
+
+    so the top ``top_p`` of targets are graded by their excess loss and every other target gets the base
+    ``alpha``; then ``soft_weights(raw, T, eps, w_max)``: z-score -> softmax(z / T) -> mean 1 -> clip [eps, w_max]
+    -> renormalise to mean 1. The z-score removes any constant, so ``alpha`` shifts ``raw`` without changing the
+    weights (kept because the design names it). ``[B, S, H]`` float32, 0 on invalid targets."""
     b, s_len, h = score.shape
     s = jnp.abs(score)
     flat = jnp.where(valid, s, jnp.nan).reshape(b * s_len, h)
     q = jnp.nanquantile(flat, 1.0 - top_p, axis=0)  # [H]
-    emphasis = alpha + (1.0 - alpha) * jnp.minimum(s / jnp.maximum(q, 1e-12), 1.0)
-    logits = jnp.where(valid, emphasis / temperature, -jnp.inf).reshape(b * s_len, h)
-    n = valid.reshape(b * s_len, h).sum(axis=0)
-    w = jax.nn.softmax(logits, axis=0) * n
-    return jax.lax.stop_gradient(jnp.where(valid, w.reshape(b, s_len, h), 0.0))
+    s_max = jnp.maximum(jnp.nanmax(flat, axis=0), 1e-12)
+    raw = jnp.where(s > q, s / s_max, 0.0) + alpha
+    return soft_weights(raw, valid, temperature, eps, w_max)
 
 
 SELECTIONS = ("hard", "soft")
@@ -96,10 +104,10 @@ def rho1_weights(
 ):
     """Excess-loss weights ``[B, S, H]`` from per-head policy CE and per-head-aligned reference CE: ``scheme``
     "rho1" (the paper: ``select`` "hard", the top ``ratio``, or "soft", a softmax of z-scores) or "seed"
-    (``seed_weights``, which scores |CE_pol - CE_ref|)."""
+    (the design documents' variant, ``seed_weights``, which scores |CE_pol - CE_ref|)."""
     score = excess_loss(jax.lax.stop_gradient(ce_policy), jax.lax.stop_gradient(ce_reference), mode)
     if scheme == "seed":
-        return seed_weights(score, valid, top_p, alpha, temperature)
+        return seed_weights(score, valid, top_p, alpha, temperature, eps, w_max)
     if scheme != "rho1":
         raise ValueError(f"rho1 scheme={scheme!r}: expected one of {list(SCHEMES)}")
     if select == "hard":
