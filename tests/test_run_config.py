@@ -85,8 +85,10 @@ def test_each_job_validates_its_own_sections_all_at_once():
     c = load("baseline")
     config_lib.apply_overrides(c, ["train.num_steps=0", "train.ce_chunk=0", "train.early_stopping.patience=0"])
     config_lib.apply_overrides(c, ["checkpoint.keep=0", "data.strategy=best", "model.dtype=float8"])
+    config_lib.apply_overrides(c, ["train.eval_benchmarks=('mbpp', 'humaneval_plus')"])  # no validation split
     text = "\n".join(jobs.problems(c, n_devices=4))
-    for key in ("train.num_steps=0", "train.ce_chunk=0", "train.early_stopping.patience=0", "checkpoint.keep=0"):
+    keys = ("train.num_steps=0", "train.ce_chunk=0", "train.early_stopping.patience=0", "checkpoint.keep=0")
+    for key in (*keys, "train.eval_benchmarks=('mbpp', 'humaneval_plus')"):
         assert key in text, key
     assert "data.strategy='best'" in text and "model.dtype='float8'" in text
     e = load("eval")

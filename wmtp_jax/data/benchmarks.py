@@ -36,6 +36,7 @@ from wmtp_jax.data.records import CODECONTESTS_EXAMPLES, codecontests_input, for
 from wmtp_jax.data.rows import read_rows
 
 BENCHMARKS = ("mbpp", "humaneval", "codecontests", "synthetic", "humaneval_plus", "mbpp_plus")
+VALIDATION_BENCHMARKS = ("mbpp", "synthetic")  # with a validation split (evaluation inside training)
 ALPACA_STOP = ("\n### ",)  # a completion of an Alpaca-format prompt ends before the next section
 MBPP_FORMATS = ("3shot", "zeroshot")
 MBPP_FEWSHOT_IDS = (2, 3, 4)

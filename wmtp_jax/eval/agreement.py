@@ -251,16 +251,25 @@ def compare(
     ``as_main``: judge ours with the old semantics (assert-style programs as ``__main__``), for before / after."""
     items = completions(problems, kinds)
     ours = judge.check([(p, c) for p, _, c in items], timeout_s=timeout_s, assert_style_as_main=as_main)
-    plain = [i for i, (p, _, _) in enumerate(items) if p.differential is None]
+
+    def reference(item: tuple[Problem, str, str]):
+        p, _, completion = item
+        return (
+            reference_verdict(p, completion, timeout_s) if p.differential is None else evalplus_verdicts(p, completion)
+        )
+
+    theirs = []
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        theirs = dict(zip(plain, pool.map(lambda i: reference_verdict(items[i][0], items[i][2], timeout_s), plain)))
+        for p in dict.fromkeys(p for p, _, _ in items):  # one problem at a time: its evalplus ground truth once
+            if p.differential is not None:
+                _evalplus_expected(p.differential.dataset, p.task_id)
+            theirs += pool.map(reference, [item for item in items if item[0] is p])
     out = []
-    for i, ((p, kind, completion), o) in enumerate(zip(items, ours)):
+    for (p, kind, _), o, t in zip(items, ours, theirs):
         if p.differential is None:
-            out.append(Verdicts(p.benchmark, p.task_id, kind, o.status, theirs[i]))
+            out.append(Verdicts(p.benchmark, p.task_id, kind, o.status, t))
             continue
-        # evalplus forks its own checker per call: run from this thread, one problem's expected outputs cached
-        base, plus = evalplus_verdicts(p, completion)
+        base, plus = t
         plus = plus if base == "pass" else base  # EvalPlus's plus verdict counts base and plus inputs
         out.append(Verdicts(f"{p.benchmark}/base", p.task_id, kind, o.base, "passed" if base == "pass" else base))
         out.append(Verdicts(p.benchmark, p.task_id, kind, o.status, "passed" if plus == "pass" else plus))

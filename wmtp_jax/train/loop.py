@@ -18,7 +18,7 @@ from wmtp_jax import distributed, sharding
 from wmtp_jax.checkpoint import ensure_orbax, load_model, train_state
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
-from wmtp_jax.data.benchmarks import BENCHMARKS
+from wmtp_jax.data.benchmarks import VALIDATION_BENCHMARKS
 from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
 from wmtp_jax.data.prepare import data_sha256, prepare_cached
 from wmtp_jax.data.records import RecordIndex, index_path
@@ -79,10 +79,11 @@ class LoopConfig(Section):
         c.non_negative("num_epochs", integer=False)
         c.non_negative("batch_tokens")
         c.non_negative("eval_limit")
-        c.check(
+        c.check(  # it selects checkpoints: never on problems the final evaluation reports
             "eval_benchmarks",
-            lambda v: len(v) > 0 and set(v) <= set(BENCHMARKS),
-            f"a non-empty tuple of {list(BENCHMARKS)}",
+            lambda v: len(v) > 0 and set(v) <= set(VALIDATION_BENCHMARKS),
+            f"a non-empty tuple of {list(VALIDATION_BENCHMARKS)} (benchmarks with a validation split; the others "
+            "hold only evaluation problems)",
         )
         return c.found
 
