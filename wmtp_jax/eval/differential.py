@@ -118,6 +118,8 @@ def expected_outputs(problems: Sequence[Problem], progress: bool = True) -> dict
       CanonicalError: a canonical solution raised or ran for over 10 minutes."""
     result: dict[str, Expected] = {}
     todo = [p for p in dict.fromkeys(problems) if p.differential is not None]
+    if not todo:
+        return result
     bar = tqdm(total=len(todo), desc="expected outputs (canonical solutions)", disable=not progress)
     for problem in todo:
         where = _problem_dir(problem)
