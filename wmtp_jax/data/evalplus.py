@@ -25,7 +25,6 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
-PLUS_BENCHMARKS = ("humaneval_plus", "mbpp_plus")
 VERSIONS = {"humaneval_plus": "HumanEval+ v0.1.10", "mbpp_plus": "MBPP+ v0.2.0"}
 FIELDS = dict.fromkeys(("task_id", "prompt", "entry_point", "canonical_solution"), str) | {
     "base_input": list,
