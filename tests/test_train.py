@@ -159,6 +159,23 @@ def test_control_shuffles_weights_but_keeps_their_statistics(stage_one, shared, 
     assert a["loss"] != b["loss"]  # different tokens selected
 
 
+@pytest.mark.parametrize("experiment,scheme", [("ref_tuning", "dft"), ("baseline", "entropy")])
+def test_a_weighting_scheme_trains_and_evaluates(experiment, scheme, shared, tmp_path):
+    """DFT on a plain next-token model (n_future_tokens = 1, the reference), entropy selection on the 4-head MTP
+    model: two steps, then the evaluation at the end of the run."""
+    evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
+    run(experiment, shared, tmp_path, **{"weighting.scheme": scheme, "train.num_steps": 2}, **evaluation)
+    m = read_metrics(tmp_path)[2]
+    if scheme == "dft":  # p(target) of each valid target: below 1, and its mean is the mean of exp(-CE)
+        assert 0 < m["weight_min"] <= m["weight_mean"] < m["weight_max"] < 1 and "ce_head_1" not in m
+    else:  # ceil(0.2 n) of each head's valid targets selected, the loss divided by all of them
+        assert 0.2 <= m["weight_frac_selected"] < 0.25 and m["entropy_mean"] > 0 and "ce_head_3" in m
+        assert m["loss_head_0"] < m["ce_head_0"]
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert results["benchmarks"]["humaneval"]["problems"] == 1 and "pass@1" in results["benchmarks"]["humaneval"]
+    assert (tmp_path / "report.md").is_file()
+
+
 def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
     with pytest.raises(loop.NonFiniteError, match="2 consecutive non-finite"):
         run(

@@ -23,6 +23,19 @@ def token_ce(project, head_hidden: jax.Array, targets: jax.Array, *, chunk: int 
       targets: int ``[B, S, H]``.
       chunk: positions per chunk; the logits of one chunk (``[B, chunk, H, V]`` float32) are the peak.
     """
+    return _chunked(project, head_hidden, targets, chunk, with_entropy=False)
+
+
+def token_ce_entropy(
+    project, head_hidden: jax.Array, targets: jax.Array, *, chunk: int = 256
+) -> tuple[jax.Array, jax.Array]:
+    """``token_ce`` and, from the same chunk of logits, the entropy of each head's predictive distribution,
+    ``H = -sum_v p_v log p_v`` (nats, no gradient): two float32 ``[B, S, H]``. Costs one more reduction over the
+    vocabulary per chunk, no extra projection."""
+    return _chunked(project, head_hidden, targets, chunk, with_entropy=True)
+
+
+def _chunked(project, head_hidden, targets, chunk, with_entropy):
     b, s, h, d = head_hidden.shape
     chunk = min(chunk, s)
     pad = (-s) % chunk
@@ -37,10 +50,16 @@ def token_ce(project, head_hidden: jax.Array, targets: jax.Array, *, chunk: int 
     def chunk_ce(hc, tc):
         logits = project(hc)
         target_logit = jnp.take_along_axis(logits, tc[..., None], axis=-1)[..., 0]
-        return jax.nn.logsumexp(logits, axis=-1) - target_logit
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        if not with_entropy:
+            return lse - target_logit
+        logits = jax.lax.stop_gradient(logits)
+        probs = jax.nn.softmax(logits, axis=-1)
+        entropy = jax.lax.stop_gradient(lse) - jnp.sum(probs * logits, axis=-1)
+        return lse - target_logit, entropy
 
-    _, ce = jax.lax.scan(lambda carry, x: (carry, chunk_ce(*x)), None, (hs, ts))
-    return ce.swapaxes(0, 1).reshape(b, n * chunk, h)[:, :s]
+    _, out = jax.lax.scan(lambda carry, x: (carry, chunk_ce(*x)), None, (hs, ts))
+    return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(b, n * chunk, h)[:, :s], out)
 
 
 def valid_token_ce(
@@ -62,16 +81,33 @@ def valid_token_ce(
       (float32 ``[B, S, H]`` CE, 0 where not valid; int32 scalar: valid pairs that did not fit). A caller must
       treat a non-zero count as an error (``Trainer`` raises).
     """
+    ce, over = _valid_chunked(project, head_hidden, targets, valid, capacity, chunk, with_entropy=False)
+    return ce, over
+
+
+def valid_token_ce_entropy(
+    project, head_hidden: jax.Array, targets: jax.Array, valid: jax.Array, *, capacity: int, chunk: int = 256
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``valid_token_ce`` and the entropy of ``token_ce_entropy`` at the valid targets: (float32 ``[B, S, H]`` CE,
+    float32 ``[B, S, H]`` entropy, both 0 where not valid; int32 scalar: valid pairs that did not fit)."""
+    (ce, entropy), over = _valid_chunked(project, head_hidden, targets, valid, capacity, chunk, with_entropy=True)
+    return ce, entropy, over
+
+
+def _valid_chunked(project, head_hidden, targets, valid, capacity, chunk, with_entropy):
     b, s, h, d = head_hidden.shape
     flat_valid = valid.reshape(-1)
     (index,) = jnp.nonzero(flat_valid, size=capacity, fill_value=0)
     n_valid = jnp.sum(flat_valid, dtype=jnp.int32)
     kept = jnp.arange(capacity) < n_valid
     hidden = head_hidden.reshape(-1, d)[index]
-    ce = token_ce(project, hidden[None, :, None], targets.reshape(-1)[index][None, :, None], chunk=chunk)
-    ce = jnp.where(kept, ce[0, :, 0], 0.0)
-    out = jnp.zeros((b * s * h,), jnp.float32).at[index].add(ce)
-    return out.reshape(b, s, h), jnp.maximum(n_valid - capacity, 0)
+    out = _chunked(project, hidden[None, :, None], targets.reshape(-1)[index][None, :, None], chunk, with_entropy)
+
+    def scatter(x):
+        x = jnp.where(kept, x[0, :, 0], 0.0)
+        return jnp.zeros((b * s * h,), jnp.float32).at[index].add(x).reshape(b, s, h)
+
+    return jax.tree.map(scatter, out), jnp.maximum(n_valid - capacity, 0)
 
 
 def weighted_ce_sums(ce: jax.Array, weights: jax.Array, valid: jax.Array) -> jax.Array:

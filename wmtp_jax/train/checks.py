@@ -8,7 +8,7 @@ from wmtp_jax.data.records import index_path
 from wmtp_jax.eval.checks import generation_problems
 from wmtp_jax.schema import ConfigChecker
 from wmtp_jax.train.loop import batch_rows
-from wmtp_jax.train.objectives import OBJECTIVES, SECOND_MODEL_DTYPES
+from wmtp_jax.train.objectives import OBJECTIVES, SECOND_MODEL_DTYPES, objective_of
 
 
 def training_problems(c, k: ConfigChecker, data, fsdp, n_processes: int) -> None:
@@ -17,6 +17,8 @@ def training_problems(c, k: ConfigChecker, data, fsdp, n_processes: int) -> None
 
     k.one_of("objective", tuple(OBJECTIVES))
     k.found += c.train.problems("train") + c.checkpoint.problems("checkpoint") + c.weighting.problems("weighting")
+    if c.objective in OBJECTIVES:
+        k.found += objective_of(c).scheme_problems()
     critic = c.critic
     k.found += critic.problems("critic")
     k.one_of("reference.dtype", SECOND_MODEL_DTYPES)

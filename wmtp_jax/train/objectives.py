@@ -9,8 +9,9 @@ at its name:
   * ``trainable()``: which parameters get gradients and optimizer state (an ``nnx`` filter);
   * ``trains_policy`` / ``trains_value``: whether the CE term and the value term are in the loss;
     ``needs_reference``: whether a frozen reference model runs in the step;
-  * ``token_weights(signals)``: ``w`` (``[B, S, H]``, no gradient);
-  * ``normaliser(n_valid)``: ``D_k`` from the number of valid targets per head of the global batch.
+  * ``scheme``: the token weighting (``wmtp_jax.weighting``; ``weighting.scheme``, else the objective's own):
+    ``w`` (``[B, S, H]``, no gradient) from the statistics the scheme declares and the objective ``provides``,
+    and ``D_k`` from the number of valid targets per head of the global batch.
 
 ``OBJECTIVES`` maps the config's ``objective`` key to the class.
 """
@@ -18,13 +19,14 @@ at its name:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, ClassVar
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from wmtp_jax import alignment, losses
+from wmtp_jax import weighting as schemes
 from wmtp_jax.model.quant import QUANTIZED
 from wmtp_jax.schema import Section
 from wmtp_jax.weighting import rho1, td
@@ -41,11 +43,16 @@ class WeightingConfig(Section):
     ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
     reference-CE table instead of a reference forward), ``rho1_scheme`` ("rho1", the paper, or "seed", the
     design documents' variant, with ``rho1_top_p``, ``rho1_alpha``, ``rho1_temperature``, ``rho1_eps``, ``rho1_w_max``);
+    ``scheme``: the token weighting (``wmtp_jax.weighting.WEIGHTINGS``: uniform, dft, entropy, rho1, td, ...; "" = the
+    objective's own: uniform for baseline / ref_tuning, rho1, td for verifiable); ``entropy_ratio``: the entropy
+    scheme's top fraction rho;
     ``control``: shuffle the weights over the valid targets; ``strength`` lambda: every scheme's weights move toward
     uniform, ``w <- 1 + lambda (w - 1)``, and its normaliser toward the valid count (0 = the unweighted baseline's
     loss exactly, 1 = the scheme as it is).
     """
 
+    scheme: str = ""
+    entropy_ratio: float = 0.2
     control: bool = False
     gamma: float = 1.0
     gae_lambda: float = 0.0
@@ -74,7 +81,8 @@ class WeightingConfig(Section):
     def problems(self, prefix: str = "weighting") -> list[str]:
         c = self.checker(prefix)
         c.positive("beta", integer=False)
-        for key in ("gamma", "gae_lambda", "ema_decay", "rho1_ratio"):
+        c.check("scheme", lambda v: v == "" or v in schemes.WEIGHTINGS, f"'' or one of {sorted(schemes.WEIGHTINGS)}")
+        for key in ("gamma", "gae_lambda", "ema_decay", "rho1_ratio", "entropy_ratio"):
             c.fraction(key)
         c.check("w_min", lambda v: 0 <= v <= self.w_max, "0 <= w_min <= weighting.w_max")
         c.one_of("value_loss", ("mse", "huber", "pairwise"))
@@ -154,6 +162,7 @@ class Signals:
     reference: Any = None  # the frozen reference model (``needs_reference``), or None
     td_weights: jax.Array | None = None  # [B, S] target-aligned TD-exp weights (``uses_td``)
     ce_tokens: int = 0  # ``train.ce_tokens``: the reference, too, projects only the valid targets
+    entropy: jax.Array | None = None  # float32 entropy of each head's distribution (when the scheme needs it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +175,31 @@ class Objective:
     trains_policy: ClassVar[bool] = True  # the weighted CE term
     trains_value: ClassVar[bool] = False  # the value-loss term
     uses_td: ClassVar[bool] = False  # TD errors from the value head are computed in the step
+    default_scheme: ClassVar[str] = "uniform"  # the token weighting when ``weighting.scheme`` is ""
+    provides: ClassVar[frozenset[str]] = frozenset({"probability", "entropy"})  # statistics its step can compute
+
+    @functools.cached_property
+    def scheme(self) -> schemes.TokenWeighting:
+        """The token weighting: ``weighting.scheme``, else ``default_scheme``."""
+        return schemes.make(self.weighting.scheme or self.default_scheme, self.weighting)
+
+    def needs(self, statistic: str) -> bool:
+        """The step must compute ``statistic`` (one of ``weighting.STATISTICS``) for the scheme."""
+        return self.trains_policy and statistic in self.scheme.needs
+
+    def scheme_problems(self) -> list[str]:
+        """What the chosen scheme needs and this objective cannot give (``weighting.scheme``)."""
+        if not self.weighting.scheme or self.weighting.scheme not in schemes.WEIGHTINGS:
+            return []
+        if not self.trains_policy:
+            return [f"weighting.scheme={self.weighting.scheme!r}: objective {self.name!r} trains no policy"]
+        missing = sorted(self.scheme.needs - self.provides)
+        hint = {"reference_ce": "objective=rho1", "td_weights": "objective=verifiable"}
+        return [
+            f"weighting.scheme={self.weighting.scheme!r} needs {m}: objective {self.name!r} does not compute it "
+            f"(use {hint.get(m, 'another objective')})"
+            for m in missing
+        ]
 
     @property
     def needs_reference(self) -> bool:
@@ -211,12 +245,16 @@ class Objective:
         """nnx filter of the trained parameters (the rest is frozen and gets no optimizer state)."""
         return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
 
+    def statistics(self, s: Signals) -> schemes.TokenStats:
+        """The statistics the scheme declared, from the micro-batch's signals."""
+        return schemes.TokenStats(ce=s.ce, valid=s.valid, entropy=s.entropy)
+
     def token_weights(self, s: Signals) -> jax.Array:
-        return jnp.ones_like(s.ce)
+        return self.scheme.weights(self.statistics(s))
 
     def normaliser(self, n_valid: jax.Array) -> jax.Array:
         """``D_k`` of the CE term from the number of valid targets per head ``[H]`` of the global batch."""
-        return n_valid
+        return self.scheme.normaliser(n_valid)
 
     def weights(self, s: Signals) -> jax.Array:
         """``token_weights`` moved toward uniform by ``weighting.strength`` (lambda): ``1 + lambda (w - 1)``."""
@@ -267,6 +305,8 @@ class Verifiable(Objective):
     name: ClassVar[str] = "verifiable"
     trains_value: ClassVar[bool] = True
     uses_td: ClassVar[bool] = True
+    default_scheme: ClassVar[str] = "td"
+    provides: ClassVar[frozenset[str]] = Objective.provides | {"td_weights"}
 
     @property
     def separate_critic(self) -> bool:
@@ -281,48 +321,32 @@ class Verifiable(Objective):
             return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
         return nnx.Param
 
-    def token_weights(self, s: Signals) -> jax.Array:
-        return alignment.per_head(s.td_weights, s.n_heads)
+    def statistics(self, s: Signals) -> schemes.TokenStats:
+        stats = super().statistics(s)
+        return dataclasses.replace(stats, td_weights=alignment.per_head(s.td_weights, s.n_heads))
 
 
 class Rho1(Objective):
     """Rho-1 excess-loss weights against a frozen reference (or a precomputed reference-CE table)."""
 
     name: ClassVar[str] = "rho1"
+    default_scheme: ClassVar[str] = "rho1"
+    provides: ClassVar[frozenset[str]] = Objective.provides | {"reference_ce"}
 
     @property
     def needs_reference(self) -> bool:
-        return not self.weighting.rho1_reference_ce
+        return self.needs("reference_ce") and not self.weighting.rho1_reference_ce
 
     @property
     def reference_table(self) -> str:
         return self.weighting.rho1_reference_ce
 
-    def token_weights(self, s: Signals) -> jax.Array:
-        w = self.weighting
+    def statistics(self, s: Signals) -> schemes.TokenStats:
+        stats = super().statistics(s)
+        if not self.needs("reference_ce"):
+            return stats
         ref_tok = s.batch["ref_ce"] if "ref_ce" in s.batch else reference_ce(s.reference, s.batch, s.ce_tokens)
-        return rho1.rho1_weights(
-            s.ce,
-            alignment.per_head(ref_tok, s.n_heads),
-            s.valid,
-            mode=w.rho1_mode,
-            select=w.rho1_select,
-            ratio=w.rho1_ratio,
-            temperature=w.rho1_temperature,
-            eps=w.rho1_eps,
-            w_max=w.rho1_w_max,
-            scheme=w.rho1_scheme,
-            top_p=w.rho1_top_p,
-            alpha=w.rho1_alpha,
-        )
-
-    def normaliser(self, n_valid: jax.Array) -> jax.Array:
-        w = self.weighting
-        if (
-            w.rho1_scheme == "rho1" and w.rho1_select == "hard" and w.rho1_normalize == "selected"
-        ):  # Rho-1 eq. 4: the selected tokens
-            return jnp.ceil(w.rho1_ratio * n_valid)
-        return n_valid
+        return dataclasses.replace(stats, reference_ce=alignment.per_head(ref_tok, s.n_heads))
 
 
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Baseline, Critic, Verifiable, Rho1, RefTuning)}

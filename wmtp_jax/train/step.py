@@ -1,8 +1,9 @@
 """One pure, jitted train step shared by every objective; only the token weights differ.
 
-    loss = sum_k lambda_k * (sum_{b,p} w[b,p,k] * CE[b,p,k]) / D_k  +  c_V * sum_p l(V_p - target_p) / D_V
+    loss = r * sum_k lambda_k * (sum_{b,p} w[b,p,k] * CE[b,p,k]) / D_k  +  c_V * sum_p l(V_p - target_p) / D_V
 
-The objective (``wmtp_jax.train.objectives``) supplies ``w``, ``D_k``, ``c_V`` and which terms are present;
+(r = 1, or 1/H with ``train.head_reduce=mean``). The objective (``wmtp_jax.train.objectives``) and its token
+weighting (``wmtp_jax.weighting``) supply ``w``, ``D_k``, ``c_V`` and which terms are present;
 ``w`` may be shuffled over the valid targets (``weighting.control``). ``D_k`` comes from the number of valid
 targets of head k in the *global* batch, ``D_V`` is the number of value targets; both are computed from the
 masks of the whole batch before any forward pass, so accumulating the gradients of ``grad_accum_steps``
@@ -36,6 +37,8 @@ class StepConfig(Section):
     """Static settings of the train step from the ``train`` section (hashable: part of the jit cache key).
 
     ``head_weights``: the loss weight lambda_k of each head; () = 1 for every head (``for_heads`` resolves it).
+    ``head_reduce``: how the heads' weighted losses combine: "sum" (``sum_k lambda_k loss_k``) or "mean" (the same
+    divided by the number of heads H, the ``(1/H) sum_k`` of the design documents).
     ``ce_tokens``: 0 projects every position onto the vocabulary (``losses.token_ce``); N > 0 only the valid
     targets, at most N per micro-batch (``losses.valid_token_ce``; more is an error naming this key).
     """
@@ -44,6 +47,7 @@ class StepConfig(Section):
     head_weights: tuple[float, ...] = ()
     ce_chunk: int = 256
     ce_tokens: int = 0  # > 0: project only the valid (position, head) targets, at most this many per micro-batch
+    head_reduce: str = "sum"  # sum | mean over the heads' weighted losses
 
     def for_heads(self, n_heads: int) -> StepConfig:
         """This config with one head weight per head; raises ValueError for a wrong count."""
@@ -57,6 +61,7 @@ class StepConfig(Section):
         for key in ("grad_accum_steps", "ce_chunk"):
             c.positive(key)
         c.non_negative("ce_tokens")
+        c.one_of("head_reduce", ("sum", "mean"))
         c.check(
             "head_weights",
             lambda v: all(isinstance(x, (int, float)) and x >= 0 for x in v),
@@ -222,16 +227,27 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
         metrics["td_error_mean"] = td_mean
         metrics["td_error_std"] = jnp.sqrt(td_var)
     if objective.trains_policy:
-        if cfg.ce_tokens:
-            ce, metrics["ce_tokens_over"] = losses.valid_token_ce(
-                model.output_projection(), out.head_hidden, targets, valid, capacity=cfg.ce_tokens, chunk=cfg.ce_chunk
+        entropy = None
+        project, hidden = model.output_projection(), out.head_hidden
+        if cfg.ce_tokens and objective.needs("entropy"):
+            ce, entropy, metrics["ce_tokens_over"] = losses.valid_token_ce_entropy(
+                project, hidden, targets, valid, capacity=cfg.ce_tokens, chunk=cfg.ce_chunk
             )
+        elif cfg.ce_tokens:
+            ce, metrics["ce_tokens_over"] = losses.valid_token_ce(
+                project, hidden, targets, valid, capacity=cfg.ce_tokens, chunk=cfg.ce_chunk
+            )
+        elif objective.needs("entropy"):
+            ce, entropy = losses.token_ce_entropy(project, hidden, targets, chunk=cfg.ce_chunk)
         else:
-            ce = losses.token_ce(model.output_projection(), out.head_hidden, targets, chunk=cfg.ce_chunk)
+            ce = losses.token_ce(project, hidden, targets, chunk=cfg.ce_chunk)
+        if entropy is not None:
+            metrics["entropy_mean"] = alignment.masked_moments(entropy, valid)[0]
         weights = objective.weights(
             Signals(
                 ce=ce,
                 valid=valid,
+                entropy=entropy,
                 batch=mb,
                 n_heads=n_heads,
                 reference=reference,
@@ -245,7 +261,8 @@ def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb
         if objective.uses_td:
             metrics["weight_entropy"] = losses.weight_entropy(weights[..., 0], valid[..., 0])
         head_loss = losses.weighted_ce_sums(ce, weights, valid) / denom["ce"]
-        total = total + jnp.dot(jnp.asarray(cfg.head_weights, jnp.float32), head_loss)
+        policy_loss = jnp.dot(jnp.asarray(cfg.head_weights, jnp.float32), head_loss)
+        total = total + (policy_loss / n_heads if cfg.head_reduce == "mean" else policy_loss)
         metrics["loss_head"] = head_loss
         metrics["ce_head"] = jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)) / denom["ce"]
         metrics.update(common.weight_stats(weights, valid))

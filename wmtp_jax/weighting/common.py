@@ -1,4 +1,4 @@
-"""Helpers shared by the weighting schemes: the shuffled control and summary statistics."""
+"""Helpers shared by the weighting schemes: per-head top-k selection, the shuffled control and summary statistics."""
 
 from __future__ import annotations
 
@@ -39,3 +39,15 @@ def weight_stats(weights: jax.Array, valid: jax.Array, selected_threshold: float
         "weight_max": jnp.max(jnp.where(valid, weights, -big)),
         "weight_frac_selected": ((weights > selected_threshold) & valid).sum() / n,
     }
+
+
+def top_k_select(score: jax.Array, valid: jax.Array, ratio: float) -> jax.Array:
+    """Per head: 1.0 for the ``ceil(ratio * n_valid)`` highest-scoring valid targets, else 0.0. ``[B, S, H]``."""
+    b, s, h = score.shape
+    flat_score = jnp.where(valid, score, -jnp.inf).reshape(b * s, h)
+    n_valid = valid.reshape(b * s, h).sum(axis=0)
+    k = jnp.ceil(ratio * n_valid).astype(jnp.int32)
+    order = jnp.argsort(-flat_score, axis=0)  # descending per head
+    rank = jnp.argsort(order, axis=0)  # rank of each entry (0 = best)
+    selected = (rank < k[None, :]) & valid.reshape(b * s, h)
+    return jax.lax.stop_gradient(selected.reshape(b, s, h).astype(jnp.float32))

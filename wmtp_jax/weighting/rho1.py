@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.alignment import masked_moments
+from wmtp_jax.weighting.base import TokenStats, TokenWeighting, register
+from wmtp_jax.weighting.common import top_k_select
 
 
 def excess_loss(ce_policy: jax.Array, ce_reference: jax.Array, mode: str = "signed") -> jax.Array:
@@ -28,18 +30,6 @@ def excess_loss(ce_policy: jax.Array, ce_reference: jax.Array, mode: str = "sign
     if mode == "absolute":
         return jnp.abs(diff)
     raise ValueError(f"rho1 score mode={mode!r}: expected 'signed' or 'absolute'")
-
-
-def top_k_select(score: jax.Array, valid: jax.Array, ratio: float) -> jax.Array:
-    """Per head: 1.0 for the ``ceil(ratio * n_valid)`` highest-scoring valid targets, else 0.0. ``[B, S, H]``."""
-    b, s, h = score.shape
-    flat_score = jnp.where(valid, score, -jnp.inf).reshape(b * s, h)
-    n_valid = valid.reshape(b * s, h).sum(axis=0)
-    k = jnp.ceil(ratio * n_valid).astype(jnp.int32)
-    order = jnp.argsort(-flat_score, axis=0)  # descending per head
-    rank = jnp.argsort(order, axis=0)  # rank of each entry (0 = best)
-    selected = (rank < k[None, :]) & valid.reshape(b * s, h)
-    return jax.lax.stop_gradient(selected.reshape(b, s, h).astype(jnp.float32))
 
 
 def soft_weights(
@@ -115,3 +105,36 @@ def rho1_weights(
     if select == "soft":
         return soft_weights(score, valid, temperature, eps, w_max)
     raise ValueError(f"rho1 select={select!r}: expected one of {list(SELECTIONS)}")
+
+
+@register
+class Rho1(TokenWeighting):
+    """Excess-loss weights (``rho1_weights`` with the ``weighting.rho1_*`` keys) against the reference CE of the same
+    targets. ``D_k``: the number selected, ``ceil(ratio * n_valid)`` (Rho-1 eq. 4), for the paper's hard selection
+    with ``rho1_normalize=selected``; the valid count otherwise."""
+
+    name = "rho1"
+    needs = frozenset({"reference_ce"})
+
+    def weights(self, stats: TokenStats) -> jax.Array:
+        w = self.cfg
+        return rho1_weights(
+            stats.ce,
+            stats.reference_ce,
+            stats.valid,
+            mode=w.rho1_mode,
+            select=w.rho1_select,
+            ratio=w.rho1_ratio,
+            temperature=w.rho1_temperature,
+            eps=w.rho1_eps,
+            w_max=w.rho1_w_max,
+            scheme=w.rho1_scheme,
+            top_p=w.rho1_top_p,
+            alpha=w.rho1_alpha,
+        )
+
+    def normaliser(self, n_valid: jax.Array) -> jax.Array:
+        w = self.cfg
+        if w.rho1_scheme == "rho1" and w.rho1_select == "hard" and w.rho1_normalize == "selected":
+            return jnp.ceil(w.rho1_ratio * n_valid)
+        return n_valid

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from wmtp_jax.alignment import masked_moments, shift_left
+from wmtp_jax.weighting.base import TokenStats, TokenWeighting, register
 
 
 def td_errors(values: jax.Array, rewards: jax.Array, loss_mask: jax.Array, gamma: float = 1.0) -> jax.Array:
@@ -80,3 +81,15 @@ def td_weights(
     weights = jnp.clip(jnp.exp(adv / beta), w_min, w_max)
     weights = jnp.where(loss_mask.astype(bool), weights, 0.0)
     return jax.lax.stop_gradient(weights), jax.lax.stop_gradient(adv), new_ema
+
+
+@register
+class TD(TokenWeighting):
+    """The TD-exp weights of the value head (``td_weights`` with the ``weighting`` TD keys, computed by the verifiable
+    objective's step), each head weighted by its target token's weight; ``D_k`` = valid count."""
+
+    name = "td"
+    needs = frozenset({"td_weights"})
+
+    def weights(self, stats: TokenStats) -> jax.Array:
+        return stats.td_weights

@@ -1,0 +1,177 @@
+"""The token-weighting library (``wmtp_jax.weighting``): each scheme against a hand-computed case and against an
+independent numpy computation written from its paper's equation, the registry, and the composed loss."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from wmtp_jax import losses, weighting
+from wmtp_jax.train.objectives import Signals, WeightingConfig, make_objective
+
+
+def identity(x):  # the "projection" of logits fed in directly: head_hidden = logits
+    return x
+
+
+def _numpy_softmax(logits):
+    z = logits - logits.max(-1, keepdims=True)
+    return np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+
+
+def _composed_loss(objective, logits, targets, valid):
+    """The step's policy term for one micro-batch that is the whole batch: per-head weighted CE sums over D_k."""
+    ce, entropy = losses.token_ce_entropy(identity, logits, targets, chunk=3)
+    n = logits.shape[2]
+    w = jax.lax.stop_gradient(objective.weights(Signals(ce=ce, valid=valid, batch={}, n_heads=n, entropy=entropy)))
+    denom = jnp.maximum(objective.denominator(valid.sum(axis=(0, 1)).astype(jnp.float32)), 1.0)
+    return losses.weighted_ce_sums(ce, w, valid) / denom, w
+
+
+def _random_case(seed, shape=(2, 7, 3), vocab=11):
+    rng = np.random.RandomState(seed)
+    logits = (2 * rng.randn(*shape, vocab)).astype(np.float32)
+    targets = rng.randint(0, vocab, shape)
+    valid = rng.rand(*shape) < 0.8
+    return logits, targets, valid
+
+
+def test_registry_lists_every_scheme_and_rejects_unknown_names():
+    assert {"uniform", "dft", "entropy", "rho1", "td"} <= set(weighting.WEIGHTINGS)
+    with pytest.raises(ValueError, match="weighting.scheme='nope': expected one of"):
+        weighting.make("nope", WeightingConfig())
+    assert "weighting.scheme='nope': expected '' or one of" in " ".join(WeightingConfig(scheme="nope").problems())
+    with pytest.raises(ValueError, match="already registered"):
+        weighting.register(type("Again", (weighting.TokenWeighting,), {"name": "dft"}))
+    with pytest.raises(ValueError, match="needs \\['gradient'\\]"):
+        weighting.register(type("Odd", (weighting.TokenWeighting,), {"name": "odd", "needs": frozenset({"gradient"})}))
+
+
+def test_objectives_default_to_their_own_scheme_and_check_what_a_scheme_needs():
+    assert make_objective("baseline").scheme.name == "uniform"
+    assert make_objective("rho1").scheme.name == "rho1" and make_objective("verifiable").scheme.name == "td"
+    dft = make_objective("baseline", WeightingConfig(scheme="dft"))
+    assert dft.scheme.name == "dft" and not dft.needs("entropy") and dft.scheme_problems() == []
+    assert make_objective("baseline", WeightingConfig(scheme="entropy")).needs("entropy")
+    (problem,) = make_objective("baseline", WeightingConfig(scheme="rho1")).scheme_problems()
+    assert "needs reference_ce" in problem and "objective=rho1" in problem
+    assert "trains no policy" in make_objective("critic", WeightingConfig(scheme="dft")).scheme_problems()[0]
+    # a Rho-1 objective weighted otherwise runs no reference forward
+    assert (
+        make_objective("rho1").needs_reference
+        and not make_objective("rho1", WeightingConfig(scheme="dft")).needs_reference
+    )
+
+
+def test_dft_hand_computed():
+    """CE ln 2, ln 4, 0 -> p = 1/2, 1/4, 1 -> weights (0.5, 0.25, 1); the invalid target gets 0; the loss is
+    (0.5 ln 2 + 0.25 ln 4 + 0) / 3 valid targets = ln 2 / 3."""
+    ce = jnp.asarray([np.log(2.0), np.log(4.0), 0.0, 5.0], jnp.float32).reshape(1, 4, 1)
+    valid = jnp.asarray([True, True, True, False]).reshape(1, 4, 1)
+    objective = make_objective("baseline", WeightingConfig(scheme="dft"))
+    w = objective.weights(Signals(ce=ce, valid=valid, batch={}, n_heads=1))
+    np.testing.assert_allclose(np.asarray(w)[0, :, 0], [0.5, 0.25, 1.0, 0.0], rtol=1e-6)
+    loss = losses.weighted_ce_sums(ce, w, valid) / objective.denominator(jnp.asarray([3.0]))
+    assert float(loss[0]) == pytest.approx(np.log(2.0) / 3, rel=1e-6)
+
+
+def test_dft_loss_and_gradient_match_numpy_from_the_paper():
+    """L_k = -(1/n_k) sum sg(p) log p over head k's valid targets; its gradient in the logits is
+    sg(p_y) (softmax - onehot(y)) / n_k (the CE gradient scaled by the constant p_y)."""
+    logits, targets, valid = _random_case(0)
+    objective = make_objective("baseline", WeightingConfig(scheme="dft"))
+    loss = _composed_loss(objective, jnp.asarray(logits), targets, valid)[0].sum()
+    grad = jax.grad(lambda x: _composed_loss(objective, x, targets, valid)[0].sum())(jnp.asarray(logits))
+    probs = _numpy_softmax(logits.astype(np.float64))
+    p_y = np.take_along_axis(probs, targets[..., None], -1)[..., 0]
+    n = valid.sum(axis=(0, 1))
+    want = (np.where(valid, -p_y * np.log(p_y), 0.0).sum(axis=(0, 1)) / n).sum()
+    onehot = np.eye(logits.shape[-1])[targets]
+    want_grad = np.where(valid[..., None], p_y[..., None] * (probs - onehot), 0.0) / n[None, None, :, None]
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_entropy_hand_computed():
+    """Entropy of uniform logits over 4 tokens is ln 4, of one dominant token about 0. Entropies (3, 1, 2, 0.5, 4)
+    with rho 0.4: ceil(0.4 * 5) = 2 targets kept, those with 4 and 3."""
+    logits = jnp.asarray([[0.0, 0.0, 0.0, 0.0], [50.0, 0.0, 0.0, 0.0]]).reshape(1, 2, 1, 4)
+    ce, entropy = losses.token_ce_entropy(identity, logits, jnp.zeros((1, 2, 1), jnp.int32))
+    np.testing.assert_allclose(np.asarray(entropy)[0, :, 0], [np.log(4.0), 0.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ce)[0, :, 0], [np.log(4.0), 0.0], atol=1e-6)
+    h = jnp.asarray([3.0, 1.0, 2.0, 0.5, 4.0]).reshape(1, 5, 1)
+    objective = make_objective("baseline", WeightingConfig(scheme="entropy", entropy_ratio=0.4))
+    signals = Signals(ce=jnp.ones_like(h), valid=jnp.ones((1, 5, 1), bool), batch={}, n_heads=1, entropy=h)
+    np.testing.assert_array_equal(np.asarray(objective.weights(signals))[0, :, 0], [1, 0, 0, 0, 1])
+    assert float(objective.denominator(jnp.asarray([5.0]))[0]) == 5.0  # all valid targets, as the paper
+
+
+def test_entropy_weights_and_loss_match_numpy_from_the_paper():
+    logits, targets, valid = _random_case(1)
+    objective = make_objective("baseline", WeightingConfig(scheme="entropy", entropy_ratio=0.2))
+    loss, w = _composed_loss(objective, jnp.asarray(logits), targets, valid)
+    probs = _numpy_softmax(logits.astype(np.float64))
+    entropy = -(probs * np.log(probs)).sum(-1)
+    ce = -np.log(np.take_along_axis(probs, targets[..., None], -1)[..., 0])
+    for k in range(logits.shape[2]):
+        h = entropy[..., k][valid[..., k]]
+        keep = np.zeros_like(h)
+        keep[np.argsort(-h)[: int(np.ceil(0.2 * len(h)))]] = 1.0
+        np.testing.assert_array_equal(np.asarray(w)[..., k][valid[..., k]], keep)
+        assert float(loss[k]) == pytest.approx((keep * ce[..., k][valid[..., k]]).sum() / len(h), rel=1e-5)
+    # the entropy pass changes neither the CE nor its gradient, and is the same over valid targets only
+    ce_jax, ent = losses.token_ce_entropy(identity, jnp.asarray(logits), targets, chunk=3)
+    np.testing.assert_allclose(np.asarray(ent), entropy, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(
+        np.asarray(ce_jax), np.asarray(losses.token_ce(identity, jnp.asarray(logits), targets, chunk=3))
+    )
+    g_plain = jax.grad(lambda x: losses.token_ce(identity, x, targets, chunk=3).sum())(jnp.asarray(logits))
+    g_both = jax.grad(lambda x: sum(t.sum() for t in losses.token_ce_entropy(identity, x, targets, chunk=3)))(
+        jnp.asarray(logits)
+    )
+    np.testing.assert_allclose(np.asarray(g_both), np.asarray(g_plain), rtol=1e-6, atol=1e-7)
+    ce_v, ent_v, over = losses.valid_token_ce_entropy(
+        identity, jnp.asarray(logits), targets, jnp.asarray(valid), capacity=int(valid.sum()), chunk=4
+    )
+    assert int(over) == 0
+    np.testing.assert_allclose(np.asarray(ent_v), np.where(valid, entropy, 0.0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ce_v), np.where(valid, ce, 0.0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", ["dft", "entropy"])
+def test_control_and_strength_apply_to_every_scheme(scheme):
+    logits, targets, valid = _random_case(2)
+    plain = make_objective("baseline", WeightingConfig(scheme=scheme))
+    _, w = _composed_loss(plain, jnp.asarray(logits), targets, valid)
+    _, w0 = _composed_loss(
+        make_objective("baseline", WeightingConfig(scheme=scheme, strength=0.0)), logits, targets, valid
+    )
+    np.testing.assert_array_equal(np.asarray(w0)[valid], 1.0)  # strength 0: the unweighted baseline
+    _, w_half = _composed_loss(
+        make_objective("baseline", WeightingConfig(scheme=scheme, strength=0.5)), logits, targets, valid
+    )
+    np.testing.assert_allclose(np.asarray(w_half)[valid], 1.0 + 0.5 * (np.asarray(w)[valid] - 1.0), rtol=1e-6)
+    shuffled = weighting.control_shuffle(w, jnp.asarray(valid), jax.random.key(0))
+    for k in range(3):
+        np.testing.assert_allclose(
+            np.sort(np.asarray(shuffled)[..., k][valid[..., k]]), np.sort(np.asarray(w)[..., k][valid[..., k]])
+        )
+
+
+def test_the_readme_example_scheme_registers_and_weights():
+    """The "Add your own weighting" example of the README, run as written."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("#### Add your own weighting") :]
+    code = section[section.index("```python") + len("```python") : section.index("```\n", section.index("```python"))]
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+        objective = make_objective("baseline", WeightingConfig(scheme="focal"))
+        ce = jnp.asarray([np.log(4.0), 0.0, 1.0]).reshape(1, 3, 1)
+        valid = jnp.asarray([True, True, False]).reshape(1, 3, 1)
+        w = objective.weights(Signals(ce=ce, valid=valid, batch={}, n_heads=1))
+        np.testing.assert_allclose(np.asarray(w)[0, :, 0], [0.75, 0.0, 0.0], atol=1e-7)
+        assert WeightingConfig(scheme="focal").problems() == []
+    finally:
+        weighting.WEIGHTINGS.pop("focal", None)
