@@ -1,6 +1,7 @@
 """The config tree: every shipped config parses into the typed RunConfig, unknown keys are errors naming the file,
 free-form maps take new keys on the command line, and each job validates its own sections."""
 
+import dataclasses
 import importlib
 import sys
 from pathlib import Path
@@ -31,6 +32,36 @@ def test_every_shipped_config_parses_into_typed_sections(preset):
             assert run.train.early_stopping == rc.EarlyStoppingConfig()
     ref = rc.parse(load("ref_tuning", preset))
     assert ref.model.checkpoint == ref.reference.checkpoint  # the field reference is resolved
+
+
+@pytest.mark.parametrize("preset", ["", "micro"])
+def test_the_design_recipes_hold_their_documented_settings(preset):
+    rho1 = rc.parse(load("recipes.rho1", preset), "configs/recipes/rho1.py")
+    w = rho1.weighting
+    assert (w.rho1_scheme, w.rho1_mode, w.rho1_top_p, w.rho1_temperature, w.strength) == (
+        "seed", "absolute", 0.15, 0.5, 0.5,
+    )  # fmt: skip
+    assert rho1.objective == "rho1" and w.problems() == []
+    stage2 = rc.parse(load("recipes.verifiable", preset)).weighting
+    assert (stage2.beta, stage2.w_min, stage2.w_max) == (0.9, 0.1, 5.0)
+    budgets = {name: rc.parse(load(f"recipes.{name}", preset)).train for name in ("ref_tuning", "critic", "verifiable")}
+    expected = (
+        {"ref_tuning": 200_000, "critic": 50_000, "verifiable": 200_000} if not preset else dict.fromkeys(budgets, 80)
+    )
+    assert {name: t.num_samples for name, t in budgets.items()} == expected
+    assert all(t.num_epochs == 0 and t.problems() == [] for t in budgets.values())
+    both = rc.parse(load("ref_tuning", "")).train
+    assert "set it or train.num_epochs, not both" in " ".join(dataclasses.replace(both, num_samples=10).problems())
+
+
+def test_num_samples_sets_the_steps_from_the_batch():
+    from types import SimpleNamespace
+
+    from wmtp_jax.train.loop import resolve_schedule
+
+    c = rc.parse(load("recipes.ref_tuning", ""))
+    resolved = resolve_schedule(c, SimpleNamespace())  # no packing: the index is not read
+    assert resolved.train.num_steps == 200_000 // 32 and resolved.train.batch_size == 32
 
 
 def test_defaults_are_declared_once_in_the_sections():

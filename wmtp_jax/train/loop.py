@@ -51,15 +51,16 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig(Section):
-    """The loop's keys of the ``train`` section: ``num_steps`` (or ``num_epochs`` > 0 of the sampling strategy,
-    turned into steps by ``resolve_schedule``), the global ``batch_size`` in sequences (or a ``batch_tokens`` budget
-    of packed rows), MLflow every ``log_every`` steps, ``eval_batches`` validation batches at every checkpoint, the
-    run stops after ``max_nonfinite_steps`` skipped updates in a row; ``peak_flops_per_device`` for MFU (0 = by
-    device kind)."""
+    """The loop's keys of the ``train`` section: ``num_steps`` (or ``num_epochs`` > 0 of the sampling strategy, or
+    a budget of ``num_samples`` > 0 training records, turned into steps by ``resolve_schedule``), the global
+    ``batch_size`` in sequences (or a ``batch_tokens`` budget of packed rows), MLflow every ``log_every`` steps,
+    ``eval_batches`` validation batches at every checkpoint, the run stops after ``max_nonfinite_steps`` skipped
+    updates in a row; ``peak_flops_per_device`` for MFU (0 = by device kind)."""
 
     num_steps: int = 1000
     batch_size: int = 8
     num_epochs: float = 0.0
+    num_samples: int = 0  # > 0: train on this many records (the design's sample budgets), instead of num_steps
     batch_tokens: int = 0
     log_every: int = 1
     eval_batches: int = 4
@@ -77,6 +78,9 @@ class LoopConfig(Section):
             c.positive(key)
         c.non_negative("eval_every_steps")
         c.non_negative("num_epochs", integer=False)
+        c.non_negative("num_samples")
+        if self.num_epochs and self.num_samples:
+            c.found.append(f"{prefix}.num_samples={self.num_samples}: set it or {prefix}.num_epochs, not both")
         c.non_negative("batch_tokens")
         c.non_negative("eval_limit")
         c.check(  # it selects checkpoints: never on problems the final evaluation reports
@@ -135,8 +139,9 @@ def _packed_records_per_row(c, index: RecordIndex) -> float:
 def resolve_schedule(c, index: RecordIndex):
     """A copy of ``c`` with ``train.batch_size`` and ``train.num_steps`` explicit: ``batch_tokens`` > 0 gives the
     rows per step, ``num_epochs`` > 0 the steps (epochs of ``data.strategy``'s draws, ``sampling.epoch_size``; with
-    packing counted in tokens). ``c`` itself is unchanged; the resolved values are printed and end up in
-    config.json."""
+    packing counted in tokens), ``num_samples`` > 0 the steps that draw that many records (a step draws
+    ``batch_size`` records, or with packing the rows times the mean records per packed row). ``c`` itself is
+    unchanged; the resolved values are printed and end up in config.json."""
     rows, steps = batch_rows(c), c.train.num_steps
     if c.train.batch_tokens:
         print(f"train.batch_tokens={c.train.batch_tokens}: {rows} packed rows of {max(c.data.buckets)} tokens per step")
@@ -148,6 +153,10 @@ def resolve_schedule(c, index: RecordIndex):
             f"train.num_epochs={c.train.num_epochs}: {steps} steps ({draws} {c.data.strategy} draws per "
             f"epoch, {per_step:.1f} records per step)"
         )
+    if c.train.num_samples:
+        per_step = rows * (_packed_records_per_row(c, index) if c.data.pack else 1.0)
+        steps = max(1, math.ceil(c.train.num_samples / per_step))
+        print(f"train.num_samples={c.train.num_samples}: {steps} steps ({per_step:.1f} records per step)")
     return dataclasses.replace(c, train=dataclasses.replace(c.train, batch_size=rows, num_steps=steps))
 
 

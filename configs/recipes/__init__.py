@@ -1,0 +1,1 @@
+"""The design documents' recipes: the training configs with the design's settings and sample budgets."""
