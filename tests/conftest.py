@@ -3,12 +3,7 @@
 import os
 import tempfile
 
-# XLA's backend optimisation level 0 halves the compile time that dominates the micro tests (test_loss_traces:
-# 212 s -> 102 s on a 2-core machine) at the price of float32 rounding differences of ~1e-7 relative (the loss
-# traces' RTOL says so); subprocesses that set their own XLA_FLAGS (resume, distributed) compile as users do
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
-)
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # one persistent XLA compilation cache for the whole suite: both xdist workers and every `python -m wmtp_jax.main`
