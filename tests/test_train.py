@@ -248,6 +248,19 @@ def _one_step(mesh, experiment="verifiable", accum=1, batch=None):
     return jax.device_get(state.params), jax.device_get(metrics)
 
 
+def test_head_reduce_mean_divides_the_summed_head_losses_by_the_head_count():
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    batch = jax.device_put(_batch(), sharding.batch_sharding(mesh))
+    losses = {}
+    for reduce in ("sum", "mean"):
+        model = create_model(MICRO_MTP, mesh, seed=0)
+        trainer = _trainer(model, "baseline", mesh, StepConfig(head_reduce=reduce, ce_chunk=16), scheme="dft")
+        with jax.default_matmul_precision("highest"):
+            losses[reduce] = jax.device_get(trainer.step(trainer.initial_state(), batch)[1])["loss"]
+    assert losses["mean"] == pytest.approx(losses["sum"] / MICRO_MTP.n_future_tokens, rel=1e-6)
+    assert "head_reduce" in " ".join(StepConfig(head_reduce="max").problems())
+
+
 def _assert_params_close(a, b, atol):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=0)

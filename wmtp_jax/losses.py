@@ -81,8 +81,7 @@ def valid_token_ce(
       (float32 ``[B, S, H]`` CE, 0 where not valid; int32 scalar: valid pairs that did not fit). A caller must
       treat a non-zero count as an error (``Trainer`` raises).
     """
-    ce, over = _valid_chunked(project, head_hidden, targets, valid, capacity, chunk, with_entropy=False)
-    return ce, over
+    return _valid_chunked(project, head_hidden, targets, valid, capacity, chunk, with_entropy=False)
 
 
 def valid_token_ce_entropy(
