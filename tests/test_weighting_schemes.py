@@ -175,3 +175,21 @@ def test_the_readme_example_scheme_registers_and_weights():
         assert WeightingConfig(scheme="focal").problems() == []
     finally:
         weighting.WEIGHTINGS.pop("focal", None)
+
+
+def test_a_rho1_run_weighted_otherwise_needs_no_reference_checkpoint():
+    import sys
+    from pathlib import Path
+
+    from wmtp_jax import jobs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from configs import rho1
+
+    def problems(**weighting):
+        c = rho1.get_config("")
+        c.reference.checkpoint = ""
+        c.weighting.update(weighting)
+        return " ".join(jobs.problems(c, n_devices=4))
+
+    assert "reference.checkpoint" in problems() and "reference.checkpoint" not in problems(scheme="dft")

@@ -68,7 +68,7 @@ def training_problems(c, k: ConfigChecker, data, fsdp, n_processes: int) -> None
             lambda v: os.path.isfile(v + ".ref_ce.npy"),
             "the prefix of {prefix}.ref_ce.npy written by scripts/precompute_ref_ce.py",
         )
-    elif c.objective == "rho1" and not c.model.build_micro:
+    elif c.objective == "rho1" and objective_of(c).needs_reference and not c.model.build_micro:
         k.check(
             "reference.checkpoint",
             lambda v: bool(v) and os.path.isdir(v),
