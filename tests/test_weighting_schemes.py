@@ -1,6 +1,8 @@
 """The token-weighting library (``wmtp_jax.weighting``): each scheme against a hand-computed case and against an
 independent numpy computation written from its paper's equation, the registry, and the composed loss."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -193,3 +195,118 @@ def test_a_rho1_run_weighted_otherwise_needs_no_reference_checkpoint():
         return " ".join(jobs.problems(c, n_devices=4))
 
     assert "reference.checkpoint" in problems() and "reference.checkpoint" not in problems(scheme="dft")
+
+
+def test_probability_family_hand_computed():
+    """p = 1/2, 1/4, 1 (CE ln 2, ln 4, 0): alpha 1 gives p; alpha 2 keeping p >= 0.4 gives (1/4, 0, 1);
+    -log p keeping p <= 0.5 (alpha 0, bottom) gives (1, 1, 0); the invalid target always 0."""
+    ce = jnp.asarray([np.log(2.0), np.log(4.0), 0.0, 1.0], jnp.float32).reshape(1, 4, 1)
+    valid = jnp.asarray([True, True, True, False]).reshape(1, 4, 1)
+
+    def weights(**keys):
+        objective = make_objective("baseline", WeightingConfig(scheme="probability", **keys))
+        return np.asarray(objective.weights(Signals(ce=ce, valid=valid, batch={}, n_heads=1)))[0, :, 0]
+
+    np.testing.assert_allclose(weights(prob_alpha=1.0), [0.5, 0.25, 1.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(weights(prob_alpha=2.0, prob_keep="top", prob_threshold=0.4), [0.25, 0, 1, 0], rtol=1e-6)
+    np.testing.assert_allclose(weights(prob_alpha=0.0, prob_keep="bottom", prob_threshold=0.5), [1, 1, 0, 0])
+    assert "weighting.prob_keep='side'" in " ".join(WeightingConfig(prob_keep="side").problems())
+
+
+@pytest.mark.parametrize(
+    "alpha,keep,q",
+    [(1.0, "all", 0.0), (10.0, "all", 0.0), (1.0, "top", 0.3), (1.0, "bottom", 0.3), (0.0, "top", 0.3)],
+)
+def test_probability_family_gradient_is_the_papers_objective(alpha, keep, q):
+    """The composed loss has the gradient of the paper's L = (1/n_k) sum f(p) per head, written in numpy from
+    f_alpha(p) = (1 - p^alpha) / alpha (or -log p at alpha 0) times the threshold indicator:
+    dL/dlogits = 1[kept] p^alpha (softmax - onehot(y)) / n_k."""
+    logits, targets, valid = _random_case(3, vocab=5)
+    keys = dict(scheme="probability", prob_alpha=alpha, prob_keep=keep, prob_threshold=q)
+    objective = make_objective("baseline", WeightingConfig(**keys))
+    grad = jax.grad(lambda x: _composed_loss(objective, x, targets, valid)[0].sum())(jnp.asarray(logits))
+    probs = _numpy_softmax(logits.astype(np.float64))
+    p_y = np.take_along_axis(probs, targets[..., None], -1)[..., 0]
+    kept = {"all": np.ones_like(p_y, bool), "top": p_y >= q, "bottom": p_y <= q}[keep] & valid
+    n = valid.sum(axis=(0, 1))
+    onehot = np.eye(logits.shape[-1])[targets]
+    want = np.where(kept[..., None], p_y[..., None] ** alpha * (probs - onehot), 0.0) / n[None, None, :, None]
+    assert 0 < kept.sum() < valid.sum() or keep == "all"
+    np.testing.assert_allclose(np.asarray(grad), want, rtol=1e-4, atol=1e-6)
+
+
+def test_sstoken_hand_computed():
+    """Policy CE (1, 2, 3, 0.5), history CE (2, 2, 5, 0.5): REL = (1, 0, 2, 0); ratio 0.5 keeps ceil(2) = 2
+    targets, those with REL 2 and 1; D_k is the valid count."""
+    ce = jnp.asarray([1.0, 2.0, 3.0, 0.5]).reshape(1, 4, 1)
+    history = jnp.asarray([2.0, 2.0, 5.0, 0.5]).reshape(1, 4, 1)
+    scheme = weighting.make("sstoken", WeightingConfig(sstoken_ratio=0.5))
+    stats = weighting.TokenStats(ce=ce, valid=jnp.ones((1, 4, 1), bool), history_ce=history)
+    np.testing.assert_array_equal(np.asarray(scheme.weights(stats))[0, :, 0], [1, 0, 1, 0])
+    assert make_objective("baseline", WeightingConfig(scheme="sstoken")).history_dtype == "bfloat16"
+    assert make_objective("baseline").history_dtype == ""  # no history copy unless a scheme needs it
+
+
+def test_sstoken_matches_numpy_from_the_paper():
+    """REL = CE_hist - CE_theta = log p_theta - log p_hist, the top ceil(rho n_k) per head."""
+    rng = np.random.RandomState(4)
+    ce, hist = rng.rand(2, 9, 3).astype(np.float32) * 3, rng.rand(2, 9, 3).astype(np.float32) * 3
+    valid = rng.rand(2, 9, 3) < 0.7
+    scheme = weighting.make("sstoken", WeightingConfig(sstoken_ratio=0.3))
+    w = np.asarray(scheme.weights(weighting.TokenStats(jnp.asarray(ce), jnp.asarray(valid), history_ce=hist)))
+    for k in range(3):
+        rel = (np.log(np.exp(-ce[..., k])) - np.log(np.exp(-hist[..., k])))[valid[..., k]]
+        keep = np.zeros_like(rel)
+        keep[np.argsort(-rel, kind="stable")[: int(np.ceil(0.3 * len(rel)))]] = 1.0
+        np.testing.assert_array_equal(w[..., k][valid[..., k]], keep)
+        assert (w[..., k][~valid[..., k]] == 0).all()
+
+
+def test_token_cleaning_labels_reach_every_head_that_predicts_the_token():
+    """Target-aligned labels (1, 0, 1, 1, 0) of tokens 0..4: head 0 at position p reads the label of token p+1,
+    head 1 that of token p+2; invalid targets get 0."""
+    labels = jnp.asarray([[1.0, 0.0, 1.0, 1.0, 0.0]])
+    valid = jnp.asarray([[[1, 1], [1, 1], [1, 1], [1, 0], [0, 0]]], bool)
+    objective = make_objective("baseline", WeightingConfig(scheme="token_cleaning", token_labels="x"))
+    signals = Signals(ce=jnp.ones((1, 5, 2)), valid=valid, batch={"token_labels": labels}, n_heads=2)
+    w = np.asarray(objective.weights(signals))[0]
+    np.testing.assert_array_equal(w[:, 0], [0, 1, 1, 0, 0])
+    np.testing.assert_array_equal(w[:, 1], [1, 1, 0, 0, 0])
+    assert objective.tables == {"token_labels": "x"}
+    assert "weighting.token_labels" in " ".join(WeightingConfig(scheme="token_cleaning").problems())
+
+
+def test_token_cleaning_ranks_all_response_tokens_of_the_split(tmp_path):
+    """The fixed-model rule: CE_base - CE_ref of the response tokens of *all* records ranked together; the top
+    ceil(0.5 * N) get 1 (prompt tokens never), written as a table the pipeline streams."""
+    from wmtp_jax.data.pipeline import TokenizeRecord, TokenTable
+    from wmtp_jax.data.records import IndexBuilder, index_path
+    from wmtp_jax.data.tokenizer import Tokenizer
+    from wmtp_jax.train.reference_ce import _write_table, token_cleaning_labels
+
+    jsonl = tmp_path / "split.jsonl"
+    rows = [{"instruction": "add", "input": "", "output": "return a + b"}, {"instruction": "x", "output": "pass"}]
+    lines = [json.dumps(r) + "\n" for r in rows]
+    jsonl.write_text("".join(lines))
+    builder = IndexBuilder()
+    for i, line in enumerate(lines):
+        builder.add(sum(len(x) for x in lines[:i]), True, 10, f"p{i}", 0)
+    builder.build().save(index_path(jsonl))
+    tok = Tokenizer()
+    masks = [TokenizeRecord(tok, 2048).map({**r, "_row": i})["loss_mask"] for i, r in enumerate(rows)]
+    start = np.concatenate([[0], np.cumsum([len(m) for m in masks])])
+    rng = np.random.RandomState(0)
+    base, ref = rng.rand(start[-1]) * 4, rng.rand(start[-1]) * 4
+    _write_table(str(tmp_path / "split"), "base_ce", base, start)
+    _write_table(str(tmp_path / "split"), "ref_ce", ref, start)
+    found = token_cleaning_labels(jsonl, ratio=0.5)
+    response = np.concatenate(masks).astype(bool)
+    score = np.where(response, base - ref, -np.inf)
+    n_keep = int(np.ceil(0.5 * response.sum()))
+    want = np.zeros(len(score))
+    want[np.argsort(-score)[:n_keep]] = 1.0
+    labels = TokenTable(tmp_path / "split", "token_labels")
+    got = np.concatenate([labels.row(i, len(m)) for i, m in enumerate(masks)])
+    np.testing.assert_array_equal(got, want)
+    assert found["kept"] == n_keep and found["response_tokens"] == response.sum()
+    assert not got[~response].any()

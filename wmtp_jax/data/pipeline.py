@@ -74,43 +74,49 @@ class JsonlRecords:
         return f"JsonlRecords({self.path!r}, {len(self)} records)"
 
 
-class ReferenceCE:
-    """Precomputed reference next-token CE per record (``scripts/precompute_ref_ce.py``), memory-mapped.
+class TokenTable:
+    """A precomputed per-token table (``scripts/precompute_ref_ce.py``), memory-mapped: ``name`` "ref_ce" (the
+    Rho-1 reference's next-token CE) or "token_labels" (Token Cleaning's 0/1 labels).
 
-    ``{prefix}.ref_ce.npy``: float32, every record's token-aligned CE concatenated in index-row order;
-    ``{prefix}.ref_ce_start.npy``: int64 ``[N + 1]`` start of each row.
+    ``{prefix}.{name}.npy``: float32, every record's token-aligned values concatenated in index-row order;
+    ``{prefix}.{name}_start.npy``: int64 ``[N + 1]`` start of each row.
+
+    Raises:
+      FileNotFoundError: a file is missing (named, with the script that writes it).
     """
 
-    def __init__(self, prefix: str | os.PathLike):
-        self.prefix = os.fspath(prefix)
+    def __init__(self, prefix: str | os.PathLike, name: str = "ref_ce"):
+        self.prefix, self.name = os.fspath(prefix), name
         try:
-            self.values = np.load(self.prefix + ".ref_ce.npy", mmap_mode="r")
-            self.start = np.load(self.prefix + ".ref_ce_start.npy")
+            self.values = np.load(f"{self.prefix}.{name}.npy", mmap_mode="r")
+            self.start = np.load(f"{self.prefix}.{name}_start.npy")
         except FileNotFoundError as e:
             raise FileNotFoundError(
-                f"{e.filename}: precomputed reference CE not found (run scripts/precompute_ref_ce.py)"
+                f"{e.filename}: precomputed {name} table not found (run scripts/precompute_ref_ce.py)"
             ) from None
 
     def row(self, row: int, length: int) -> np.ndarray:
+        """float32 ``[length]`` values of index row ``row``; raises ValueError when the table's row has another
+        length (the table is stale)."""
         lo, hi = int(self.start[row]), int(self.start[row + 1])
         if hi - lo != length:
             raise ValueError(
-                f"{self.prefix}.ref_ce.npy: row {row} has {hi - lo} values for a {length}-token record; "
-                "the precomputed CE is stale (recompute it)"
+                f"{self.prefix}.{self.name}.npy: row {row} has {hi - lo} values for a {length}-token record; "
+                "the precomputed table is stale (recompute it)"
             )
         return np.asarray(self.values[lo:hi], np.float32)
 
     def __getstate__(self):
-        return {"prefix": self.prefix}
+        return {"prefix": self.prefix, "name": self.name}
 
     def __setstate__(self, state):
-        self.__init__(state["prefix"])
+        self.__init__(state["prefix"], state["name"])
 
 
 @dataclasses.dataclass
 class TokenizeRecord(grain.transforms.Map):
-    """Alpaca record -> ``{"tokens", "loss_mask", "rewards"}`` (int32, int32, float32 ``[L]``), plus ``"ref_ce"``
-    (float32 ``[L]``) when a precomputed reference CE table is given.
+    """Alpaca record -> ``{"tokens", "loss_mask", "rewards"}`` (int32, int32, float32 ``[L]``), plus one float32
+    ``[L]`` entry per precomputed table (``tables``: batch key -> ``TokenTable``).
 
     Sequences longer than ``max_length`` are cut at ``max_length`` (the EOS is then lost; prepare_data's
     ``--max-length`` should make this rare).
@@ -118,7 +124,7 @@ class TokenizeRecord(grain.transforms.Map):
 
     tokenizer: Tokenizer
     max_length: int
-    reference_ce: ReferenceCE | None = None
+    tables: dict[str, TokenTable] = dataclasses.field(default_factory=dict)
 
     def map(self, record: dict[str, Any]) -> dict[str, np.ndarray]:
         prompt = self.tokenizer.encode(format_prompt(record["instruction"], record.get("input", "")), bos=True)
@@ -128,8 +134,8 @@ class TokenizeRecord(grain.transforms.Map):
         loss_mask[len(prompt) :] = 1
         rewards = np.full(len(tokens), 1.0 if record.get("is_correct") else 0.0, np.float32)
         out = {"tokens": tokens, "loss_mask": loss_mask, "rewards": rewards}
-        if self.reference_ce is not None:
-            out["ref_ce"] = self.reference_ce.row(record["_row"], len(tokens))
+        for key, table in self.tables.items():
+            out[key] = table.row(record["_row"], len(tokens))
         return out
 
 
@@ -157,7 +163,7 @@ def pad_to_bucket(examples: Sequence[dict[str, np.ndarray]], buckets: Sequence[i
 
 
 def _rename_packed(example: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    out = {k: example[k] for k in (*FEATURES, "ref_ce") if k in example}
+    out = {k: v for k, v in example.items() if not k.endswith(("_segment_ids", "_positions"))}
     out["segment_ids"] = example["tokens_segment_ids"].astype(np.int32)
     out["positions"] = example["tokens_positions"].astype(np.int32)
     return out
@@ -178,20 +184,20 @@ def make_dataset(
     tokenizer: Tokenizer,
     cfg: PipelineConfig,
     rows: np.ndarray | None = None,
-    reference_ce: ReferenceCE | None = None,
+    tables: dict[str, TokenTable] | None = None,
 ) -> grain.IterDataset:
     """The batched Grain dataset over the planned records (in plan order; the plan is already shuffled).
 
-    ``rows`` (the planned index rows) are needed with ``reference_ce`` to look up each record's CE.
+    ``tables``: precomputed per-token tables streamed beside each batch (batch key -> ``TokenTable``); they need
+    ``rows`` (the planned index rows) to look up each record's values.
     """
     max_length = max(cfg.buckets)
-    if reference_ce is not None and rows is None:
-        raise ValueError("make_dataset: reference_ce needs the planned index rows")
-    ds = grain.MapDataset.source(JsonlRecords(jsonl, offsets, rows)).map(
-        TokenizeRecord(tokenizer, max_length, reference_ce)
-    )
+    tables = tables or {}
+    if tables and rows is None:
+        raise ValueError("make_dataset: precomputed tables need the planned index rows")
+    ds = grain.MapDataset.source(JsonlRecords(jsonl, offsets, rows)).map(TokenizeRecord(tokenizer, max_length, tables))
     if cfg.pack:
-        features = FEATURES + (("ref_ce",) if reference_ce is not None else ())
+        features = FEATURES + tuple(tables)
         it = grain.experimental.FirstFitPackIterDataset(
             ds.to_iter_dataset(),
             length_struct={k: max_length for k in features},

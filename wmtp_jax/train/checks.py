@@ -62,6 +62,12 @@ def training_problems(c, k: ConfigChecker, data, fsdp, n_processes: int) -> None
                 lambda v: bool(v) and os.path.isfile(v) and index_path(v).is_file(),
                 "a prepared .jsonl with its .index.npz beside it (scripts/prepare_data.py)",
             )
+    if c.weighting.token_labels:
+        k.check(
+            "weighting.token_labels",
+            lambda v: os.path.isfile(v + ".token_labels.npy"),
+            "the prefix of {prefix}.token_labels.npy written by scripts/precompute_ref_ce.py --base",
+        )
     if c.weighting.rho1_reference_ce:
         k.check(
             "weighting.rho1_reference_ce",

@@ -25,7 +25,7 @@ from wmtp_jax.eval.teacher_forced import head_ce_sums
 from wmtp_jax.files import atomic_write_text
 from wmtp_jax.model.lora import has_lora, merge_lora
 from wmtp_jax.schema import Section
-from wmtp_jax.train import step as step_lib
+from wmtp_jax.train.loss_terms import WEIGHT_HIST_BINS, WEIGHT_HIST_MAX
 from wmtp_jax.train.trainer import Hook, StepEvent, Trainer
 
 
@@ -307,7 +307,7 @@ class WeightPlot(Hook):
 
     def __init__(self, path: Path, tracker):
         self.path, self.tracker = Path(path), tracker
-        self.hist = np.zeros(step_lib.WEIGHT_HIST_BINS)
+        self.hist = np.zeros(WEIGHT_HIST_BINS)
 
     def on_step(self, trainer: Trainer, event: StepEvent) -> None:
         if event.weight_hist is not None:
@@ -316,7 +316,7 @@ class WeightPlot(Hook):
     def on_end(self, trainer: Trainer, event: StepEvent, status: str) -> None:
         if status == "FINISHED" and is_main_process() and self.hist.sum():
             plot_weights(self.hist, self.path)
-            edges = np.linspace(0.0, step_lib.WEIGHT_HIST_MAX, step_lib.WEIGHT_HIST_BINS + 1)
+            edges = np.linspace(0.0, WEIGHT_HIST_MAX, WEIGHT_HIST_BINS + 1)
             atomic_write_text(
                 self.path.with_name("weight_hist.json"),
                 json.dumps({"edges": edges.tolist(), "counts": self.hist.tolist()}) + "\n",
@@ -347,13 +347,13 @@ class CloseTracker(Hook):
 
 
 def plot_weights(hist: np.ndarray, path: Path) -> None:
-    """Bar plot of a token-weight histogram (``step.WEIGHT_HIST_BINS`` bins over [0, ``step.WEIGHT_HIST_MAX``])."""
+    """Bar plot of a token-weight histogram (``WEIGHT_HIST_BINS`` bins over [0, ``WEIGHT_HIST_MAX``])."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    edges = np.linspace(0.0, step_lib.WEIGHT_HIST_MAX, step_lib.WEIGHT_HIST_BINS + 1)
+    edges = np.linspace(0.0, WEIGHT_HIST_MAX, WEIGHT_HIST_BINS + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(edges[:-1], hist, width=np.diff(edges), align="edge")
     ax.set_xlabel("token weight")

@@ -19,7 +19,7 @@ from wmtp_jax.checkpoint import ensure_orbax, load_model, train_state
 from wmtp_jax.checkpoint.micro import write_micro_models
 from wmtp_jax.data import assets
 from wmtp_jax.data.benchmarks import VALIDATION_BENCHMARKS
-from wmtp_jax.data.pipeline import PipelineConfig, ReferenceCE, make_dataset
+from wmtp_jax.data.pipeline import PipelineConfig, TokenTable, make_dataset
 from wmtp_jax.data.prepare import data_sha256, prepare_cached
 from wmtp_jax.data.records import RecordIndex, index_path
 from wmtp_jax.data.sampling import allowed, build_plan, epoch_size, shard_plan
@@ -363,10 +363,9 @@ def _training_batches(c, inputs: Inputs, index: RecordIndex, tok, trainer: Train
     loop = c.train
     plan = build_plan(index, c.data, plan_draws(c, index), c.seed)
     local = shard_plan(plan, loop.batch_size, jax.process_index(), jax.process_count())
-    table = trainer.objective.reference_table
-    reference_ce = ReferenceCE(table) if table else None
+    tables = {key: TokenTable(prefix, key) for key, prefix in trainer.objective.tables.items()}
     pipeline = PipelineConfig.from_config(c.data, batch_size=loop.batch_size // jax.process_count())
-    return iter(make_dataset(inputs.train, index.offsets(local), tok, pipeline, rows=local, reference_ce=reference_ce))
+    return iter(make_dataset(inputs.train, index.offsets(local), tok, pipeline, rows=local, tables=tables))
 
 
 def train(c) -> dict:

@@ -29,7 +29,7 @@ from wmtp_jax import alignment, losses
 from wmtp_jax import weighting as schemes
 from wmtp_jax.model.quant import QUANTIZED
 from wmtp_jax.schema import Section
-from wmtp_jax.weighting import rho1, td
+from wmtp_jax.weighting import probability, rho1, td
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,9 +43,13 @@ class WeightingConfig(Section):
     ``rho1_eps``, ``rho1_w_max``, ``rho1_normalize`` (selected | valid), ``rho1_reference_ce`` (a precomputed
     reference-CE table instead of a reference forward), ``rho1_scheme`` ("rho1", the paper, or "seed", the
     design documents' variant, with ``rho1_top_p``, ``rho1_alpha``, ``rho1_temperature``, ``rho1_eps``, ``rho1_w_max``);
-    ``scheme``: the token weighting (``wmtp_jax.weighting.WEIGHTINGS``: uniform, dft, entropy, rho1, td, ...; "" = the
-    objective's own: uniform for baseline / ref_tuning, rho1, td for verifiable); ``entropy_ratio``: the entropy
-    scheme's top fraction rho;
+    ``scheme``: the token weighting (``wmtp_jax.weighting.WEIGHTINGS``: uniform, dft, entropy, probability, sstoken,
+    token_cleaning, rho1, td, ...; "" = the objective's own: uniform for baseline / ref_tuning, rho1, td for
+    verifiable); ``entropy_ratio``: the entropy scheme's top fraction rho; ``prob_alpha``, ``prob_keep`` (all | top |
+    bottom), ``prob_threshold``: the probability family's alpha, threshold side and q; ``sstoken_ratio``: the
+    fraction ssToken keeps; ``history_decay`` / ``history_dtype``: the policy's EMA that ssToken compares with (1 =
+    the starting model, kept); ``token_labels``: the prefix of the Token Cleaning labels
+    (``scripts/precompute_ref_ce.py --base``);
     ``control``: shuffle the weights over the valid targets; ``strength`` lambda: every scheme's weights move toward
     uniform, ``w <- 1 + lambda (w - 1)``, and its normaliser toward the valid count (0 = the unweighted baseline's
     loss exactly, 1 = the scheme as it is).
@@ -53,6 +57,13 @@ class WeightingConfig(Section):
 
     scheme: str = ""
     entropy_ratio: float = 0.2
+    prob_alpha: float = 1.0
+    prob_keep: str = "all"
+    prob_threshold: float = 0.0
+    sstoken_ratio: float = 0.6
+    history_decay: float = 0.99
+    history_dtype: str = "bfloat16"
+    token_labels: str = ""
     control: bool = False
     gamma: float = 1.0
     gae_lambda: float = 0.0
@@ -82,8 +93,18 @@ class WeightingConfig(Section):
         c = self.checker(prefix)
         c.positive("beta", integer=False)
         c.check("scheme", lambda v: v == "" or v in schemes.WEIGHTINGS, f"'' or one of {sorted(schemes.WEIGHTINGS)}")
-        for key in ("gamma", "gae_lambda", "ema_decay", "rho1_ratio", "entropy_ratio"):
+        for key in ("gamma", "gae_lambda", "ema_decay", "rho1_ratio", "entropy_ratio", "sstoken_ratio"):
             c.fraction(key)
+        for key in ("history_decay", "prob_threshold"):
+            c.fraction(key)
+        c.check("prob_alpha", lambda v: v >= 0, "a non-negative exponent (0 = NLL, 1 = -p)")
+        c.one_of("prob_keep", probability.KEEP)
+        c.one_of("history_dtype", ("bfloat16", "float32"))
+        if self.scheme == "token_cleaning" and not self.token_labels:
+            c.found.append(
+                f"{prefix}.token_labels: the token_cleaning scheme needs the prefix of the labels written by "
+                "scripts/precompute_ref_ce.py --base"
+            )
         c.check("w_min", lambda v: 0 <= v <= self.w_max, "0 <= w_min <= weighting.w_max")
         c.one_of("value_loss", ("mse", "huber", "pairwise"))
         c.one_of("value_target", ("mc", "lambda"))
@@ -163,6 +184,8 @@ class Signals:
     td_weights: jax.Array | None = None  # [B, S] target-aligned TD-exp weights (``uses_td``)
     ce_tokens: int = 0  # ``train.ce_tokens``: the reference, too, projects only the valid targets
     entropy: jax.Array | None = None  # float32 entropy of each head's distribution (when the scheme needs it)
+    history: Any = None  # the policy's history copy (``weighting.history_decay``) when the scheme needs it
+    targets: jax.Array | None = None  # int32 target token of each head (for a second forward's CE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +199,8 @@ class Objective:
     trains_value: ClassVar[bool] = False  # the value-loss term
     uses_td: ClassVar[bool] = False  # TD errors from the value head are computed in the step
     default_scheme: ClassVar[str] = "uniform"  # the token weighting when ``weighting.scheme`` is ""
-    provides: ClassVar[frozenset[str]] = frozenset({"probability", "entropy"})  # statistics its step can compute
+    # statistics its step can compute
+    provides: ClassVar[frozenset[str]] = frozenset({"probability", "entropy", "history_ce", "token_labels"})
 
     @functools.cached_property
     def scheme(self) -> schemes.TokenWeighting:
@@ -236,18 +260,30 @@ class Objective:
         anchor penalty and the distance monitor."""
         return self.trains_value_head and self.trains_policy
 
-    @property
-    def reference_table(self) -> str:
-        """Prefix of a precomputed reference-CE table streamed with each batch ("" = none)."""
-        return ""
-
     def trainable(self):
         """nnx filter of the trained parameters (the rest is frozen and gets no optimizer state)."""
         return nnx.All(nnx.Param, nnx.Not(nnx.PathContains("value_head")))
 
+    @property
+    def history_dtype(self) -> str:
+        """dtype of the policy's history copy the train state keeps ("" = none: the scheme needs no history)."""
+        return self.weighting.history_dtype if self.needs("history_ce") else ""
+
+    @property
+    def tables(self) -> dict[str, str]:
+        """Precomputed per-token tables streamed with each batch: batch key -> file prefix."""
+        return {"token_labels": self.weighting.token_labels} if self.needs("token_labels") else {}
+
     def statistics(self, s: Signals) -> schemes.TokenStats:
         """The statistics the scheme declared, from the micro-batch's signals."""
-        return schemes.TokenStats(ce=s.ce, valid=s.valid, entropy=s.entropy)
+        stats = schemes.TokenStats(ce=s.ce, valid=s.valid, entropy=s.entropy)
+        if self.needs("history_ce"):
+            stats = dataclasses.replace(
+                stats, history_ce=history_ce(s.history, s.batch, s.targets, s.valid, s.ce_tokens)
+            )
+        if self.needs("token_labels"):
+            stats = dataclasses.replace(stats, token_labels=alignment.per_head(s.batch["token_labels"], s.n_heads))
+        return stats
 
     def token_weights(self, s: Signals) -> jax.Array:
         return self.scheme.weights(self.statistics(s))
@@ -338,8 +374,11 @@ class Rho1(Objective):
         return self.needs("reference_ce") and not self.weighting.rho1_reference_ce
 
     @property
-    def reference_table(self) -> str:
-        return self.weighting.rho1_reference_ce
+    def tables(self) -> dict[str, str]:
+        tables = super().tables
+        if self.needs("reference_ce") and self.weighting.rho1_reference_ce:
+            tables["ref_ce"] = self.weighting.rho1_reference_ce
+        return tables
 
     def statistics(self, s: Signals) -> schemes.TokenStats:
         stats = super().statistics(s)
@@ -407,6 +446,17 @@ def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:
     else:
         ce = losses.token_ce(reference.output_projection(), out.head_hidden, targets)
     return jax.lax.stop_gradient(alignment.next_token_to_target(ce[..., 0]))
+
+
+def history_ce(history, batch, targets, valid, ce_tokens: int = 0) -> jax.Array:
+    """CE ``[B, S, H]`` of every head's target under the policy's history copy (same MTP network; no gradient).
+    ``ce_tokens > 0``: only the valid targets are projected, as in the training forward."""
+    out = history.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
+    if ce_tokens:
+        ce, _ = losses.valid_token_ce(history.output_projection(), out.head_hidden, targets, valid, capacity=ce_tokens)
+    else:
+        ce = losses.token_ce(history.output_projection(), out.head_hidden, targets)
+    return jax.lax.stop_gradient(ce)
 
 
 def td_weights(weighting: WeightingConfig, values, batch, ema):

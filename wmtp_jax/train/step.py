@@ -23,13 +23,12 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from wmtp_jax import alignment, losses, sharding
+from wmtp_jax import alignment, sharding
 from wmtp_jax.schema import Section
-from wmtp_jax.train.objectives import Objective, Signals, td_weights
-from wmtp_jax.weighting import common
+from wmtp_jax.train import loss_terms
+from wmtp_jax.train.objectives import Objective
 
 BATCH_KEYS = ("tokens", "loss_mask", "rewards", "segment_ids", "positions")
-WEIGHT_HIST_BINS, WEIGHT_HIST_MAX = 40, 5.0  # histogram of token weights (weights above the max land in no bin)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +100,8 @@ class TrainState:
     """Everything a step changes: ``step`` (int32), the trained ``params`` (an ``nnx.State``), the optimizer
     state, the TD-whitening ``ema`` ({mean, var, count}), the ``rng`` key data (uint32 [2]) and the trained
     parameters of a co-trained separate ``critic`` (``critic.co_train``; else None; the optimizer state then
-    covers ``(params, critic)``). Checkpoints store these names."""
+    covers ``(params, critic)``) and the ``history`` copy of ``params`` a scheme compares the policy with (ssToken's
+    EMA, ``weighting.history_decay``, in ``weighting.history_dtype``; else None). Checkpoints store these names."""
 
     step: jax.Array
     params: Any
@@ -109,6 +109,7 @@ class TrainState:
     ema: dict[str, jax.Array]
     rng: jax.Array
     critic: Any = None
+    history: Any = None
 
     @property
     def trained(self):
@@ -187,131 +188,24 @@ def value_head_anchor(model, required: bool = False) -> nnx.State | None:
     return jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), state)
 
 
-def _anchor_distance_sq(model, anchor) -> jax.Array:
-    head = nnx.state(model.value_head, nnx.Param)
-    return sum(
-        jnp.sum(jnp.square(a.astype(jnp.float32) - b)) for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(anchor))
-    )
-
-
 DROPOUT_STREAM = 1  # fold_in(micro-batch key, this) seeds the training dropout (the control shuffle uses the key)
-CRITIC_DROPOUT_STREAM = 2  # ... and the co-trained critic's
 
 
-def micro_batch_loss(objective: Objective, cfg: StepConfig, model, reference, mb, denom, ema, key, anchor=None):
-    """Loss of one micro-batch (already divided by the global normalisers) and its metrics. ``anchor``: stage 1's
-    value-head parameters (``value_head_anchor``) when the objective ``uses_anchor``."""
-    n_heads = model.cfg.n_future_tokens
-    targets, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], n_heads)
+def micro_batch_loss(terms, model, reference, mb, denom, ema, key, history=None):
+    """Loss of one micro-batch (already divided by the global normalisers) and ``(metrics, new TD-whitening
+    EMA)``: the policy's forward, then the objective's ``terms`` (``loss_terms.compose``) in order, their
+    contributions summed. ``history``: the policy's history copy (``weighting.history_decay``) or None."""
+    targets, valid = alignment.mtp_targets(mb["tokens"], mb["loss_mask"], mb["segment_ids"], model.cfg.n_future_tokens)
     dropout_key = jax.random.fold_in(key, DROPOUT_STREAM) if model.has_dropout() else None
     out = model.forward(mb["tokens"], mb["positions"], mb["segment_ids"], dropout_key)
-    metrics: dict[str, jax.Array] = {}
+    ctx = loss_terms.LossContext(model, reference, history, mb, denom, ema, key, out, targets, valid)
     total = jnp.zeros((), jnp.float32)
-    new_ema, adv, w_tok = ema, None, None
-    values, vout, vmodel = out.values, out, model  # the values, and the output / model of the trained value head
-    if objective.separate_critic:  # the critic's value head, on its own trunk
-        critic_key = jax.random.fold_in(key, CRITIC_DROPOUT_STREAM) if objective.co_trains_critic else None
-        critic_out = reference.forward(
-            mb["tokens"], mb["positions"], mb["segment_ids"], critic_key if reference.has_dropout() else None
-        )
-        values = critic_out.values
-        if objective.co_trains_critic:
-            vout, vmodel = critic_out, reference
-        else:
-            values = jax.lax.stop_gradient(values)
-    if objective.uses_td:  # TD errors from the value head
-        w_tok, adv, new_ema = td_weights(objective.weighting, values, mb, ema)
-        value_mask = valid[..., 0]  # V(s_p) for states followed by an output token
-        metrics["value_mean"] = alignment.masked_moments(values, value_mask)[0]
-        td_mean, td_var, _ = alignment.masked_moments(adv, mb["loss_mask"])
-        metrics["td_error_mean"] = td_mean
-        metrics["td_error_std"] = jnp.sqrt(td_var)
-    if objective.trains_policy:
-        entropy = None
-        project, hidden = model.output_projection(), out.head_hidden
-        if cfg.ce_tokens and objective.needs("entropy"):
-            ce, entropy, metrics["ce_tokens_over"] = losses.valid_token_ce_entropy(
-                project, hidden, targets, valid, capacity=cfg.ce_tokens, chunk=cfg.ce_chunk
-            )
-        elif cfg.ce_tokens:
-            ce, metrics["ce_tokens_over"] = losses.valid_token_ce(
-                project, hidden, targets, valid, capacity=cfg.ce_tokens, chunk=cfg.ce_chunk
-            )
-        elif objective.needs("entropy"):
-            ce, entropy = losses.token_ce_entropy(project, hidden, targets, chunk=cfg.ce_chunk)
-        else:
-            ce = losses.token_ce(project, hidden, targets, chunk=cfg.ce_chunk)
-        if entropy is not None:
-            metrics["entropy_mean"] = alignment.masked_moments(entropy, valid)[0]
-        weights = objective.weights(
-            Signals(
-                ce=ce,
-                valid=valid,
-                entropy=entropy,
-                batch=mb,
-                n_heads=n_heads,
-                reference=reference,
-                td_weights=w_tok,
-                ce_tokens=cfg.ce_tokens,
-            )
-        )
-        if objective.weighting.control:
-            weights = common.control_shuffle(weights, valid, key)
-        weights = jax.lax.stop_gradient(weights)
-        if objective.uses_td:
-            metrics["weight_entropy"] = losses.weight_entropy(weights[..., 0], valid[..., 0])
-        head_loss = losses.weighted_ce_sums(ce, weights, valid) / denom["ce"]
-        policy_loss = jnp.dot(jnp.asarray(cfg.head_weights, jnp.float32), head_loss)
-        total = total + (policy_loss / n_heads if cfg.head_reduce == "mean" else policy_loss)
-        metrics["loss_head"] = head_loss
-        metrics["ce_head"] = jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)) / denom["ce"]
-        metrics.update(common.weight_stats(weights, valid))
-        metrics["weight_hist"] = jnp.histogram(
-            weights, bins=WEIGHT_HIST_BINS, range=(0.0, WEIGHT_HIST_MAX), weights=valid.astype(jnp.float32)
-        )[0]
-    if objective.trains_value_head:
-        w = objective.weighting
-        target = (
-            mb["rewards"]
-            if w.value_target == "mc"
-            else jax.lax.stop_gradient(vout.values + alignment.shift_left(adv, 1))
-        )
-        if w.value_loss == "pairwise":  # Bradley-Terry on the final values of (correct, incorrect) pairs
-            final, has_output = alignment.last_output(vout.values, mb["loss_mask"])
-            pair_sum, n_pairs = losses.pairwise_value_loss_sum(
-                final, alignment.last_output(mb["rewards"], mb["loss_mask"])[0], has_output
-            )
-            value_loss = pair_sum / jnp.maximum(n_pairs, 1.0)  # one micro-batch (config: grad_accum_steps 1)
-            metrics["value_pairs"] = n_pairs
-        elif anchor is not None and objective.critic.value_clip > 0:  # V kept within +- clip of stage 1's head
-            anchor_head = nnx.merge(nnx.graphdef(vmodel.value_head), anchor)
-            anchor_values = anchor_head(vout.value_input)[..., 0]
-            value_loss = (
-                losses.clipped_value_loss_sum(
-                    vout.values,
-                    anchor_values,
-                    target,
-                    value_mask,
-                    objective.critic.value_clip,
-                    w.value_loss,
-                    w.huber_delta,
-                )
-                / denom["value"]
-            )
-        else:
-            value_loss = (
-                losses.value_loss_sum(vout.values, target, value_mask, w.value_loss, w.huber_delta) / denom["value"]
-            )
-        if anchor is not None:
-            sq = _anchor_distance_sq(vmodel, anchor)
-            metrics["critic_param_distance"] = jnp.sqrt(sq)  # L2 distance of the value head from stage 1's
-            if objective.critic.anchor_coef > 0:  # each of the n micro-batches adds 1/n: coef * sq per step
-                total = total + objective.critic.anchor_coef * sq / cfg.grad_accum_steps
-        total = total + objective.value_coef * value_loss
-        metrics["value_loss"] = value_loss
-        metrics["value_explained_variance"] = losses.explained_variance(vout.values, target, value_mask)
-    metrics["loss"] = total
-    return total, (metrics, new_ema)
+    for term in terms:
+        contribution = term(ctx)
+        if contribution is not None:
+            total = total + contribution
+    ctx.metrics["loss"] = total
+    return total, (ctx.metrics, ctx.ema)
 
 
 _MIN_KEYS, _MAX_KEYS = ("weight_min",), ("weight_max", "ce_tokens_over")
@@ -356,6 +250,9 @@ def make_train_step(
     ``cfg.head_weights`` must hold one weight per head (``StepConfig.for_heads``).
     """
 
+    terms = loss_terms.compose(objective, cfg, anchor)
+    decay = objective.weighting.history_decay
+
     def step(state, frozen, reference_state, batch):
         if mesh is None:
             return _step(state, frozen, reference_state, batch)
@@ -374,11 +271,13 @@ def make_train_step(
             reference = nnx.merge(ref_graphdef, reference_state)
         key = jax.random.fold_in(state.rng, state.step)
 
+        history = None if state.history is None else nnx.merge(graphdef, state.history, frozen)
+
         def loss_fn(trained, mb, ema, k):
             params, critic = trained if co_trained else (trained, None)
             model = nnx.merge(graphdef, params, frozen)
             second = nnx.merge(ref_graphdef, critic, reference_state) if co_trained else reference
-            return micro_batch_loss(objective, cfg, model, second, mb, denom, ema, k, anchor)
+            return micro_batch_loss(terms, model, second, mb, denom, ema, k, history)
 
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         shapes = jax.eval_shape(lambda: loss_fn(state.trained, jax.tree.map(lambda x: x[0], micro), state.ema, key))
@@ -412,13 +311,19 @@ def make_train_step(
         if "ce_tokens_over" in metrics:  # a truncated loss is never applied (the Trainer raises)
             finite = finite & (metrics["ce_tokens_over"] == 0)
 
-        def update(params, opt_state):
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
+        def update(trained, opt_state, history):
+            updates, opt_state = tx.update(grads, opt_state, trained)
+            trained = optax.apply_updates(trained, updates)
+            if history is not None and decay < 1.0:  # the policy's EMA (ssToken's history model)
+                params = trained[0] if co_trained else trained
+                history = jax.tree.map(lambda h, p: (decay * h + (1.0 - decay) * p).astype(h.dtype), history, params)
+            return trained, opt_state, history
 
         # a non-finite step leaves parameters and optimizer state untouched; lax.cond (not a select between
         # old and new) lets XLA update them in place, without copies of the optimizer state
-        trained, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.trained, state.opt_state)
+        trained, opt_state, new_history = jax.lax.cond(
+            finite, update, lambda *a: a, state.trained, state.opt_state, state.history
+        )
         params, critic = trained if co_trained else (trained, None)
         new_state = TrainState(
             step=state.step + 1,
@@ -427,6 +332,7 @@ def make_train_step(
             ema=jax.tree.map(lambda a, b: jnp.where(finite, a, b), ema, state.ema),
             rng=state.rng,
             critic=critic,
+            history=new_history,
         )
         metrics.update(
             grad_norm=grad_norm,
@@ -462,11 +368,15 @@ def optimizer_shardings(tx, params, mesh: Mesh):
     return jax.tree_util.tree_map_with_path(place, jax.eval_shape(tx.init, params))
 
 
-def init_state(params, tx, seed: int, mesh: Mesh | None = None, critic=None) -> TrainState:
+def init_state(params, tx, seed: int, mesh: Mesh | None = None, critic=None, history_dtype: str = "") -> TrainState:
     """Train state for trainable ``params`` (and a co-trained ``critic``'s): the optimizer state is created in the
     parameters' shardings (``optimizer_shardings``), the small bookkeeping arrays (step, TD-whitening EMA, rng) are
-    replicated over ``mesh``."""
+    replicated over ``mesh``. ``history_dtype`` non-empty: ``history`` starts as a copy of ``params`` in that dtype
+    (same shardings)."""
     trained = params if critic is None else (params, critic)
+    history = None
+    if history_dtype:
+        history = jax.tree.map(lambda x: jnp.array(x, history_dtype, copy=True), params)
     init = jax.jit(tx.init) if mesh is None else jax.jit(tx.init, out_shardings=optimizer_shardings(tx, trained, mesh))
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -475,6 +385,7 @@ def init_state(params, tx, seed: int, mesh: Mesh | None = None, critic=None) -> 
         ema={"mean": jnp.zeros(()), "var": jnp.zeros(()), "count": jnp.zeros(())},
         rng=jax.random.key_data(jax.random.key(seed)),
         critic=critic,
+        history=history,
     )
     if mesh is not None:  # scalars (step, EMA, rng) would otherwise sit on device 0 only
         state = jax.tree.map(
@@ -484,7 +395,7 @@ def init_state(params, tx, seed: int, mesh: Mesh | None = None, critic=None) -> 
     return state
 
 
-def abstract_state(params, tx, mesh: Mesh | None = None, critic=None) -> TrainState:
+def abstract_state(params, tx, mesh: Mesh | None = None, critic=None, history_dtype: str = "") -> TrainState:
     """``TrainState`` of ShapeDtypeStructs for (abstract or concrete) ``params`` (and a co-trained ``critic``'s)
     with the shardings ``init_state`` gives them; allocates nothing."""
 
@@ -505,4 +416,9 @@ def abstract_state(params, tx, mesh: Mesh | None = None, critic=None) -> TrainSt
         ema={"mean": scalar, "var": scalar, "count": scalar},
         rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=replicated),
         critic=critic,
+        history=jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, jnp.dtype(history_dtype), sharding=x.sharding), params
+        )
+        if history_dtype
+        else None,
     )

@@ -50,7 +50,7 @@ class NonFiniteError(RuntimeError):
 class StepEvent:
     """What hooks see after a step: ``step`` (steps done, 1-based), the new ``state``, host ``metrics`` (floats),
     whether it is the ``last`` step, and the step's ``weight_hist`` (counts of valid targets per weight bin,
-    ``step.WEIGHT_HIST_BINS`` bins over [0, ``step.WEIGHT_HIST_MAX``]; None when no CE term is trained)."""
+    ``loss_terms.WEIGHT_HIST_BINS`` bins over [0, ``loss_terms.WEIGHT_HIST_MAX``]; None when no CE term is trained)."""
 
     step: int
     state: TrainState
@@ -170,12 +170,21 @@ class Trainer:
         """The train state at step 0 (optimizer state in the parameters' shardings). Its parameters are the model's
         own arrays, and ``step`` donates them: after the first step, read parameters from the state
         (``trainer.model(state)``), not from the model the trainer was built with."""
-        return init_state(self.params, self.tx, self.seed, self.mesh, critic=self.critic_params)
+        return init_state(
+            self.params,
+            self.tx,
+            self.seed,
+            self.mesh,
+            critic=self.critic_params,
+            history_dtype=self.objective.history_dtype,
+        )
 
     def abstract_state(self) -> TrainState:
         """The train state's shapes, dtypes and the shardings ``initial_state`` gives; allocates nothing (works on an
         abstract model)."""
-        return abstract_state(self.params, self.tx, self.mesh, critic=self.critic_params)
+        return abstract_state(
+            self.params, self.tx, self.mesh, critic=self.critic_params, history_dtype=self.objective.history_dtype
+        )
 
     def model(self, state: TrainState):
         """The full model with ``state``'s trained parameters."""

@@ -7,7 +7,7 @@ gets ``w[b, p + k + 1]``. The schemes (``base.TokenWeighting``, selected by ``we
 in the MTP layout ``[B, S, H]``. Importing this package registers every scheme in ``WEIGHTINGS``.
 """
 
-from wmtp_jax.weighting import dft, entropy, rho1, td
+from wmtp_jax.weighting import dft, entropy, probability, rho1, sstoken, td, token_cleaning
 from wmtp_jax.weighting.base import STATISTICS, WEIGHTINGS, TokenStats, TokenWeighting, make, register
 from wmtp_jax.weighting.common import control_shuffle, weight_stats
 
@@ -20,8 +20,11 @@ __all__ = [
     "dft",
     "entropy",
     "make",
+    "probability",
     "register",
     "rho1",
+    "sstoken",
     "td",
+    "token_cleaning",
     "weight_stats",
 ]

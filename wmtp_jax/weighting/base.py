@@ -26,7 +26,10 @@ import jax.numpy as jnp
 #                 vocabulary inside the chunked CE)
 #   reference_ce  a frozen reference model's CE of the same target token (objective rho1)
 #   td_weights    the TD-exp weights of the value head (objective verifiable)
-STATISTICS = ("probability", "entropy", "reference_ce", "td_weights")
+#   history_ce    the CE of the same target under the policy's history copy (its EMA; ``weighting.history_decay``):
+#                 one more forward of the policy, without gradient, and one more copy of its trained parameters
+#   token_labels  precomputed 0/1 labels per target token streamed with the batch (``weighting.token_labels``)
+STATISTICS = ("probability", "entropy", "reference_ce", "td_weights", "history_ce", "token_labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +42,8 @@ class TokenStats:
     entropy: jax.Array | None = None  # nats
     reference_ce: jax.Array | None = None
     td_weights: jax.Array | None = None
+    history_ce: jax.Array | None = None
+    token_labels: jax.Array | None = None
 
     @property
     def probability(self) -> jax.Array:
