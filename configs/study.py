@@ -1,6 +1,6 @@
 """A study: train the arms, evaluate them on the same problems and samples, compare them with paired statistics.
 
-    uv run python -m wmtp_jax.main --config=configs/study.py:micro      # 3 arms x 800 steps on the CPU
+    uv run python -m wmtp_jax.main --config=configs/study.py:micro      # 6 arms x 800 steps on the CPU
     uv run python -m wmtp_jax.main --config=configs/study.py \
         --config.study.common='("model.checkpoint=/models/7B_1T_4", "data.train=/data/cc/train.jsonl", ...)'
 
@@ -41,6 +41,19 @@ def get_config(preset: str = ""):
             "critic": arm("critic", compare=False),
             "verifiable": arm("verifiable", "model.init_from={critic}"),
             "verifiable_control": arm("verifiable", "model.init_from={critic}", "weighting.control=True"),
+            # the token-weighting library (README, "Token weighting"), each with its shuffled control; Token
+            # Cleaning needs its labels first (scripts/precompute_ref_ce.py --base), so it is an opt-in arm:
+            #   arm("baseline", "weighting.scheme=token_cleaning", "weighting.token_labels=/data/cc/train")
+            "dft": arm("baseline", "weighting.scheme=dft"),
+            "dft_control": arm("baseline", "weighting.scheme=dft", "weighting.control=True"),
+            "entropy": arm("baseline", "weighting.scheme=entropy"),
+            "entropy_control": arm("baseline", "weighting.scheme=entropy", "weighting.control=True"),
+            "prob_p10": arm("baseline", "weighting.scheme=probability", "weighting.prob_alpha=10.0"),
+            "prob_p10_control": arm(
+                "baseline", "weighting.scheme=probability", "weighting.prob_alpha=10.0", "weighting.control=True"
+            ),
+            "sstoken": arm("baseline", "weighting.scheme=sstoken"),
+            "sstoken_control": arm("baseline", "weighting.scheme=sstoken", "weighting.control=True"),
         }
     )
 
@@ -72,6 +85,9 @@ def get_config(preset: str = ""):
                 "baseline": arm("baseline"),
                 "rho1": arm("rho1"),
                 "rho1_control": arm("rho1", "weighting.control=True"),
+                "dft": arm("baseline", "weighting.scheme=dft"),
+                "entropy": arm("baseline", "weighting.scheme=entropy"),
+                "sstoken": arm("baseline", "weighting.scheme=sstoken"),
             }
         )
     return c

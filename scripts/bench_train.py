@@ -1,12 +1,16 @@
 """Benchmark: train-step throughput (JAX vs plain PyTorch) and compiled per-device memory of the 7B step.
 
     uv run python scripts/bench_train.py throughput [--batch 4 --seq 256 --steps 5]
+    uv run python scripts/bench_train.py throughput --weighting dft,entropy,probability,sstoken,token_cleaning
     uv run python scripts/bench_train.py memory [--per-device-batch 2 --seq 2048 --devices 4]
+    uv run python scripts/bench_train.py memory --experiment baseline --weighting sstoken
     uv run python scripts/bench_train.py mfu [--model 7b|1b|micro --objective baseline|rho1 --steps 10]
 
 throughput: for every experiment, tokens/s of one train step on the micro model (2 trunk blocks + 4 heads,
   dim 64, vocab 32000) with this project's jitted step on one device, beside the same model and loss written
   in plain eager PyTorch (float32, AdamW), same shapes, same machine, one run each.
+throughput --weighting: the micro baseline step with each token weighting beside the uniform one, rounds
+  interleaved, medians and the step-time ratio to uniform.
 memory: compiles one step of the 7B_1T_4 shape (Rho-1 including a Sheared-LLaMA-2.7B reference, bf16 compute,
   float32 master weights and AdamW state, full remat) for a 4-device FSDP mesh from abstract shapes only, and
   prints the per-device sizes XLA reports (arguments, outputs, temporaries; aliased donations counted once).
@@ -162,15 +166,18 @@ def make_trainer(
     learning_rate: float = 1e-5,
     grad_accum: int = 1,
     critic_model: str = "",
+    scheme: str = "",
 ):
-    """The project's Trainer for ``objective`` (default weighting settings), as the training job builds it;
-    ``critic_model`` non-empty: the verifiable objective with ``reference`` as its frozen separate critic."""
+    """The project's Trainer for ``objective`` (default weighting settings, ``weighting.scheme=scheme``), as the
+    training job builds it; ``critic_model`` non-empty: the verifiable objective with ``reference`` as its frozen
+    separate critic."""
     from wmtp_jax.train.objectives import CriticConfig, WeightingConfig, make_objective
     from wmtp_jax.train.step import OptimizerConfig, StepConfig
     from wmtp_jax.train.trainer import Trainer
 
+    weighting = WeightingConfig(scheme=scheme, token_labels="precomputed" if scheme == "token_cleaning" else "")
     return Trainer(
-        make_objective(objective, WeightingConfig(), CriticConfig(model=critic_model)),
+        make_objective(objective, weighting, CriticConfig(model=critic_model)),
         model,
         mesh=mesh,
         reference=reference,
@@ -199,18 +206,20 @@ def jax_throughput(experiment: str, batch: int, seq: int, steps: int, lora_rank:
     return batch * seq / seconds_per_step(trainer, b, steps)
 
 
-def random_batch(rows: int, seq: int, vocab_size: int) -> dict:
-    """Random tokens, one sequence per row, the last 2/3 of each row as output tokens, 0/1 rewards (numpy)."""
+def random_batch(rows: int, seq: int, vocab_size: int, tables=()) -> dict:
+    """Random tokens, one sequence per row, the last 2/3 of each row as output tokens, 0/1 rewards, and random
+    0/1 values for each precomputed table key in ``tables`` (numpy)."""
     import numpy as np
 
     rng = np.random.RandomState(0)
-    return {
+    batch = {
         "tokens": rng.randint(3, vocab_size, (rows, seq)).astype(np.int32),
         "loss_mask": np.tile((np.arange(seq) >= seq // 3).astype(np.int32), (rows, 1)),
         "rewards": np.repeat(rng.randint(0, 2, (rows, 1)).astype(np.float32), seq, 1),
         "segment_ids": np.ones((rows, seq), np.int32),
         "positions": np.tile(np.arange(seq, dtype=np.int32), (rows, 1)),
     }
+    return batch | {key: rng.randint(0, 2, (rows, seq)).astype(np.float32) for key in tables}
 
 
 def seconds_per_step(trainer, batch, steps: int) -> float:
@@ -229,7 +238,65 @@ def seconds_per_step(trainer, batch, steps: int) -> float:
     return (time.perf_counter() - t) / steps
 
 
+def scheme_throughput(args) -> None:
+    """tokens/s of the micro MTP model's step (baseline objective) for each ``--weighting`` scheme beside the
+    uniform baseline, ``--rounds`` rounds with the schemes interleaved; prints the median of each and its ratio to
+    the baseline's median (the same compiled step is reused across rounds)."""
+    import statistics
+
+    import jax
+
+    from wmtp_jax import sharding
+    from wmtp_jax.checkpoint.micro import MICRO_MTP
+    from wmtp_jax.model import create_model
+
+    mesh = sharding.make_mesh(devices=jax.devices()[:1])
+    schemes = ["uniform", *[s for s in args.weighting.split(",") if s and s != "uniform"]]
+    runs = {}
+    for scheme in schemes:
+        model = create_model(MICRO_MTP, mesh)
+        trainer = make_trainer("baseline", model, mesh, None, ce_chunk=64, learning_rate=1e-4, scheme=scheme)
+        tables = trainer.objective.tables
+        batch = jax.device_put(
+            random_batch(args.batch, args.seq, MICRO_MTP.vocab_size, tables), sharding.batch_sharding(mesh)
+        )
+        runs[scheme] = (trainer, trainer.initial_state(), batch)
+    seconds = {s: [] for s in schemes}
+    for _ in range(args.rounds):
+        for scheme in schemes:
+            trainer, state, batch = runs[scheme]
+            state, dt = timed_steps(trainer, state, batch, args.steps)
+            runs[scheme] = (trainer, state, batch)
+            seconds[scheme].append(dt)
+    print(
+        f"micro MTP model (baseline objective), batch {args.batch} x {args.seq}, one {jax.devices()[0].platform} "
+        f"device; median of {args.rounds} rounds of {args.steps} steps (schemes interleaved)"
+    )
+    base = statistics.median(seconds["uniform"])
+    print(f"{'scheme':<16} {'tokens/s':>10} {'step time vs uniform':>22}")
+    for scheme in schemes:
+        t = statistics.median(seconds[scheme])
+        print(f"{scheme:<16} {args.batch * args.seq / t:>10,.0f} {t / base - 1:>+21.1%}")
+
+
+def timed_steps(trainer, state, batch, steps: int):
+    """``(state, seconds per step)`` over ``steps`` steps, after two warm-up steps on the first call."""
+    import jax
+
+    if trainer._jitted is None:
+        for _ in range(2):
+            state, m = trainer.step(state, batch)
+        jax.block_until_ready(m)
+    t = time.perf_counter()
+    for _ in range(steps):
+        state, m = trainer.step(state, batch)
+    jax.block_until_ready(m)
+    return state, (time.perf_counter() - t) / steps
+
+
 def throughput(args) -> None:
+    if args.weighting:
+        return scheme_throughput(args)
     print(f"micro model, batch {args.batch} x {args.seq} tokens, {args.steps} timed steps after two warm-up steps")
     print(f"{'experiment':<12} {'JAX tok/s':>10} {'torch tok/s':>12} {'JAX/torch':>10}")
     for experiment in ("baseline", "critic", "verifiable", "rho1", "ref_tuning"):
@@ -240,6 +307,13 @@ def throughput(args) -> None:
         for experiment in ("baseline", "rho1"):
             j = jax_throughput(experiment, args.batch, args.seq, args.steps, args.lora_rank)
             print(f"{experiment + f' + LoRA r{args.lora_rank}':<12} {j:>10,.0f}")
+
+
+def trainer_needs_reference(args) -> bool:
+    """The Rho-1 step runs its reference forward unless another scheme replaces Rho-1's."""
+    from wmtp_jax.train.objectives import WeightingConfig, make_objective
+
+    return make_objective(args.experiment, WeightingConfig(scheme=args.weighting)).needs_reference
 
 
 def memory(args) -> None:
@@ -291,20 +365,24 @@ def memory(args) -> None:
         sharded_abstract_model(policy_cfg, mesh, lora),
         mesh,
         sharded_abstract_model(ref_cfg, mesh, quantize=quantized_reference)
-        if args.experiment == "rho1" or separate
+        if (args.experiment == "rho1" and trainer_needs_reference(args)) or separate
         else None,
         ce_chunk=args.ce_chunk,
         grad_accum=args.grad_accum,
         critic_model="2.7b" if separate else "",
+        scheme=args.weighting,
     )
     t = time.perf_counter()
     rows = args.per_device_batch * args.devices * args.grad_accum
-    compiled = trainer.compile(abstract_batch(rows, args.seq, mesh))
+    compiled = trainer.compile(abstract_batch(rows, args.seq, mesh, trainer.objective.tables))
     figures = MemoryFigures.of(compiled)
     base_dtype = args.lora_base or "float32"
     adapters = f", LoRA r{args.lora_rank} on the 7 block projections, base {base_dtype}" if lora else ""
+    scheme = trainer.objective.scheme.name
+    history = f", history copy {trainer.objective.history_dtype}" if trainer.objective.history_dtype else ""
     second = {
-        "rho1": f"Rho-1 step (+ 2.7B reference, {args.reference_dtype})",
+        "baseline": f"baseline step, weighting {scheme}{history}",
+        "rho1": f"Rho-1 step (+ 2.7B reference, {args.reference_dtype}), weighting {scheme}",
         "verifiable": f"verifiable step (+ frozen 2.7B critic, {args.reference_dtype})"
         if separate
         else "verifiable step (value head on the policy)",
@@ -321,6 +399,14 @@ def memory(args) -> None:
     else:
         target = "16 GiB for 4 x 24 GB cards" if lora else "36 GiB for 4 x A100-40GB"
     print(f"  {figures.describe()} (target <= {target})")
+    history = trainer.compile_history(abstract_batch(rows, args.seq, mesh, trainer.objective.tables))
+    if history is not None:  # its own program, run before each step, while the train state stays resident
+        h, gib = MemoryFigures.of(history), 2**30
+        print(
+            f"  history-CE program (run before the step): outputs + temporaries "
+            f"{(h.outputs + h.temporaries) / gib:.2f} GiB; with the resident train state "
+            f"{(figures.arguments + h.outputs + h.temporaries) / gib:.2f} GiB per device"
+        )
     if args.show_largest:
         import re
 
@@ -398,6 +484,12 @@ def main() -> int:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--lora-rank", type=int, default=0, help="also time the LoRA step of this rank (JAX only)")
+    p.add_argument(
+        "--weighting",
+        default="",
+        help="comma-separated schemes: time the micro baseline step with each beside uniform (JAX only)",
+    )
+    p.add_argument("--rounds", type=int, default=5, help="with --weighting: interleaved rounds (median reported)")
     m = sub.add_parser("memory")
     m.add_argument("--per-device-batch", type=int, default=2, help="rows per device in each micro-batch")
     m.add_argument("--grad-accum", type=int, default=1, help="micro-batches accumulated per step")
@@ -410,7 +502,10 @@ def main() -> int:
         choices=["bfloat16", "float32", "nf4", "int8"],
         help="storage of the frozen reference / critic (nf4 / int8: its block projections quantised)",
     )
-    m.add_argument("--experiment", default="rho1", choices=["rho1", "verifiable"], help="which step to compile")
+    m.add_argument(
+        "--experiment", default="rho1", choices=["rho1", "verifiable", "baseline"], help="which step to compile"
+    )
+    m.add_argument("--weighting", default="", help="weighting.scheme of the step ('' = the objective's own)")
     m.add_argument(
         "--critic",
         default="",

@@ -159,40 +159,6 @@ def test_control_shuffles_weights_but_keeps_their_statistics(stage_one, shared, 
     assert a["loss"] != b["loss"]  # different tokens selected
 
 
-SCHEME_RUNS = {
-    "dft": ("ref_tuning", {}),
-    "entropy": ("baseline", {}),
-    "probability": (
-        "baseline",
-        {"weighting.prob_alpha": 1.0, "weighting.prob_keep": "top", "weighting.prob_threshold": 0.01},
-    ),
-    "sstoken": ("baseline", {"weighting.history_decay": 0.5}),
-}
-
-
-@pytest.mark.parametrize("scheme", list(SCHEME_RUNS))
-def test_a_weighting_scheme_trains_and_evaluates(scheme, shared, tmp_path):
-    """DFT on a plain next-token model (n_future_tokens = 1, the reference); entropy selection, the probability
-    family (-p keeping p >= 0.01) and ssToken's retrospective excess loss on the 4-head MTP model: two steps, then
-    the evaluation at the end of the run."""
-    experiment, keys = SCHEME_RUNS[scheme]
-    evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
-    run(experiment, shared, tmp_path, **{"weighting.scheme": scheme, "train.num_steps": 2}, **keys, **evaluation)
-    m = read_metrics(tmp_path)[2]
-    if scheme == "dft":  # p(target) of each valid target: below 1, and its mean is the mean of exp(-CE)
-        assert 0 < m["weight_min"] <= m["weight_mean"] < m["weight_max"] < 1 and "ce_head_1" not in m
-    elif scheme == "entropy":  # ceil(0.2 n) of each head's valid targets selected, the loss divided by all of them
-        assert 0.2 <= m["weight_frac_selected"] < 0.25 and m["entropy_mean"] > 0 and "ce_head_3" in m
-        assert m["loss_head_0"] < m["ce_head_0"]
-    elif scheme == "probability":  # p on the targets with p >= 0.01, 0 on the others
-        assert m["weight_min"] == 0 and 0 < m["weight_max"] < 1 and 0 < m["weight_frac_selected"] < 1
-    else:  # ceil(0.6 n) of each head's valid targets, by the excess loss over the policy's EMA
-        assert 0.6 <= m["weight_frac_selected"] < 0.65 and m["loss_head_0"] < m["ce_head_0"]
-    results = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert results["benchmarks"]["humaneval"]["problems"] == 1 and "pass@1" in results["benchmarks"]["humaneval"]
-    assert (tmp_path / "report.md").is_file()
-
-
 def test_non_finite_updates_are_skipped_then_the_run_stops(shared, tmp_path):
     with pytest.raises(loop.NonFiniteError, match="2 consecutive non-finite"):
         run(
@@ -251,35 +217,6 @@ def _trainer(model, objective, mesh, step_config, **weighting):
         step_config=step_config,
         optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=0, num_steps=10),
     )
-
-
-def test_the_history_copy_is_the_policys_ema():
-    """ssToken's history starts as the policy (bfloat16 copy) and after each step becomes
-    a * history + (1 - a) * new parameters; the step then reads its CE."""
-    mesh = sharding.make_mesh()
-    model = create_model(MICRO_MTP, mesh, seed=0)
-    trainer = _trainer(model, "baseline", mesh, StepConfig(ce_chunk=16), scheme="sstoken", history_decay=0.75)
-    state = trainer.initial_state()
-    start = jax.tree.map(lambda x: np.asarray(x, np.float32), state.params)
-    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(state.history))
-    jax.tree.map(
-        lambda h, p: np.testing.assert_array_equal(np.asarray(h, np.float32), np.asarray(jnp.bfloat16(p), np.float32)),
-        state.history,
-        start,
-    )
-    state, metrics = trainer.step(state, jax.device_put(_batch(), sharding.batch_sharding(mesh)))
-    assert 0.6 <= float(metrics["weight_frac_selected"]) < 0.65
-    want = jax.tree.map(
-        lambda h0, p: 0.75 * np.asarray(jnp.bfloat16(h0), np.float32) + 0.25 * np.asarray(p), start, state.params
-    )
-    jax.tree.map(
-        lambda h, w: np.testing.assert_allclose(np.asarray(h, np.float32), w, rtol=1e-2, atol=1e-6), state.history, want
-    )
-    moved = [
-        np.abs(np.asarray(h, np.float32) - s).max()
-        for h, s in zip(jax.tree.leaves(state.history), jax.tree.leaves(start))
-    ]
-    assert max(moved) > 0
 
 
 def _one_step(mesh, experiment="verifiable", accum=1, batch=None):
@@ -348,7 +285,9 @@ def test_config_problems_are_reported_together(shared, tmp_path):
     assert any("train.batch_size=6: must split into" in p for p in found)
 
 
-def test_precomputed_reference_ce_gives_the_same_rho1_step(stage_one, shared, tmp_path):
+def test_precomputed_tables_rho1_reference_ce_and_token_cleaning(stage_one, shared, tmp_path):
+    """A precomputed reference CE gives the same Rho-1 step as the in-step reference; Token Cleaning's labels from
+    the base and the tuned reference train and evaluate."""
     from wmtp_jax.train.reference_ce import precompute_reference_ce
 
     ref_dir = str(stage_one["ref_tuning"]["final_dir"])
@@ -368,6 +307,33 @@ def test_precomputed_reference_ce_gives_the_same_rho1_step(stage_one, shared, tm
     for s in (1, 2):
         assert b[s]["loss"] == pytest.approx(a[s]["loss"], rel=1e-5)
         assert b[s]["weight_frac_selected"] == pytest.approx(a[s]["weight_frac_selected"])
+
+    # Token Cleaning: the base (the reference's starting point) scored against the tuned reference, then a
+    # baseline run on the cleaned labels that trains and evaluates
+    from wmtp_jax.checkpoint import ensure_orbax
+    from wmtp_jax.train.reference_ce import token_cleaning_labels
+
+    base = json.loads((Path(ref_dir).parent / "config.json").read_text())["model"]["checkpoint"]
+    with jax.default_matmul_precision("highest"):
+        precompute_reference_ce(
+            ensure_orbax(base, tmp_path / "converted"),
+            train_jsonl,
+            batch_size=8,
+            buckets=(256, 512),
+            dtype="float32",
+            progress=False,
+            name="base_ce",
+        )
+    found = token_cleaning_labels(train_jsonl, ratio=0.6, max_length=512)
+    assert found["kept"] == math.ceil(0.6 * found["response_tokens"]) > 0
+    evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
+    scheme = {"weighting.scheme": "token_cleaning", "weighting.token_labels": prefix, "train.num_steps": 2}
+    run("baseline", shared, tmp_path / "cleaned", **scheme, **evaluation)
+    m = read_metrics(tmp_path / "cleaned")[2]
+    assert 0.3 < m["weight_frac_selected"] < 0.9 and m["loss_head_0"] < m["ce_head_0"]
+    assert (
+        "pass@1" in json.loads((tmp_path / "cleaned" / "eval" / "results.json").read_text())["benchmarks"]["humaneval"]
+    )
 
 
 def test_remat_step_matches_no_remat():

@@ -86,12 +86,14 @@ def sharded_abstract_model(cfg: ModelConfig, mesh, lora: LoraConfig | None = Non
     return nnx.merge(graphdef, state)
 
 
-def abstract_batch(rows: int, length: int, mesh) -> dict[str, jax.ShapeDtypeStruct]:
-    """A training batch of ``rows`` x ``length`` tokens as ShapeDtypeStructs split over the batch axes."""
+def abstract_batch(rows: int, length: int, mesh, tables=()) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training batch of ``rows`` x ``length`` tokens as ShapeDtypeStructs split over the batch axes, with a
+    float32 entry per precomputed table key in ``tables`` (``Objective.tables``)."""
     spec = sharding.batch_sharding(mesh)
+    floats = ("rewards", *tables)
     return {
-        k: jax.ShapeDtypeStruct((rows, length), jnp.float32 if k == "rewards" else jnp.int32, sharding=spec)
-        for k in BATCH_KEYS
+        k: jax.ShapeDtypeStruct((rows, length), jnp.float32 if k in floats else jnp.int32, sharding=spec)
+        for k in (*BATCH_KEYS, *tables)
     }
 
 
@@ -113,7 +115,7 @@ def dry_run(c) -> dict:
     trainer = make_trainer(c, sharded_abstract_model(policy_cfg, mesh, lora), reference, mesh)
     length = max(c.data.buckets)
     rows = batch_rows(c)
-    figures = MemoryFigures.of(trainer.compile(abstract_batch(rows, length, mesh)))
+    figures = MemoryFigures.of(trainer.compile(abstract_batch(rows, length, mesh, trainer.objective.tables)))
     n_devices = jax.device_count()
     print(
         f"dry run: {c.objective} step of a {policy_cfg.n_layers}-layer, d={policy_cfg.dim} model "

@@ -45,7 +45,7 @@ CRITIC_DROPOUT_STREAM = 2  # fold_in(micro-batch key, this) seeds a co-trained c
 @dataclasses.dataclass
 class LossContext:
     """One micro-batch's shared values. Set before the terms run: ``model`` (the policy), ``reference`` (the frozen
-    second model or co-trained critic, or None), ``history`` (the policy's history copy, or None), ``mb`` (the
+    second model or co-trained critic, or None), ``mb`` (the
     micro-batch), ``denom`` (the global normalisers), ``ema`` (TD whitening), ``key`` (the micro-batch's PRNG key),
     ``out`` (the policy's forward output), ``targets`` / ``valid`` ([B, S, H] MTP targets and their mask).
     Set by the terms: ``values`` / ``vout`` / ``vmodel`` (the value predictions, the output and model of the
@@ -53,7 +53,6 @@ class LossContext:
 
     model: Any
     reference: Any
-    history: Any
     mb: dict[str, jax.Array]
     denom: dict[str, jax.Array]
     ema: dict[str, jax.Array]
@@ -169,8 +168,6 @@ def _policy_term(objective: Objective, cfg) -> Term:
             reference=ctx.reference,
             td_weights=ctx.token_weights,
             ce_tokens=cfg.ce_tokens,
-            history=ctx.history,
-            targets=ctx.targets,
         )
         weights = objective.weights(signals)
         if objective.weighting.control:

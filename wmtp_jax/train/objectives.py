@@ -178,14 +178,14 @@ class Signals:
 
     ce: jax.Array  # float32 policy cross-entropy per target (the training forward's own)
     valid: jax.Array  # bool: the target counts
-    batch: dict[str, jax.Array]  # the micro-batch ([B, S] arrays; "ref_ce" when a precomputed table streams)
+    # the micro-batch: [B, S] arrays ("ref_ce" / "token_labels" when a precomputed table streams), and
+    # "history_ce" [B, S, H] when the scheme compares with the policy's history copy (computed by the step)
+    batch: dict[str, jax.Array]
     n_heads: int
     reference: Any = None  # the frozen reference model (``needs_reference``), or None
     td_weights: jax.Array | None = None  # [B, S] target-aligned TD-exp weights (``uses_td``)
     ce_tokens: int = 0  # ``train.ce_tokens``: the reference, too, projects only the valid targets
     entropy: jax.Array | None = None  # float32 entropy of each head's distribution (when the scheme needs it)
-    history: Any = None  # the policy's history copy (``weighting.history_decay``) when the scheme needs it
-    targets: jax.Array | None = None  # int32 target token of each head (for a second forward's CE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,9 +278,7 @@ class Objective:
         """The statistics the scheme declared, from the micro-batch's signals."""
         stats = schemes.TokenStats(ce=s.ce, valid=s.valid, entropy=s.entropy)
         if self.needs("history_ce"):
-            stats = dataclasses.replace(
-                stats, history_ce=history_ce(s.history, s.batch, s.targets, s.valid, s.ce_tokens)
-            )
+            stats = dataclasses.replace(stats, history_ce=s.batch["history_ce"])
         if self.needs("token_labels"):
             stats = dataclasses.replace(stats, token_labels=alignment.per_head(s.batch["token_labels"], s.n_heads))
         return stats

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -33,6 +34,7 @@ from wmtp_jax.train.step import (
     TrainState,
     abstract_state,
     init_state,
+    make_history_ce,
     make_optimizer,
     make_train_step,
     value_head_anchor,
@@ -157,6 +159,10 @@ class Trainer:
         self.step_fn = make_train_step(
             objective, self.step_config, self.graphdef, self.tx, self.schedule, mesh, self.ref_graphdef, self.anchor
         )
+        self.history_fn = None  # the history copy's CE, a program of its own run before each step (ssToken)
+        if objective.history_dtype:
+            self.history_fn = make_history_ce(self.graphdef, self.step_config, model.cfg.n_future_tokens, mesh)
+        self._history_jitted = None
         self.flops_per_token = flops_per_token(
             model, (self.params, self.critic_params), (self.reference_state, self.critic_params)
         )
@@ -202,7 +208,26 @@ class Trainer:
         """One jitted train step (``state`` is donated). Batch rows are split over the mesh's batch axes."""
         if self._jitted is None:
             self._jitted = self._jit(state)
+        if self.history_fn is not None:
+            batch = {**batch, "history_ce": self.history_ce(state, batch)}
         return self._jitted(state, self.frozen, self.reference_state, batch)
+
+    def history_ce(self, state: TrainState, batch: dict[str, jax.Array]) -> jax.Array:
+        """``[B, S, H]`` float32 CE of every head's target under ``state.history`` (``make_history_ce``)."""
+        if self._history_jitted is None:
+            if self.mesh is None:
+                self._history_jitted = jax.jit(self.history_fn)
+            else:
+                self._history_jitted = jax.jit(
+                    self.history_fn,
+                    in_shardings=(
+                        jax.tree.map(lambda x: x.sharding, state.history),
+                        jax.tree.map(lambda x: x.sharding, self.frozen),
+                        sharding.batch_sharding(self.mesh),
+                    ),
+                    out_shardings=sharding.batch_sharding(self.mesh),
+                )
+        return self._history_jitted(state.history, self.frozen, batch)
 
     def _jit(self, state):
         def shardings_of(tree):
@@ -227,7 +252,22 @@ class Trainer:
         """The step compiled for an abstract ``batch`` (ShapeDtypeStructs with shardings) on ``abstract_state()``,
         without running it: ``.memory_analysis()`` gives the per-device memory."""
         fn = jax.jit(self.step_fn, donate_argnums=(0,))
-        return fn.lower(self.abstract_state(), self.frozen, self.reference_state, batch).compile()
+        return fn.lower(self.abstract_state(), self.frozen, self.reference_state, self._with_history(batch)).compile()
+
+    def compile_history(self, batch) -> jax.stages.Compiled | None:
+        """The history-CE program compiled for an abstract ``batch`` (None unless the scheme needs a history)."""
+        if self.history_fn is None:
+            return None
+        return jax.jit(self.history_fn).lower(self.abstract_state().history, self.frozen, batch).compile()
+
+    def _with_history(self, batch):
+        if self.history_fn is None:
+            return batch
+        rows, length = batch["tokens"].shape
+        spec = jax.ShapeDtypeStruct(
+            (rows, length, self.model_cfg.n_future_tokens), jnp.float32, sharding=batch["tokens"].sharding
+        )
+        return {**batch, "history_ce": spec}
 
     # ------------------------------------------------------------------------------------------ loop
     def add_hook(self, hook: Hook, every: int = 1) -> None:
