@@ -1,14 +1,17 @@
 """Per-step loss traces of the five ``:micro`` experiments (20 steps, seed 0, float32, 4-device CPU mesh) equal
-the traces recorded before the trainer redesign (``tests/data/loss_traces.json``).
+the recorded traces (``tests/data/loss_traces.json``).
 
-The trace was recorded by running this file as a script on the commit before the redesign:
+The traces are recorded by running this file as a script:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=4 uv run python tests/test_loss_traces.py --record
 
 Every experiment runs through the user-facing entry point's code path (config file + overrides -> training job),
-so the test holds whatever the internals look like. After the redesign every trace is bit-identical to the
-recording, so ``RTOL`` is 0; a later change that reorders floating-point operations (a library function, a
-fused kernel) may raise it to at most 1e-6, naming the reason in its commit.
+so the test holds whatever the internals look like. History: the first recording (full-vocabulary CE) was made
+before the trainer redesign, and the traces stayed bit-identical to it through the redesign and through the
+composed loss (``train/loss_terms.py``). They were then re-recorded once with ``train.ce_tokens`` (only the valid
+targets projected onto the vocabulary: the same losses up to summation order, about twice as fast here), which
+is what the test runs now. ``RTOL`` is 0; a later change that reorders floating-point operations (a library
+function, a fused kernel) may raise it to at most 1e-6, naming the reason in its commit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ TRACES = REPO / "tests" / "data" / "loss_traces.json"
 EXPERIMENTS = ("baseline", "critic", "verifiable", "rho1", "ref_tuning")
 STEPS = 20
 RTOL = 0.0
+# valid (position, head) targets projected per micro-batch: at most 4 heads x 505 in these 20 steps (batch 4)
+CE_TOKENS = 2048
 
 
 def micro_job(experiment: str, root: Path, shared: dict | None = None):
@@ -42,6 +47,7 @@ def micro_job(experiment: str, root: Path, shared: dict | None = None):
     c.model.cache_dir, c.data.cache_dir = shared["model.cache_dir"], shared["data.cache_dir"]
     c.workdir = str(root / experiment)
     c.train.num_steps = STEPS
+    c.train.ce_tokens = CE_TOKENS
     c.checkpoint.every_steps = STEPS
     c.checkpoint.async_save = False
     c.seed = 0

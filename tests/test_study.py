@@ -140,3 +140,23 @@ def test_the_best_arm_is_registered_with_an_alias(study):
     version = client.get_model_version_by_alias(registered["model"], "candidate")
     assert version.version == registered["version"] and registered["arm"] in ("baseline", "rho1_control")
     assert version.source.endswith(f"{registered['arm']}/seed0/final") and "sign-flip" in version.description
+
+
+@pytest.mark.parametrize("preset", ["micro", ""])
+def test_the_shipped_study_configs_pass_the_checks_main_runs(preset):
+    """``configs/study.py`` (micro and production) passes the job's checks as ``wmtp_jax.main`` runs them: the
+    arms (a free-form map) are looked up by key, each names a training config; a bad one is named."""
+    from wmtp_jax import jobs
+
+    sys.path.insert(0, str(REPO))
+    c = importlib.import_module("configs.study").get_config(preset)
+    assert len(c.study.arms) >= (6 if preset == "micro" else 14)
+    found = jobs.problems(parse(c), n_devices=4)
+    if preset == "micro":
+        assert found == []
+    else:  # production: only what a user must name (the model), nothing about the arms
+        assert found and all(p.startswith("model.checkpoint=''") for p in found)
+    c.study.arms.dft.config = "nope"
+    assert "study.arms.dft.config='nope': expected the name of a training config" in " ".join(
+        jobs.problems(parse(c), n_devices=4)
+    )

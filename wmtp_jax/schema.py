@@ -66,10 +66,10 @@ class Checker:
 
 
 def get_path(config, key: str):
-    """The value at dotted ``key`` (``"model.dtype"``) of a typed run config or a ConfigDict; raises
-    AttributeError for a missing key."""
+    """The value at dotted ``key`` (``"model.dtype"``, ``"study.arms.rho1.config"``) of a typed run config or a
+    ConfigDict, through the free-form maps (plain dicts) too; raises AttributeError or KeyError for a missing key."""
     for name in key.split("."):
-        config = getattr(config, name)
+        config = config[name] if isinstance(config, dict) else getattr(config, name)
     return config
 
 
