@@ -1,6 +1,6 @@
 """A study: train the arms, evaluate them on the same problems and samples, compare them with paired statistics.
 
-    uv run python -m wmtp_jax.main --config=configs/study.py:micro      # 6 arms x 800 steps on the CPU
+    uv run python -m wmtp_jax.main --config=configs/study.py:micro      # 5 arms x 800 steps on the CPU
     uv run python -m wmtp_jax.main --config=configs/study.py \
         --config.study.common='("model.checkpoint=/models/7B_1T_4", "data.train=/data/cc/train.jsonl", ...)'
 
@@ -84,7 +84,6 @@ def get_config(preset: str = ""):
             {
                 "baseline": arm("baseline"),
                 "rho1": arm("rho1"),
-                "rho1_control": arm("rho1", "weighting.control=True"),
                 "dft": arm("baseline", "weighting.scheme=dft"),
                 "entropy": arm("baseline", "weighting.scheme=entropy"),
                 "sstoken": arm("baseline", "weighting.scheme=sstoken"),

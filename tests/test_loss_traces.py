@@ -10,8 +10,9 @@ so the test holds whatever the internals look like. History: the first recording
 before the trainer redesign, and the traces stayed bit-identical to it through the redesign and through the
 composed loss (``train/loss_terms.py``), over 20 steps. To cut the suite's time they were then re-recorded once,
 over 10 steps (a 10-step schedule) with ``train.ce_tokens`` (only the valid targets projected onto the vocabulary:
-the same losses up to summation order), which is what the test runs now. ``RTOL`` is 0; a later change that reorders floating-point operations (a library
-function, a fused kernel) may raise it to at most 1e-6, naming the reason in its commit.
+the same losses up to summation order), which is what the test runs now. ``RTOL`` is 0; a later change that
+reorders floating-point operations (a library function, a fused kernel) may raise it to at most 1e-6, naming the
+reason in its commit.
 """
 
 from __future__ import annotations

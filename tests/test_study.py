@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def study_config(root: Path, shared: dict):
     sys.path.insert(0, str(REPO))
-    c = importlib.import_module("configs.study").get_config("micro")
+    study = importlib.import_module("configs.study")
+    c = study.get_config("micro")
     c.workdir = str(root / "study")
-    c.study.arms = {"baseline": c.study.arms.baseline, "rho1_control": c.study.arms.rho1_control}
+    c.study.arms = {"baseline": c.study.arms.baseline, "rho1_control": study.arm("rho1", "weighting.control=True")}
     c.study.common = (
         *c.study.common,
         "train.num_steps=2",
@@ -150,7 +151,7 @@ def test_the_shipped_study_configs_pass_the_checks_main_runs(preset):
 
     sys.path.insert(0, str(REPO))
     c = importlib.import_module("configs.study").get_config(preset)
-    assert len(c.study.arms) >= (6 if preset == "micro" else 14)
+    assert len(c.study.arms) >= (5 if preset == "micro" else 14)
     found = jobs.problems(parse(c), n_devices=4)
     if preset == "micro":
         assert found == []

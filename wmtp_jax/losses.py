@@ -53,9 +53,9 @@ def _chunked(project, head_hidden, targets, chunk, with_entropy):
         lse = jax.nn.logsumexp(logits, axis=-1)
         if not with_entropy:
             return lse - target_logit
-        logits = jax.lax.stop_gradient(logits)
-        probs = jax.nn.softmax(logits, axis=-1)
-        entropy = jax.lax.stop_gradient(lse) - jnp.sum(probs * logits, axis=-1)
+        logits, lse_sg = jax.lax.stop_gradient(logits), jax.lax.stop_gradient(lse)
+        # H = lse - sum_v p_v z_v with p = exp(z - lse): one exp over the chunk, reusing the CE's logsumexp
+        entropy = lse_sg - jnp.sum(jnp.exp(logits - lse_sg[..., None]) * logits, axis=-1)
         return lse - target_logit, entropy
 
     _, out = jax.lax.scan(lambda carry, x: (carry, chunk_ce(*x)), None, (hs, ts))
