@@ -29,15 +29,16 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # The two xdist workers take one file at a time in collection order (--dist loadfile): the longest files go first,
 # so that no long file starts last while the other worker idles (seconds per file, CI, late 2026)
 LONGEST_FIRST = (
-    "test_train.py",  # ~350 s
-    "test_loss_traces.py",  # ~240
+    "test_train.py",  # ~400 s
+    "test_synthetic_task.py",  # ~240
     "test_lora.py",  # ~200
     "test_distributed.py",  # ~190
-    "test_synthetic_task.py",  # ~170
+    "test_loss_traces.py",  # ~130
     "test_mlflow_server.py",  # ~120
+    "test_resume.py",  # ~120
     "test_critic.py",  # ~100
+    "test_weighting_runs.py",  # ~90
     "test_eval_run.py",  # ~90
-    "test_resume.py",  # ~90
     "test_judge_agreement.py",  # ~75
 )
 
