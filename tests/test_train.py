@@ -324,7 +324,7 @@ def test_precomputed_tables_rho1_reference_ce_and_token_cleaning(stage_one, shar
             progress=False,
             name="base_ce",
         )
-    found = token_cleaning_labels(train_jsonl, ratio=0.6, max_length=512)
+    found = token_cleaning_labels(train_jsonl, ratio=0.6, max_length=512, progress=False)
     assert found["kept"] == math.ceil(0.6 * found["response_tokens"]) > 0
     evaluation = {"train.eval_at_end": True, "eval.benchmarks": ("humaneval",), "eval.limit": 1}
     scheme = {"weighting.scheme": "token_cleaning", "weighting.token_labels": prefix, "train.num_steps": 2}

@@ -299,7 +299,7 @@ def test_token_cleaning_ranks_all_response_tokens_of_the_split(tmp_path):
     base, ref = rng.rand(start[-1]) * 4, rng.rand(start[-1]) * 4
     _write_table(str(tmp_path / "split"), "base_ce", base, start)
     _write_table(str(tmp_path / "split"), "ref_ce", ref, start)
-    found = token_cleaning_labels(jsonl, ratio=0.5)
+    found = token_cleaning_labels(jsonl, ratio=0.5, progress=False)
     response = np.concatenate(masks).astype(bool)
     score = np.where(response, base - ref, -np.inf)
     n_keep = int(np.ceil(0.5 * response.sum()))

@@ -103,6 +103,7 @@ def token_cleaning_labels(
     reference: str = "ref_ce",
     max_length: int = 2048,
     tokenizer: Tokenizer | None = None,
+    progress: bool = True,
 ) -> dict:
     """Token Cleaning's fixed-model labels (Pang et al. 2025, arXiv 2502.01968, section 3): from the tables
     ``{prefix}.{base}.npy`` and ``{prefix}.{reference}.npy`` (``precompute_reference_ce`` of the base and of the
@@ -125,7 +126,7 @@ def token_cleaning_labels(
     records = JsonlRecords(jsonl, index.offsets(np.arange(len(index))), np.arange(len(index)))
     tokenize = TokenizeRecord(tokenizer or Tokenizer(), max_length)
     response = np.zeros(len(base_table.values), bool)
-    for row in range(len(index)):
+    for row in tqdm(range(len(index)), desc="token labels", unit="record", disable=not progress):
         mask = tokenize.map(records[row])["loss_mask"]
         lo, hi = int(base_table.start[row]), int(base_table.start[row + 1])
         if hi - lo != len(mask):
