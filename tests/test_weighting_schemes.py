@@ -140,7 +140,7 @@ def test_entropy_weights_and_loss_match_numpy_from_the_paper():
     np.testing.assert_allclose(np.asarray(ce_v), np.where(valid, ce, 0.0), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("scheme", ["dft", "entropy"])
+@pytest.mark.parametrize("scheme", ["dft", "entropy", "probability"])
 def test_control_and_strength_apply_to_every_scheme(scheme):
     logits, targets, valid = _random_case(2)
     plain = make_objective("baseline", WeightingConfig(scheme=scheme))
