@@ -45,9 +45,9 @@ CRITIC_DROPOUT_STREAM = 2  # fold_in(micro-batch key, this) seeds a co-trained c
 @dataclasses.dataclass
 class LossContext:
     """One micro-batch's shared values. Set before the terms run: ``model`` (the policy), ``reference`` (the frozen
-    second model or co-trained critic, or None), ``mb`` (the
-    micro-batch), ``denom`` (the global normalisers), ``ema`` (TD whitening), ``key`` (the micro-batch's PRNG key),
-    ``out`` (the policy's forward output), ``targets`` / ``valid`` ([B, S, H] MTP targets and their mask).
+    second model or co-trained critic, or None), ``mb`` (the micro-batch), ``denom`` (the global normalisers),
+    ``ema`` (TD whitening), ``key`` (the micro-batch's PRNG key), ``out`` (the policy's forward output),
+    ``targets`` / ``valid`` ([B, S, H] MTP targets and their mask).
     Set by the terms: ``values`` / ``vout`` / ``vmodel`` (the value predictions, the output and model of the
     trained value head), ``token_weights`` / ``advantages`` (TD), and ``metrics``."""
 
