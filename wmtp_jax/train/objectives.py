@@ -432,29 +432,22 @@ def second_model_dtypes(c) -> tuple[str, str, str]:
     return dtype, c.model.param_dtype if objective_of(c).co_trains_critic else dtype, ""
 
 
-def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:
-    """The frozen reference's next-token CE, target-token aligned ``[B, S]`` (no gradient). ``ce_tokens > 0``:
-    only the valid targets are projected (they are a subset of the policy's, which the step checks fit)."""
-    targets, valid = alignment.mtp_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"], 1)
-    out = reference.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
+def frozen_ce(model, batch, n_heads: int, ce_tokens: int = 0) -> jax.Array:
+    """CE ``[B, S, n_heads]`` of each head's target under ``model``, run without dropout and without gradient (the
+    Rho-1 reference, the policy's history copy). ``ce_tokens > 0``: only the valid targets are projected, at most
+    that many (a subset of the training forward's, which the step checks fit)."""
+    targets, valid = alignment.mtp_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"], n_heads)
+    out = model.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
     if ce_tokens:
-        ce, _ = losses.valid_token_ce(
-            reference.output_projection(), out.head_hidden, targets, valid, capacity=ce_tokens
-        )
+        ce, _ = losses.valid_token_ce(model.output_projection(), out.head_hidden, targets, valid, capacity=ce_tokens)
     else:
-        ce = losses.token_ce(reference.output_projection(), out.head_hidden, targets)
-    return jax.lax.stop_gradient(alignment.next_token_to_target(ce[..., 0]))
-
-
-def history_ce(history, batch, targets, valid, ce_tokens: int = 0) -> jax.Array:
-    """CE ``[B, S, H]`` of every head's target under the policy's history copy (same MTP network; no gradient).
-    ``ce_tokens > 0``: only the valid targets are projected, as in the training forward."""
-    out = history.forward(batch["tokens"], batch["positions"], batch["segment_ids"])
-    if ce_tokens:
-        ce, _ = losses.valid_token_ce(history.output_projection(), out.head_hidden, targets, valid, capacity=ce_tokens)
-    else:
-        ce = losses.token_ce(history.output_projection(), out.head_hidden, targets)
+        ce = losses.token_ce(model.output_projection(), out.head_hidden, targets)
     return jax.lax.stop_gradient(ce)
+
+
+def reference_ce(reference, batch, ce_tokens: int = 0) -> jax.Array:
+    """The frozen reference's next-token CE, target-token aligned ``[B, S]`` (no gradient)."""
+    return alignment.next_token_to_target(frozen_ce(reference, batch, 1, ce_tokens)[..., 0])
 
 
 def td_weights(weighting: WeightingConfig, values, batch, ema):

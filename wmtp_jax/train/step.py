@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from wmtp_jax import alignment, sharding
 from wmtp_jax.schema import Section
 from wmtp_jax.train import loss_terms
-from wmtp_jax.train.objectives import Objective, history_ce
+from wmtp_jax.train.objectives import Objective, frozen_ce
 
 BATCH_KEYS = ("tokens", "loss_mask", "rewards", "segment_ids", "positions")
 
@@ -353,9 +353,7 @@ def make_history_ce(graphdef, cfg: StepConfig, n_heads: int, mesh: Mesh | None =
     capacity = cfg.ce_tokens * cfg.grad_accum_steps
 
     def fn(history, frozen, batch):
-        model = nnx.merge(graphdef, history, frozen)
-        targets, valid = alignment.mtp_targets(batch["tokens"], batch["loss_mask"], batch["segment_ids"], n_heads)
-        return history_ce(model, batch, targets, valid, capacity)
+        return frozen_ce(nnx.merge(graphdef, history, frozen), batch, n_heads, capacity)
 
     if mesh is None:
         return fn
