@@ -35,7 +35,9 @@ def token_ce_entropy(
     return _chunked(project, head_hidden, targets, chunk, with_entropy=True)
 
 
-def _chunked(project, head_hidden, targets, chunk, with_entropy):
+def _chunked(project, head_hidden, targets, chunk, with_entropy, n_leading=None):
+    """``n_leading`` (int32 scalar, optional): only positions ``< n_leading`` are wanted; a chunk that starts at or
+    after it is not projected (``lax.cond``: the skipped branch costs nothing, forward or backward) and gives 0."""
     b, s, h, d = head_hidden.shape
     chunk = min(chunk, s)
     pad = (-s) % chunk
@@ -58,7 +60,14 @@ def _chunked(project, head_hidden, targets, chunk, with_entropy):
         entropy = lse_sg - jnp.sum(jnp.exp(logits - lse_sg[..., None]) * logits, axis=-1)
         return lse - target_logit, entropy
 
-    _, out = jax.lax.scan(lambda carry, x: (carry, chunk_ce(*x)), None, (hs, ts))
+    def body(carry, x):
+        i, hc, tc = x
+        if n_leading is None:
+            return carry, chunk_ce(hc, tc)
+        skip = lambda hc, tc: jax.tree.map(jnp.zeros_like, jax.eval_shape(chunk_ce, hc, tc))
+        return carry, jax.lax.cond(i * chunk < n_leading, chunk_ce, skip, hc, tc)
+
+    _, out = jax.lax.scan(body, None, (jnp.arange(n), hs, ts))
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(b, n * chunk, h)[:, :s], out)
 
 
@@ -100,7 +109,11 @@ def _valid_chunked(project, head_hidden, targets, valid, capacity, chunk, with_e
     n_valid = jnp.sum(flat_valid, dtype=jnp.int32)
     kept = jnp.arange(capacity) < n_valid
     hidden = head_hidden.reshape(-1, d)[index]
-    out = _chunked(project, hidden[None, :, None], targets.reshape(-1)[index][None, :, None], chunk, with_entropy)
+    # the kept pairs come first: chunks past n_valid are skipped, so the cost follows the batch's valid targets and
+    # capacity is only the bound
+    out = _chunked(
+        project, hidden[None, :, None], targets.reshape(-1)[index][None, :, None], chunk, with_entropy, n_valid
+    )
 
     def scatter(x):
         x = jnp.where(kept, x[0, :, 0], 0.0)

@@ -51,7 +51,10 @@ def head_ce_sums(graphdef, states: tuple, batch: dict[str, jax.Array], *, chunk:
     targets, valid = alignment.mtp_targets(
         batch["tokens"], batch["loss_mask"], batch["segment_ids"], m.cfg.n_future_tokens
     )
-    ce = losses.token_ce(m.output_projection(), out.head_hidden, targets, chunk=chunk)
+    # only the valid targets are projected (prompt and padding positions carry no loss): the cost follows them
+    ce, _ = losses.valid_token_ce(
+        m.output_projection(), out.head_hidden, targets, valid, capacity=valid.size, chunk=chunk
+    )
     return jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)), valid.sum(axis=(0, 1))
 
 

@@ -2,7 +2,9 @@
 
 * The Rho-1 reference's next-token CE (``docs/formulas.md``, "Rho-1 weights"): with it (``batch["ref_ce"]``) a
   Rho-1 step runs no reference forward and costs the same as a baseline step. Values are target-token aligned:
-  ``ce[t] = -log p_ref(x_t | x_<t)`` (0 at t = 0), exactly what the in-step reference forward computes.
+  ``ce[t] = -log p_ref(x_t | x_<t)`` at the response tokens (loss mask 1), the only ones a weighting reads, and 0
+  elsewhere: what the in-step reference forward computes there, up to float32 summation order (only the response
+  tokens are projected onto the vocabulary, ``losses.valid_token_ce``).
 * Token Cleaning's labels (``docs/formulas.md``, "Token Cleaning"; ``weighting.token_cleaning``): from the
   next-token CE of a base and a reference model, the top fraction of all response tokens of the split by
   ``CE_base - CE_ref`` get label 1 (``token_cleaning_labels``).
@@ -67,7 +69,7 @@ def precompute_reference_ce(
     @jax.jit
     def reference_ce(state, batch):
         m = nnx.merge(graphdef, state)
-        return next_token_ce(m, batch)
+        return next_token_ce(m, batch, batch["tokens"].size)  # every response token fits; prompts are not projected
 
     values, lengths = [], []
     for batch in tqdm(ds, total=len(rows) // batch_size, desc=f"{name} CE", unit="batch", disable=not progress):
