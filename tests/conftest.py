@@ -57,8 +57,12 @@ def pytest_report_header(config):
 
 @pytest.fixture(scope="session")
 def shared(tmp_path_factory):
-    """Micro checkpoints, conversions and prepared data shared by every training test."""
+    """Micro checkpoints, conversions and prepared data shared by every training test. The micro models are
+    written here (a job's config checks need them to exist); conversions and data are made by the first run."""
+    from wmtp_jax.checkpoint.micro import write_micro_models
+
     root = tmp_path_factory.mktemp("train_shared")
+    write_micro_models(root / "micro")
     return {
         "model.checkpoint": str(root / "micro" / "mtp_meta"),
         "reference.checkpoint": str(root / "micro" / "reference_hf"),

@@ -35,11 +35,8 @@ def test_separate_critic_from_hf_and_meta_layouts_gives_the_same_values_on_1_and
     from flax import nnx
 
     from wmtp_jax.checkpoint import ensure_orbax
-    from wmtp_jax.checkpoint.micro import write_micro_models
     from wmtp_jax.eval.critic_quality import final_values
     from wmtp_jax.sharding import global_batch
-
-    write_micro_models(Path(shared["model.checkpoint"]).parent)  # once per session (kept when present)
 
     rng = np.random.RandomState(0)
     tokens = rng.randint(3, 1000, (4, 24)).astype(np.int32)

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_train import MICRO_CE_TOKENS
 
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import load_model
@@ -56,9 +57,9 @@ def _main(args, *, processes: int, timeout=900):
 
 
 @pytest.fixture(scope="module")
-def common(tmp_path_factory):
-    root = tmp_path_factory.mktemp("distributed")
-    return root, [f"--config.model.cache_dir={root}/converted"]
+def common(tmp_path_factory, shared):
+    """This file's workdirs, and the session's micro models, conversions and prepared data as overrides."""
+    return tmp_path_factory.mktemp("distributed"), shared
 
 
 def _losses(workdir):
@@ -71,9 +72,8 @@ def test_two_processes_train_like_one_and_restore_in_one(common):
         "--config=configs/baseline.py:micro",
         "--config.train.num_steps=3",
         "--config.checkpoint.every_steps=3",
-        f"--config.model.checkpoint={root}/micro/mtp_meta",
-        f"--config.data.cache_dir={root}/data",
-        *shared,
+        f"--config.train.ce_tokens={MICRO_CE_TOKENS}",
+        *(f"--config.{k}={shared[k]}" for k in ("model.checkpoint", "model.cache_dir", "data.cache_dir")),
     ]
     _main(train + [f"--config.workdir={root}/one"], processes=1)
     (out0, _), (out1, _) = _main(train + [f"--config.workdir={root}/two"], processes=2)
@@ -82,7 +82,7 @@ def test_two_processes_train_like_one_and_restore_in_one(common):
     assert sorted(two) == [1, 2, 3]  # metrics written once (process 0)
     np.testing.assert_allclose([two[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=1e-5)
     # the 2-process checkpoint (each process wrote its shards) restores in this single process
-    restored, description = load_policy(root / "two", sharding.make_mesh(), cache_dir=root / "converted")
+    restored, description = load_policy(root / "two", sharding.make_mesh(), cache_dir=shared["model.cache_dir"])
     assert "step 3" in description
     reference = load_model(root / "one" / "final", sharding.make_mesh())
     for a, b in zip(jax.tree.leaves(nnx.state(restored)), jax.tree.leaves(nnx.state(reference))):
@@ -93,14 +93,14 @@ def test_two_processes_evaluate_like_one(common):
     root, shared = common
     evaluate = [
         "--config=configs/eval.py:micro",
-        f"--config.model.checkpoint={root}/micro/mtp_meta",
+        f"--config.model.checkpoint={shared['model.checkpoint']}",
+        f"--config.model.cache_dir={shared['model.cache_dir']}",
         "--config.eval.benchmarks=('humaneval',)",
         "--config.eval.limit=2",
         "--config.eval.n_samples=1",
         "--config.eval.k=(1,)",
         "--config.eval.temperature=0.0",
         "--config.eval.max_new_tokens=12",
-        *shared,
     ]
     _main(evaluate + [f"--config.workdir={root}/eval_one"], processes=1)
     _main(evaluate + [f"--config.workdir={root}/eval_two"], processes=2)

@@ -23,15 +23,22 @@ from wmtp_jax.train.step import OptimizerConfig, StepConfig
 from wmtp_jax.train.trainer import Trainer
 
 REPO = Path(__file__).resolve().parent.parent
+# the micro end-to-end runs project only the valid (position, head) targets onto the 32000-word vocabulary
+# (``train.ce_tokens``: the same losses up to summation order, at the cost of the batch's valid targets, 2-4x
+# fewer than the positions of its rows); the capacity holds every (position, head) of 4 rows of 512 tokens
+MICRO_CE_TOKENS = 4 * 512 * 4
 
 
 def micro_config(experiment, shared, workdir, **overrides):
+    """``configs/{experiment}.py:micro`` with the session's micro models and data, 4 steps, a checkpoint every 2
+    and ``MICRO_CE_TOKENS``; ``overrides`` (``KEY=VALUE`` with dotted keys) win."""
     sys.path.insert(0, str(REPO))
     c = importlib.import_module(f"configs.{experiment}").get_config("micro")
     values = dict(shared)
     if experiment == "ref_tuning":
         values["model.checkpoint"] = shared["reference.checkpoint"]
-    values.update({"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2}, **overrides)
+    values.update({"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2})
+    values.update({"train.ce_tokens": MICRO_CE_TOKENS}, **overrides)
     for key, value in values.items():
         node = c
         *parents, leaf = key.split(".")
