@@ -85,7 +85,9 @@ def valid_token_ce(
     Args:
       project, head_hidden, targets, chunk: as ``token_ce``.
       valid: bool ``[B, S, H]``.
-      capacity: static number of pairs to project; pairs beyond it get CE 0 and are counted.
+      capacity: static bound on the pairs projected (the gathered arrays' length); the projection runs only over
+        the chunks holding valid pairs (``lax.cond``), so its cost follows the batch. Pairs beyond the bound get
+        CE 0 and are counted.
     Returns:
       (float32 ``[B, S, H]`` CE, 0 where not valid; int32 scalar: valid pairs that did not fit). A caller must
       treat a non-zero count as an error (``Trainer`` raises).
