@@ -27,19 +27,24 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 
 # The two xdist workers take one file at a time in collection order (--dist loadfile): the longest files go first,
-# so that no long file starts last while the other worker idles (seconds per file, CI, late 2026)
+# so that no long file starts last while the other worker idles (seconds per file in a fresh-clone CI run on a
+# 2-core machine, cold caches, December 2026; regenerate from `pytest --durations=0`)
 LONGEST_FIRST = (
-    "test_train.py",  # ~400 s
-    "test_synthetic_task.py",  # ~240
-    "test_lora.py",  # ~200
-    "test_distributed.py",  # ~190
-    "test_loss_traces.py",  # ~130
-    "test_mlflow_server.py",  # ~120
-    "test_resume.py",  # ~120
-    "test_critic.py",  # ~100
-    "test_weighting_runs.py",  # ~90
-    "test_eval_run.py",  # ~90
-    "test_judge_agreement.py",  # ~75
+    "test_train.py",  # ~650 s
+    "test_lora.py",  # ~360
+    "test_synthetic_task.py",  # ~340
+    "test_critic.py",  # ~235
+    "test_weighting_runs.py",  # ~145
+    "test_distributed.py",  # ~140
+    "test_model.py",  # ~140
+    "test_loss_traces.py",  # ~135
+    "test_trainer.py",  # ~135
+    "test_eval_run.py",  # ~115
+    "test_judge_agreement.py",  # ~105
+    "test_resume.py",  # ~100
+    "test_generate.py",  # ~65
+    "test_storage.py",  # ~65
+    "test_mlflow_server.py",  # ~55
 )
 
 
