@@ -37,8 +37,10 @@ def micro_config(experiment, shared, workdir, **overrides):
     values = dict(shared)
     if experiment == "ref_tuning":
         values["model.checkpoint"] = shared["reference.checkpoint"]
-    values.update({"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2})
-    values.update({"train.ce_tokens": MICRO_CE_TOKENS}, **overrides)
+    values.update(
+        {"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2, "train.ce_tokens": MICRO_CE_TOKENS}
+    )
+    values.update(overrides)
     for key, value in values.items():
         node = c
         *parents, leaf = key.split(".")

@@ -60,11 +60,13 @@ def _chunked(project, head_hidden, targets, chunk, with_entropy, n_leading=None)
         entropy = lse_sg - jnp.sum(jnp.exp(logits - lse_sg[..., None]) * logits, axis=-1)
         return lse - target_logit, entropy
 
+    def skip(hc, tc):  # a chunk past n_leading: zeros shaped like chunk_ce's output, nothing projected
+        return jax.tree.map(jnp.zeros_like, jax.eval_shape(chunk_ce, hc, tc))
+
     def body(carry, x):
         i, hc, tc = x
         if n_leading is None:
             return carry, chunk_ce(hc, tc)
-        skip = lambda hc, tc: jax.tree.map(jnp.zeros_like, jax.eval_shape(chunk_ce, hc, tc))
         return carry, jax.lax.cond(i * chunk < n_leading, chunk_ce, skip, hc, tc)
 
     _, out = jax.lax.scan(body, None, (jnp.arange(n), hs, ts))
