@@ -26,7 +26,8 @@ import pytest
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
-# The two xdist workers take one file at a time in collection order (--dist loadfile): the longest files go first,
+# The two xdist workers take one file at a time in collection order (--dist loadfile --no-loadscope-reorder; xdist's
+# default reorder would sort the files by their number of tests instead): the longest files go first,
 # so that no long file starts last while the other worker idles (seconds per file in a fresh-clone CI run on a
 # 2-core machine, cold caches, December 2026; regenerate from `pytest --durations=0`)
 LONGEST_FIRST = (
