@@ -27,18 +27,27 @@ REPO = Path(__file__).resolve().parent.parent
 # (``train.ce_tokens``: the same losses up to summation order, at the cost of the batch's valid targets, 2-4x
 # fewer than the positions of its rows); the capacity holds every (position, head) of 4 rows of 512 tokens
 MICRO_CE_TOKENS = 4 * 512 * 4
+# and pad every batch to one length: each bucket is a compiled step of its own (~5 s of XLA compilation per run
+# config on a CPU), and the preset's (256, 512) gave every run two; the loss traces keep the preset's buckets
+MICRO_BUCKETS = (512,)
 
 
 def micro_config(experiment, shared, workdir, **overrides):
-    """``configs/{experiment}.py:micro`` with the session's micro models and data, 4 steps, a checkpoint every 2
-    and ``MICRO_CE_TOKENS``; ``overrides`` (``KEY=VALUE`` with dotted keys) win."""
+    """``configs/{experiment}.py:micro`` with the session's micro models and data, 4 steps, a checkpoint every 2,
+    ``MICRO_CE_TOKENS`` and ``MICRO_BUCKETS``; ``overrides`` (``KEY=VALUE`` with dotted keys) win."""
     sys.path.insert(0, str(REPO))
     c = importlib.import_module(f"configs.{experiment}").get_config("micro")
     values = dict(shared)
     if experiment == "ref_tuning":
         values["model.checkpoint"] = shared["reference.checkpoint"]
     values.update(
-        {"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2, "train.ce_tokens": MICRO_CE_TOKENS}
+        {
+            "workdir": str(workdir),
+            "train.num_steps": 4,
+            "checkpoint.every_steps": 2,
+            "train.ce_tokens": MICRO_CE_TOKENS,
+            "data.buckets": MICRO_BUCKETS,
+        }
     )
     values.update(overrides)
     for key, value in values.items():
@@ -304,7 +313,7 @@ def test_precomputed_tables_rho1_reference_ce_and_token_cleaning(stage_one, shar
     train_jsonl = str(Path(shared["data.cache_dir"]) / "mbpp" / "train.jsonl")
     with jax.default_matmul_precision("highest"):
         prefix = precompute_reference_ce(
-            ref_dir, train_jsonl, batch_size=8, buckets=(256, 512), dtype="float32", progress=False
+            ref_dir, train_jsonl, batch_size=8, buckets=MICRO_BUCKETS, dtype="float32", progress=False
         )
     run(
         "rho1",
@@ -328,7 +337,7 @@ def test_precomputed_tables_rho1_reference_ce_and_token_cleaning(stage_one, shar
             ensure_orbax(base, tmp_path / "converted"),
             train_jsonl,
             batch_size=8,
-            buckets=(256, 512),
+            buckets=MICRO_BUCKETS,
             dtype="float32",
             progress=False,
             name="base_ce",
