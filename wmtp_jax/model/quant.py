@@ -7,6 +7,8 @@ numerics (NF4 code book, tiled absmax scales) are ``qwix``'s; ``wmtp_jax.model.l
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import qwix
@@ -23,9 +25,11 @@ class QuantizedWeight(nnx.Variable):
     scales. Not an ``nnx.Param``: it never gets gradients or optimizer state."""
 
 
+@functools.partial(jax.jit, static_argnames="base_dtype")
 def quantize_kernel(kernel: jax.Array, base_dtype: str) -> qwix.QArray:
     """``qwix.quantize`` of a kernel ``[..., in, out]``: one float32 absmax scale per ``QUANT_BLOCK`` input rows
-    (all of them when the input width is not a multiple of it) and output column (and layer)."""
+    (all of them when the input width is not a multiple of it) and output column (and layer). Jitted: one compiled
+    program per kernel shape instead of one small program per array operation of the quantiser."""
     n_in = kernel.shape[-2]
     return qwix.quantize(
         kernel,
@@ -49,7 +53,12 @@ def frozen_kernel(kernel, base_dtype: str) -> jax.Array:
     ``quantize_base`` stores it (its scales are per block and column, so one layer quantises as its stack does)."""
     kernel = jnp.asarray(kernel)
     if base_dtype in QUANTIZED:
-        return qwix.dequantize(quantize_kernel(kernel, base_dtype))
+        return _quantize_round_trip(kernel, base_dtype)
     if base_dtype:
         kernel = kernel.astype(DTYPES[base_dtype])
     return kernel.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames="base_dtype")
+def _quantize_round_trip(kernel: jax.Array, base_dtype: str) -> jax.Array:
+    return qwix.dequantize(quantize_kernel(kernel, base_dtype))
