@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from test_train import MICRO_BUCKETS, MICRO_CE_TOKENS
+from test_train import MICRO_FAST
 
 from wmtp_jax import sharding
 from wmtp_jax.checkpoint import load_model
@@ -72,8 +72,7 @@ def test_two_processes_train_like_one_and_restore_in_one(common):
         "--config=configs/baseline.py:micro",
         "--config.train.num_steps=3",
         "--config.checkpoint.every_steps=3",
-        f"--config.train.ce_tokens={MICRO_CE_TOKENS}",
-        f"--config.data.buckets={MICRO_BUCKETS}",
+        *(f"--config.{k}={v}" for k, v in MICRO_FAST.items()),
         *(f"--config.{k}={shared[k]}" for k in ("model.checkpoint", "model.cache_dir", "data.cache_dir")),
     ]
     _main(train + [f"--config.workdir={root}/one"], processes=1)

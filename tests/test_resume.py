@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from test_train import MICRO_BUCKETS, MICRO_CE_TOKENS, REPO, read_metrics
+from test_train import MICRO_FAST, REPO, read_metrics
 
 
 def test_exact_resume_after_sigkill(shared, tmp_path):
@@ -19,8 +19,7 @@ def test_exact_resume_after_sigkill(shared, tmp_path):
         "--config.train.num_steps=6",
         "--config.checkpoint.every_steps=2",
         "--config.checkpoint.async_save=False",
-        f"--config.train.ce_tokens={MICRO_CE_TOKENS}",
-        f"--config.data.buckets={MICRO_BUCKETS}",
+        *(f"--config.{k}={v}" for k, v in MICRO_FAST.items()),
     ]
     args += [f"--config.{k}={v}" for k, v in shared.items()]
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")

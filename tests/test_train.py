@@ -30,25 +30,19 @@ MICRO_CE_TOKENS = 4 * 512 * 4
 # and pad every batch to one length: each bucket is a compiled step of its own (~5 s of XLA compilation per run
 # config on a CPU), and the preset's (256, 512) gave every run two; the loss traces keep the preset's buckets
 MICRO_BUCKETS = (512,)
+# both as overrides, for micro_config and the tests that run ``python -m wmtp_jax.main``
+MICRO_FAST = {"train.ce_tokens": MICRO_CE_TOKENS, "data.buckets": MICRO_BUCKETS}
 
 
 def micro_config(experiment, shared, workdir, **overrides):
-    """``configs/{experiment}.py:micro`` with the session's micro models and data, 4 steps, a checkpoint every 2,
-    ``MICRO_CE_TOKENS`` and ``MICRO_BUCKETS``; ``overrides`` (``KEY=VALUE`` with dotted keys) win."""
+    """``configs/{experiment}.py:micro`` with the session's micro models and data, 4 steps, a checkpoint every 2
+    and ``MICRO_FAST``; ``overrides`` (``KEY=VALUE`` with dotted keys) win."""
     sys.path.insert(0, str(REPO))
     c = importlib.import_module(f"configs.{experiment}").get_config("micro")
     values = dict(shared)
     if experiment == "ref_tuning":
         values["model.checkpoint"] = shared["reference.checkpoint"]
-    values.update(
-        {
-            "workdir": str(workdir),
-            "train.num_steps": 4,
-            "checkpoint.every_steps": 2,
-            "train.ce_tokens": MICRO_CE_TOKENS,
-            "data.buckets": MICRO_BUCKETS,
-        }
-    )
+    values.update({"workdir": str(workdir), "train.num_steps": 4, "checkpoint.every_steps": 2, **MICRO_FAST})
     values.update(overrides)
     for key, value in values.items():
         node = c
