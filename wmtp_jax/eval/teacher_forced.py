@@ -55,7 +55,7 @@ def head_ce_sums(graphdef, states: tuple, batch: dict[str, jax.Array], *, chunk:
     ce, _ = losses.valid_token_ce(
         m.output_projection(), out.head_hidden, targets, valid, capacity=valid.size, chunk=chunk
     )
-    return jnp.sum(jnp.where(valid, ce, 0.0), axis=(0, 1)), valid.sum(axis=(0, 1))
+    return jnp.sum(ce, axis=(0, 1)), valid.sum(axis=(0, 1))  # ce is 0 where not valid
 
 
 def head_ce(model, mesh, rows: dict[str, np.ndarray], batch_size: int = 8, chunk: int = 256) -> np.ndarray:
